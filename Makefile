@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make run` (the embedded stack and the main job) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint lock clean stop
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/vigil mlflow up
+	$(BIN)/vigil train embedder --if-missing
+	$(BIN)/vigil train sentiment --if-missing
+	$(BIN)/vigil models list
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+stop: install
+	$(BIN)/vigil mlflow down
+
+# Re-resolve every dependency and write the constraints file (needs a clean venv to be exact).
+lock:
+	rm -rf /tmp/vigil-lock && $(PYTHON) -m venv /tmp/vigil-lock
+	/tmp/vigil-lock/bin/pip install --quiet -e ".[dev]"
+	/tmp/vigil-lock/bin/pip freeze --exclude-editable | sed 's/+cpu$$//' > constraints.txt
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+
+from vigil.settings import Settings, get_settings
+
+
+def test_defaults_are_the_documented_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.mlflow_port, settings.http_port, settings.grpc_port) == (5000, 3000, 50051)
+    assert str(settings.home) == ".vigil"
+    assert settings.mlflow_tracking_uri == "http://127.0.0.1:5000"
+
+
+def test_vigil_variables_and_mlflow_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIGIL_MLFLOW_PORT", "5123")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert get_settings().mlflow_tracking_uri == "http://127.0.0.1:5123"
+    get_settings.cache_clear()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:80")
+    assert get_settings().mlflow_tracking_uri == "http://mlflow.internal:80"
+
+
+def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIGIL_API_TOKEN", "s3cret")
+    shown = get_settings().masked()
+    assert shown["api_token"] == "********"
+    assert "s3cret" not in repr(shown)
+
+
+def test_invalid_port_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIGIL_HTTP_PORT", "70000")
+    with pytest.raises(ValueError, match="http_port"):
+        get_settings()

@@ -1,0 +1,123 @@
+"""The UCI Sentiment Labelled Sentences: parsing, fingerprinting and a deterministic stratified split."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+DOMAIN_FILES: dict[str, str] = {
+    "amazon": "amazon_cells_labelled.txt",
+    "imdb": "imdb_labelled.txt",
+    "yelp": "yelp_labelled.txt",
+}
+LABEL_NAMES: tuple[str, str] = ("negative", "positive")
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "sentiment"
+
+
+@dataclass
+class LoadReport:
+    """What parsing kept and skipped, so a run can record it rather than hide it."""
+
+    rows: int = 0
+    skipped: int = 0
+    skipped_examples: list[str] = field(default_factory=list)
+
+
+def parse_line(line: str) -> tuple[str, int] | None:
+    """One ``sentence<TAB>label`` line → (sentence, label), or None when the line is malformed.
+
+    The label is the field after the last TAB; the sentence keeps inner characters as they are (imdb has C1
+    control characters and unbalanced quotes) and loses only surrounding white space.
+    """
+    sentence, sep, label = line.rstrip("\r").rpartition("\t")
+    if not sep:
+        return None
+    label = label.strip()
+    sentence = sentence.strip()
+    if label not in ("0", "1") or not sentence:
+        return None
+    return sentence, int(label)
+
+
+def load_domain(path: Path, domain: str, report: LoadReport) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    raw = path.read_bytes().decode("utf-8", errors="replace")
+    # Split on "\n" only: str.splitlines() would also break on U+0085 (NEL), which imdb sentences contain.
+    for number, line in enumerate(raw.split("\n"), start=1):
+        if not line.strip():
+            continue
+        parsed = parse_line(line)
+        if parsed is None:
+            report.skipped += 1
+            if len(report.skipped_examples) < 5:
+                report.skipped_examples.append(f"{path.name}:{number}")
+            continue
+        sentence, label = parsed
+        rows.append({"text": sentence, "label": label, "domain": domain})
+    return rows
+
+
+def load_sentiment(
+    data_dir: Path = DEFAULT_DATA_DIR, domains: list[str] | None = None
+) -> tuple[pd.DataFrame, LoadReport]:
+    """All sentences of the chosen domains as a DataFrame (text, label, domain) and what parsing skipped."""
+    chosen = domains or list(DOMAIN_FILES)
+    unknown = sorted(set(chosen) - set(DOMAIN_FILES))
+    if unknown:
+        raise ValueError(f"unknown domain(s) {unknown}; choose from {sorted(DOMAIN_FILES)}")
+    report = LoadReport()
+    rows: list[dict[str, object]] = []
+    for domain in chosen:
+        rows.extend(load_domain(data_dir / DOMAIN_FILES[domain], domain, report))
+    frame = pd.DataFrame(rows, columns=["text", "label", "domain"])
+    report.rows = len(frame)
+    return frame, report
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """A content hash of the rows (order-independent), to tag runs and evaluations with the data they saw."""
+    digest = hashlib.sha256()
+    for line in sorted(f"{r.domain}\t{r.label}\t{r.text}" for r in frame.itertuples()):
+        digest.update(line.encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class Split:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+
+
+def split_sentiment(
+    frame: pd.DataFrame, seed: int, validation_share: float = 0.1, test_share: float = 0.2
+) -> Split:
+    """A deterministic split by seed, stratified on (domain, label) so every part keeps the mix."""
+    strata = frame["domain"].astype(str) + "/" + frame["label"].astype(str)
+    rest, test = train_test_split(frame, test_size=test_share, random_state=seed, stratify=strata)
+    rest_strata = strata.loc[rest.index]
+    train, validation = train_test_split(
+        rest,
+        test_size=validation_share / (1 - test_share),
+        random_state=seed,
+        stratify=rest_strata,
+    )
+    return Split(
+        train=train.reset_index(drop=True),
+        validation=validation.reset_index(drop=True),
+        test=test.reset_index(drop=True),
+    )
+
+
+def limit_stratified(frame: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
+    """At most ``limit`` rows, keeping the (domain, label) mix; for quick runs and tests."""
+    if limit >= len(frame):
+        return frame
+    strata = frame["domain"].astype(str) + "/" + frame["label"].astype(str)
+    kept, _ = train_test_split(frame, train_size=limit, random_state=seed, stratify=strata)
+    return kept.reset_index(drop=True)

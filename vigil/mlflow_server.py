@@ -1,0 +1,173 @@
+"""Start, stop and inspect the embedded `mlflow server` of one VIGIL_HOME.
+
+The server runs as its own process group in the background; a state file under ``$VIGIL_HOME/mlflow`` records
+its pid, port and URI, so that several homes side by side run independent servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from vigil.errors import VigilError
+from vigil.settings import Settings
+
+STATE_FILE = "server.json"
+LOG_FILE = "server.log"
+
+
+@dataclass(frozen=True)
+class ServerState:
+    pid: int
+    port: int
+    host: str
+    uri: str
+    backend_store_uri: str
+    artifacts_destination: str
+    log_file: str
+
+
+def state_path(settings: Settings) -> Path:
+    return settings.mlflow_dir / STATE_FILE
+
+
+def read_state(settings: Settings) -> ServerState | None:
+    path = state_path(settings)
+    if not path.exists():
+        return None
+    try:
+        return ServerState(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError):
+        return None
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of this process still answers kill(0); reap it if it is one of ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def healthy(uri: str, timeout: float = 2.0) -> bool:
+    try:
+        return httpx.get(f"{uri}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def server_command(settings: Settings, port: int) -> tuple[list[str], str, str]:
+    mlflow_dir = settings.mlflow_dir.resolve()
+    backend = settings.mlflow_backend_store_uri or f"sqlite:///{mlflow_dir / 'mlflow.db'}"
+    artifacts = settings.mlflow_artifacts_destination or str(mlflow_dir / "artifacts")
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend,
+        "--artifacts-destination", artifacts,
+        "--serve-artifacts",
+        "--host", settings.mlflow_host,
+        "--port", str(port),
+        "--workers", "1",
+    ]
+    return command, backend, artifacts
+
+
+def status(settings: Settings) -> tuple[ServerState | None, str]:
+    """The recorded server and one word for it: running, unhealthy, stopped."""
+    state = read_state(settings)
+    if state is None or not process_alive(state.pid):
+        return state, "stopped"
+    return state, "running" if healthy(state.uri) else "unhealthy"
+
+
+def up(settings: Settings, port: int | None = None) -> tuple[ServerState, bool]:
+    """Start the server unless this home's is already running; returns (state, started_now)."""
+    state, word = status(settings)
+    if state is not None and word != "stopped":
+        return state, False
+    port = port or settings.mlflow_port
+    host = settings.mlflow_host
+    if port_in_use(host, port):
+        raise VigilError(
+            f"port {port} on {host} is taken by another process, so MLflow cannot start there. "
+            f"Free it, or choose another port: VIGIL_MLFLOW_PORT=5001 (or `vigil mlflow up --port 5001`)."
+        )
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    (settings.mlflow_dir / "artifacts").mkdir(exist_ok=True)
+    command, backend, artifacts = server_command(settings, port)
+    log_path = settings.mlflow_dir.resolve() / LOG_FILE
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    uri = f"http://{host}:{port}"
+    state = ServerState(process.pid, port, host, uri, backend, artifacts, str(log_path))
+    state_path(settings).write_text(json.dumps(asdict(state), indent=2))
+    deadline = time.monotonic() + settings.mlflow_start_timeout_seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            state_path(settings).unlink(missing_ok=True)
+            raise VigilError(f"mlflow server exited with code {process.returncode}; see {log_path}.")
+        if healthy(uri):
+            return state, True
+        time.sleep(0.5)
+    _terminate(process.pid)
+    state_path(settings).unlink(missing_ok=True)
+    raise VigilError(
+        f"mlflow server did not become healthy within {settings.mlflow_start_timeout_seconds:.0f}s; "
+        f"see {log_path}."
+    )
+
+
+def _terminate(pid: int, grace_seconds: float = 15.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        if not process_alive(pid):
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+
+
+def down(settings: Settings) -> ServerState | None:
+    """Stop this home's server; returns what was stopped, or None when nothing ran."""
+    state = read_state(settings)
+    if state is None:
+        return None
+    running = process_alive(state.pid)
+    if running:
+        _terminate(state.pid)
+    state_path(settings).unlink(missing_ok=True)
+    return state if running else None

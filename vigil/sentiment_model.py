@@ -1,0 +1,169 @@
+"""The sentiment classifier: MiniLM encoder + linear head, as one unit that trains, saves, loads and predicts.
+
+It lives in the core because training writes it and the service reads it; the MLflow model wraps exactly this,
+so the version that is evaluated is the version that is served.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+from vigil.embedding import EMBEDDING_DIM, MAX_TOKENS, load_encoder, mean_pool
+
+if TYPE_CHECKING:
+    import torch
+
+LABELS: tuple[str, str] = ("negative", "positive")
+HEAD_FILE = "head.pt"
+CONFIG_FILE = "vigil_sentiment.json"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    score: float  # probability of the predicted label
+
+
+def build_network(encoder: Any) -> Any:
+    """Encoder + dropout + linear head; forward returns (logits, pooled embedding)."""
+    import torch
+
+    class SentimentNetwork(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.dropout = torch.nn.Dropout(0.1)
+            self.head = torch.nn.Linear(EMBEDDING_DIM, len(LABELS))
+
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            pooled = mean_pool(hidden, attention_mask)
+            return self.head(self.dropout(pooled)), pooled
+
+    return SentimentNetwork()
+
+
+class SentimentClassifier:
+    """Tokenizer + network, with batched prediction and embedding for plain lists of strings."""
+
+    def __init__(self, tokenizer: Any, network: Any, max_tokens: int = MAX_TOKENS) -> None:
+        self.tokenizer = tokenizer
+        self.network = network
+        self.max_tokens = max_tokens
+
+    @classmethod
+    def from_pretrained_encoder(cls, encoder_dir: Path | None = None) -> SentimentClassifier:
+        tokenizer, encoder = load_encoder(encoder_dir)
+        return cls(tokenizer, build_network(encoder))
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return dict(
+            self.tokenizer(
+                list(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+            )
+        )
+
+    def _forward(self, texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        self.network.eval()
+        probabilities: list[np.ndarray] = []
+        embeddings: list[np.ndarray] = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenize(texts[start : start + batch_size])
+                logits, pooled = self.network(batch["input_ids"], batch["attention_mask"])
+                probabilities.append(torch.softmax(logits, dim=-1).numpy())
+                embeddings.append(pooled.numpy())
+        if not probabilities:
+            return np.zeros((0, len(LABELS)), np.float32), np.zeros((0, EMBEDDING_DIM), np.float32)
+        return np.concatenate(probabilities), np.concatenate(embeddings)
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Class probabilities, shape (n, 2), columns in LABELS order."""
+        return self._forward(texts, batch_size)[0]
+
+    def predict_with_embeddings(
+        self, texts: Sequence[str], batch_size: int = 64
+    ) -> tuple[list[Prediction], np.ndarray]:
+        probabilities, embeddings = self._forward(texts, batch_size)
+        return to_predictions(probabilities), embeddings
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[Prediction]:
+        return to_predictions(self.predict_proba(texts, batch_size))
+
+    def save(self, directory: Path) -> Path:
+        """Encoder, tokenizer and head in one folder that :meth:`load` reads back."""
+        import torch
+
+        directory.mkdir(parents=True, exist_ok=True)
+        encoder = self.network.encoder
+        encoder.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        torch.save(self.network.head.state_dict(), directory / HEAD_FILE)
+        (directory / CONFIG_FILE).write_text(
+            json.dumps({"labels": list(LABELS), "max_tokens": self.max_tokens}, indent=2)
+        )
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> SentimentClassifier:
+        import torch
+
+        config = json.loads((directory / CONFIG_FILE).read_text())
+        tokenizer, encoder = load_encoder(directory)
+        network = build_network(encoder)
+        network.head.load_state_dict(torch.load(directory / HEAD_FILE, weights_only=True))
+        network.eval()
+        return cls(tokenizer, network, max_tokens=int(config["max_tokens"]))
+
+
+def to_predictions(probabilities: np.ndarray) -> list[Prediction]:
+    best = probabilities.argmax(axis=1)
+    return [Prediction(LABELS[int(i)], float(probabilities[row, i])) for row, i in enumerate(best)]
+
+
+class SentimentPyfunc(PythonModel):
+    """The MLflow face of :class:`SentimentClassifier`: a DataFrame with a `text` column in, label + score out.
+
+    A python-function model rather than MLflow's PyTorch flavour: strings in, no frozen batch dimension.
+    """
+
+    classifier: SentimentClassifier | None = None
+
+    def load_context(self, context: Any) -> None:
+        self.classifier = SentimentClassifier.load(Path(context.artifacts["classifier"]))
+
+    # No type hints on purpose: MLflow reads them as a schema and only accepts list[...]; the signature
+    # logged with the model (a `text` column) is the schema.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        assert self.classifier is not None, "load_context was not called"
+        return self.output_frame(self.classifier.predict(texts_from_input(model_input)))
+
+    @staticmethod
+    def output_frame(predictions: Sequence[Prediction]) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"label": [p.label for p in predictions], "score": [p.score for p in predictions]}
+        )
+
+
+def texts_from_input(model_input: Any) -> list[str]:
+    """Accept what pyfunc callers pass: a DataFrame with `text`, a Series, or a list of strings."""
+    if isinstance(model_input, pd.DataFrame):
+        column = model_input["text"] if "text" in model_input.columns else model_input.iloc[:, 0]
+        return [str(value) for value in column.tolist()]
+    if isinstance(model_input, pd.Series):
+        return [str(value) for value in model_input.tolist()]
+    if isinstance(model_input, str):
+        return [model_input]
+    return [str(value) for value in model_input]
