@@ -30,9 +30,12 @@ app.add_typer(models_app, name="models")
 @app.command("config")
 def show_config() -> None:
     """Print the effective settings (secrets masked)."""
-    table = Table("setting", "value", title="Vigil settings")
+    from vigil.settings import Settings
+
+    table = Table("variable", "value", title="Vigil settings")
     for name, value in get_settings().masked().items():
-        table.add_row(f"VIGIL_{name.upper()}", str(value))
+        alias = Settings.model_fields[name].validation_alias
+        table.add_row(alias if isinstance(alias, str) else f"VIGIL_{name.upper()}", str(value))
     console.print(table)
 
 

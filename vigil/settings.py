@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="VIGIL_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="VIGIL_", env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
     )
 
     home: Path = Field(Path(".vigil"), description="Runtime state: MLflow db and artifacts, caches, logs.")
@@ -49,6 +49,81 @@ class Settings(BaseSettings):
     )
     api_token: SecretStr = Field(SecretStr(""), description="Token for write endpoints of the service.")
 
+    # --- serving -------------------------------------------------------------------------------------------
+    serve_alias: str = Field("champion", description="Registry alias the service follows.")
+    alias_poll_seconds: float = Field(30.0, gt=0, description="How often the service checks the alias.")
+    max_texts_per_request: int = Field(256, ge=1, description="Most texts one request may carry.")
+    max_text_chars: int = Field(10_000, ge=1, description="Most characters in one text.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    batch_max_size: int = Field(64, ge=1, description="Adaptive batching: largest batch the model service forms.")
+    batch_max_latency_ms: int = Field(
+        1000, ge=1, description="Adaptive batching: latency budget before a request is refused as overloaded."
+    )
+
+    # --- tracing -------------------------------------------------------------------------------------------
+    tracing: Literal["otlp", "console", "off"] = Field("otlp", description="Where spans go.")
+    trace_sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of new traces sampled.")
+    traces_experiment: str = Field("vigil-traces", description="MLflow experiment that receives traces.")
+    otlp_endpoint: str = Field(
+        "", description="OTLP/HTTP traces endpoint. Empty: the MLflow server's /v1/traces. "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT win."
+    )
+    environment: str = Field("local", description="deployment.environment of every span.")
+    trace_raw_text: bool = Field(True, description="Put request text on spans (False: a hash).")
+    span_queue_size: int = Field(2048, ge=1, description="Spans buffered for export; beyond it they are dropped.")
+    export_timeout_seconds: float = Field(5.0, gt=0, description="Longest wait of one span export.")
+    langsmith_api_key: SecretStr = Field(
+        SecretStr(""), validation_alias="LANGSMITH_API_KEY", description="LangSmith key; empty: LangSmith off."
+    )
+    langsmith_endpoint: str = Field(
+        "https://api.smith.langchain.com", validation_alias="LANGSMITH_ENDPOINT", description="LangSmith API."
+    )
+    langsmith_project: str = Field("vigil", validation_alias="LANGSMITH_PROJECT", description="LangSmith project.")
+
+    # --- inference log -------------------------------------------------------------------------------------
+    inference_log_url: str = Field(
+        "", description="SQLAlchemy URL of the inference log. Empty: sqlite under $VIGIL_HOME."
+    )
+    inference_log_redaction: Literal["keep", "hash", "drop"] = Field(
+        "keep", description="What the log keeps of request text."
+    )
+    inference_log_queue_size: int = Field(10_000, ge=1, description="Rows buffered before new ones are dropped.")
+    inference_log_batch_size: int = Field(256, ge=1, description="Rows written per insert.")
+    inference_log_flush_seconds: float = Field(0.5, gt=0, description="Longest a row waits to be written.")
+
+    # --- RAG -----------------------------------------------------------------------------------------------
+    milvus_uri: str = Field("", description="Milvus server URI. Empty: Milvus Lite under $VIGIL_HOME/milvus.")
+    milvus_token: SecretStr = Field(SecretStr(""), description="Milvus / Zilliz token.")
+    rag_collection: str = Field("vigil_documents", description="Milvus collection of document chunks.")
+    rag_chunk_tokens: int = Field(200, ge=16, le=256, description="Chunk size in encoder tokens.")
+    rag_chunk_overlap_tokens: int = Field(40, ge=0, description="Overlap between neighbouring chunks.")
+    rag_top_k: int = Field(5, ge=1, le=50, description="Chunks retrieved per question by default.")
+    rag_max_question_chars: int = Field(4000, ge=1, description="Longest question accepted.")
+    generator: Literal["extractive", "openai"] = Field("extractive", description="RAG answer generator.")
+    llm_base_url: str = Field("", description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")
+    llm_model: str = Field("", description="Model name sent to the OpenAI-compatible endpoint.")
+    llm_api_key: SecretStr = Field(SecretStr(""), description="API key of the OpenAI-compatible endpoint.")
+    llm_timeout_seconds: float = Field(30.0, gt=0, description="Longest wait for a generation.")
+    llm_context_tokens: int = Field(3000, ge=256, description="Context budget of the prompt.")
+
+    # --- monitoring ----------------------------------------------------------------------------------------
+    evidently_workspace: str = Field("", description="Evidently workspace path. Empty: $VIGIL_HOME/evidently.")
+    evidently_url: str = Field("", description="Remote Evidently UI URL; when set, snapshots go there.")
+    evidently_ui_port: int = Field(8000, ge=1, le=65535, description="Port of `vigil monitor ui`.")
+    drift_min_rows: int = Field(100, ge=1, description="Fewest rows a drift verdict needs.")
+    drift_embedding_sample: int = Field(2000, ge=10, description="Rows sampled for embedding drift.")
+    alert_webhook: str = Field("", description="URL that receives JSON alerts.")
+    token_budget_daily: int = Field(1_000_000, ge=0, description="Daily RAG token budget; 0 disables the alert.")
+    token_prices_per_1k: dict[str, float] = Field(
+        default_factory=lambda: {"extractive": 0.0},
+        description="Price per 1000 tokens by generator model (JSON), for the cost estimate.",
+    )
+
+    # --- evaluation ----------------------------------------------------------------------------------------
+    promotion_policy: Path = Field(
+        Path("evaluations/policy.toml"), description="Thresholds the promotion gate applies."
+    )
+
     @model_validator(mode="after")
     def _resolve_tracking_uri(self) -> Settings:
         env_uri = os.environ.get("MLFLOW_TRACKING_URI", "")
@@ -65,6 +140,18 @@ class Settings(BaseSettings):
     @property
     def model_cache_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def inference_log_sqlalchemy_url(self) -> str:
+        return self.inference_log_url or f"sqlite:///{(self.home / 'inference_log.db').resolve()}"
+
+    @property
+    def milvus_target(self) -> str:
+        return self.milvus_uri or str((self.home / "milvus" / "vigil.db").resolve())
+
+    @property
+    def evidently_workspace_path(self) -> Path:
+        return Path(self.evidently_workspace) if self.evidently_workspace else self.home / "evidently"
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as plain values, secrets masked, for `vigil config`."""

@@ -1,0 +1,112 @@
+"""The inference log's row: one per prediction or RAG query, the contract between the service and the jobs.
+
+The service writes rows (through :mod:`monitoring.inference_log`'s background writer); the Evidently jobs read them
+back with :func:`read_frame`. SQLite by default, PostgreSQL by SQLAlchemy URL, with the same table.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+import pandas as pd
+import sqlalchemy as sa
+from pydantic import BaseModel, Field
+
+metadata = sa.MetaData()
+
+inference_log = sa.Table(
+    "inference_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("trace_id", sa.String(32), nullable=False, index=True),
+    sa.Column("endpoint", sa.String(128), nullable=False),
+    sa.Column("protocol", sa.String(8), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False, index=True),
+    sa.Column("model_name", sa.String(128), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("input_text", sa.Text, nullable=True),
+    sa.Column("label", sa.String(32), nullable=True),
+    sa.Column("score", sa.Float, nullable=True),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("retrieved_ids", sa.JSON, nullable=True),
+    sa.Column("retrieved_scores", sa.JSON, nullable=True),
+    sa.Column("prompt_tokens", sa.Integer, nullable=True),
+    sa.Column("completion_tokens", sa.Integer, nullable=True),
+    sa.Column("total_tokens", sa.Integer, nullable=True),
+    sa.Column("generator", sa.String(64), nullable=True),
+    sa.Column("generator_model", sa.String(128), nullable=True),
+)
+
+
+class InferenceRecord(BaseModel):
+    """One served prediction (kind ``sentiment``) or RAG query (kind ``rag``)."""
+
+    timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    request_id: str
+    trace_id: str = Field(description="32 hex digits; empty string when tracing is off")
+    endpoint: str = Field(description="e.g. /predict, /v2/models/sentiment/infer, grpc:ModelInfer, /rag/query")
+    protocol: Literal["rest", "grpc"]
+    kind: Literal["sentiment", "rag"]
+    model_name: str
+    model_version: str
+    input_text: str | None = Field(None, description="the text or question, after redaction (keep/hash/drop)")
+    label: str | None = None
+    score: float | None = None
+    latency_ms: float
+    retrieved_ids: list[str] | None = None
+    retrieved_scores: list[float] | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    generator: str | None = None
+    generator_model: str | None = None
+
+
+def create_engine(url: str) -> sa.Engine:
+    """An engine for ``url`` with the table created; SQLite in WAL mode so readers never block the writer."""
+    engine = sa.create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _wal(connection: object, _: object) -> None:
+            cursor = connection.cursor()  # type: ignore[attr-defined]
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    metadata.create_all(engine)
+    return engine
+
+
+def read_frame(
+    engine: sa.Engine,
+    *,
+    kind: str | None = None,
+    model_name: str | None = None,
+    model_version: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = None,
+) -> pd.DataFrame:
+    """Rows of the log as a DataFrame, oldest first, filtered by kind, model, version and time window."""
+    query = sa.select(inference_log).order_by(inference_log.c.timestamp, inference_log.c.id)
+    if kind:
+        query = query.where(inference_log.c.kind == kind)
+    if model_name:
+        query = query.where(inference_log.c.model_name == model_name)
+    if model_version:
+        query = query.where(inference_log.c.model_version == model_version)
+    if since:
+        query = query.where(inference_log.c.timestamp >= since)
+    if until:
+        query = query.where(inference_log.c.timestamp < until)
+    if limit:
+        query = query.limit(limit)
+    with engine.connect() as connection:
+        frame = pd.read_sql(query, connection)
+    if not frame.empty:
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    return frame
