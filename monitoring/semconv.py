@@ -1,0 +1,45 @@
+"""Span names and attribute keys, in one place.
+
+The GenAI names follow the OpenTelemetry GenAI semantic conventions, which are still "development" status:
+when they change, they change here only.
+"""
+
+from __future__ import annotations
+
+# --- span names ---------------------------------------------------------------------------------------------
+SPAN_SENTIMENT_PREDICT = "sentiment.predict"
+SPAN_RAG_QUERY = "rag.query"
+SPAN_RAG_EMBED = "rag.embed"
+SPAN_RAG_RETRIEVE = "rag.retrieve"
+SPAN_RAG_GENERATE = "rag.generate"
+
+# --- Vigil's own attributes ---------------------------------------------------------------------------------
+MODEL_NAME = "vigil.model.name"
+MODEL_VERSION = "vigil.model.version"
+MODEL_ALIAS = "vigil.model.alias"
+BATCH_SIZE = "vigil.batch.size"
+LABEL_COUNTS_PREFIX = "vigil.labels."  # + label -> count in this request
+REQUEST_ID = "vigil.request.id"
+PROTOCOL = "vigil.protocol"  # rest | grpc
+ENDPOINT = "vigil.endpoint"
+INPUT_TEXT = "vigil.input.text"  # raw or hashed, by VIGIL_TRACE_RAW_TEXT
+INPUT_COUNT = "vigil.input.count"
+
+# --- retrieval ----------------------------------------------------------------------------------------------
+RETRIEVAL_STORE = "vigil.retrieval.store"  # e.g. milvus-lite, milvus
+RETRIEVAL_COLLECTION = "vigil.retrieval.collection"
+RETRIEVAL_TOP_K = "vigil.retrieval.top_k"
+RETRIEVAL_HIT_IDS = "vigil.retrieval.hit_ids"
+RETRIEVAL_HIT_SCORES = "vigil.retrieval.hit_scores"
+EMBEDDING_MODEL = "vigil.embedding.model"
+EMBEDDING_MODEL_VERSION = "vigil.embedding.model_version"
+
+# --- GenAI semantic conventions -----------------------------------------------------------------------------
+GEN_AI_OPERATION_NAME = "gen_ai.operation.name"  # "chat", "text_completion", "embeddings"
+GEN_AI_SYSTEM = "gen_ai.system"  # provider, e.g. "openai", "vigil.extractive"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+GEN_AI_RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
