@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint lock clean stop
+.PHONY: install run test lint lock clean stop proto bench-serving
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,18 @@ lock:
 	rm -rf /tmp/vigil-lock && $(PYTHON) -m venv /tmp/vigil-lock
 	/tmp/vigil-lock/bin/pip install --quiet -e ".[dev]"
 	/tmp/vigil-lock/bin/pip freeze --exclude-editable | sed 's/+cpu$$//' > constraints.txt
+
+# The Open Inference Protocol stubs. Generated into a private descriptor pool: Triton's client registers the same
+# `inference.*` names in the default pool, and tests and tools load both.
+proto: install
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. service/oip/grpc_service.proto
+	sed -i 's/^DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(/POOL = _descriptor_pool.DescriptorPool()\nDESCRIPTOR = POOL.AddSerializedFile(/' service/oip/grpc_service_pb2.py
+	echo 'POOL: _descriptor_pool.DescriptorPool' >> service/oip/grpc_service_pb2.pyi
+
+bench-serving: install
+	$(BIN)/vigil mlflow up
+	$(BIN)/vigil train sentiment --if-missing
+	$(BIN)/python bench/serving.py
 
 clean:
 	rm -rf $(VENV)

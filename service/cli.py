@@ -1,7 +1,71 @@
-"""`vigil serve`: the BentoML service over REST and gRPC."""
+"""`vigil serve`: the BentoML service over REST and gRPC, in the foreground."""
 
 from __future__ import annotations
 
-import typer
+import os
+import signal
+import subprocess
+import sys
 
-app = typer.Typer(help="Serve the champion model over REST and gRPC.", no_args_is_help=True)
+import typer
+from rich.console import Console
+
+from vigil.settings import get_settings
+
+console = Console()
+app = typer.Typer(help="Serve the champion model over REST and gRPC.", invoke_without_command=True)
+
+
+@app.callback()
+def serve(
+    port: int | None = typer.Option(None, "--port", help="HTTP port (default VIGIL_HTTP_PORT)."),
+    grpc_port: int | None = typer.Option(None, "--grpc-port", help="gRPC port (default VIGIL_GRPC_PORT)."),
+    host: str | None = typer.Option(None, "--host", help="Interface (default VIGIL_SERVE_HOST)."),
+) -> None:
+    """Run `bentoml serve` for the Vigil API and model services until Ctrl-C."""
+    from vigil import registry
+
+    settings = get_settings()
+    http_port = port or settings.http_port
+    grpc = grpc_port or settings.grpc_port
+    bind = host or settings.serve_host
+    env = {**os.environ, "VIGIL_GRPC_PORT": str(grpc), "VIGIL_HTTP_PORT": str(http_port), "VIGIL_SERVE_HOST": bind,
+           "MLFLOW_TRACKING_URI": registry.tracking_uri(), "VIGIL_HOME": str(settings.home.resolve()),
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "BENTOML_DO_NOT_TRACK": "True"}
+    command = [sys.executable, "-m", "bentoml", "serve", "service.api:Vigil", "--host", bind,
+               "--port", str(http_port)]
+    console.print(f"Vigil serving [bold]{settings.sentiment_model_name}@{settings.serve_alias}[/]\n"
+                  f"  REST  http://{bind}:{http_port}/predict   (OpenAPI: http://{bind}:{http_port}/api/docs)\n"
+                  f"  OIP   http://{bind}:{http_port}/v2/models/{settings.sentiment_model_name}/infer\n"
+                  f"  gRPC  {bind}:{grpc}  (inference.GRPCInferenceService)\n"
+                  f"  /metrics /livez /readyz /status        Ctrl-C stops")
+    process = subprocess.Popen(command, env=env)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+    raise typer.Exit(code)
+
+
+bento_app = typer.Typer(help="Package the champion as a Bento.", no_args_is_help=True)
+
+
+@bento_app.command("build")
+def bento_build(
+    project_dir: str = typer.Option(".", "--project-dir", help="Folder holding bentofile.yaml."),
+) -> None:
+    """Put the champion into BentoML's model store and build a Bento that serves it without MLflow."""
+    from pathlib import Path
+
+    from service.bento import build_bento
+
+    with console.status("building the Bento…"):
+        built = build_bento(Path(project_dir).resolve())
+    console.print(f"[green]built[/] {built.bento_tag} with model {built.model_tag} "
+                  f"({built.labels['mlflow_model']} v{built.labels['mlflow_version']}@{built.labels['mlflow_alias']})\n"
+                  f"serve it: bentoml serve {built.bento_tag}")

@@ -1,0 +1,24 @@
+"""The seed's design, kept as the benchmark baseline: Flask calling the model once per request.
+
+Run under gunicorn by bench/serving.py with VIGIL_BENCH_MODEL_DIR pointing at a downloaded MLflow model folder.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from flask import Flask, jsonify, request
+
+from service.model_store import load_model_dir
+
+torch.set_num_threads(int(os.environ.get("VIGIL_TORCH_THREADS", "1")))
+classifier = load_model_dir(__import__("pathlib").Path(os.environ["VIGIL_BENCH_MODEL_DIR"]))
+app = Flask(__name__)
+
+
+@app.post("/predict")
+def predict() -> object:
+    text = request.get_json()["text"]
+    prediction = classifier.predict([text])[0]
+    return jsonify({"predictions": [{"label": prediction.label, "score": prediction.score}]})

@@ -1,0 +1,258 @@
+"""Serving benchmark: Vigil REST and gRPC vs. the in-process ceiling and the seed's Flask design, in one run.
+
+    make bench-serving        (or: .venv/bin/python bench/serving.py [--seconds 10])
+
+Needs the embedded stack with a champion (`make run` brings it up). Every target serves the same model version
+and answers the same request mix (single sentences from the dataset); the load generator runs on the same machine,
+so the figures that matter are the ratios between targets measured in this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from service.oip import grpc_service_pb2 as pb
+from service.oip import grpc_service_pb2_grpc as pb_grpc
+from training.data import load_sentiment
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Result:
+    target: str
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 180, method: str = "GET") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            body = {"text": "ready?"} if method == "POST" else None
+            if httpx.request(method, url, json=body, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+async def run_load(name: str, concurrency: int, seconds: float, texts: list[str],
+                   call: Callable[[str], Awaitable[bool]]) -> Result:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    counter = 0
+
+    async def worker() -> None:
+        nonlocal errors, counter
+        while time.perf_counter() < deadline:
+            text = texts[counter % len(texts)]
+            counter += 1
+            started = time.perf_counter()
+            ok = await call(text)
+            latencies.append(time.perf_counter() - started)
+            errors += 0 if ok else 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    ok_count = len(latencies) - errors
+    return Result(name, concurrency, len(latencies), errors, round(elapsed, 2), round(ok_count / elapsed, 1),
+                  round(percentile(latencies, 0.50) * 1000, 1), round(percentile(latencies, 0.99) * 1000, 1))
+
+
+def rest_caller(client: httpx.AsyncClient, url: str) -> Callable[[str], Awaitable[bool]]:
+    async def call(text: str) -> bool:
+        try:
+            response = await client.post(url, json={"text": text})
+            return response.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return call
+
+
+def grpc_caller(stub: pb_grpc.GRPCInferenceServiceStub) -> Callable[[str], Awaitable[bool]]:
+    async def call(text: str) -> bool:
+        request = pb.ModelInferRequest(model_name="sentiment")
+        tensor = request.inputs.add(name="text", datatype="BYTES", shape=[1])
+        tensor.contents.bytes_contents.append(text.encode())
+        try:
+            await stub.ModelInfer(request, timeout=30)
+            return True
+        except grpc.aio.AioRpcError:
+            return False
+
+    return call
+
+
+def in_process_ceiling(model_dir: Path, texts: list[str], seconds: float) -> list[dict[str, float]]:
+    """The same model called directly, at several batch sizes: the ceiling any server can approach."""
+    import torch
+
+    from service.model_store import load_model_dir
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    classifier = load_model_dir(model_dir)
+    classifier.predict(texts[:8])
+    rows = []
+    for batch in (1, 8, 16, 32, 64):
+        done = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            start = (done % len(texts))
+            chunk = (texts[start:] + texts)[:batch]
+            classifier.predict(chunk, batch_size=batch)
+            done += batch
+        elapsed = time.perf_counter() - started
+        rows.append({"batch": batch, "texts_per_second": round(done / elapsed, 1)})
+    return rows
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+async def measure_all(args: argparse.Namespace, texts: list[str], rest_url: str, flask_url: str,
+                      grpc_target: str) -> list[Result]:
+    results: list[Result] = []
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        channel = grpc.aio.insecure_channel(grpc_target)
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        targets = {
+            "vigil-rest": rest_caller(client, rest_url),
+            "vigil-grpc": grpc_caller(stub),
+            "flask-gunicorn": rest_caller(client, flask_url),
+        }
+        for name, call in targets.items():
+            await run_load(name, 8, 2.0, texts, call)  # warm up: connections, batcher statistics
+            for concurrency in args.concurrency:
+                result = await run_load(name, concurrency, args.seconds, texts, call)
+                print(json.dumps(asdict(result)), flush=True)
+                results.append(result)
+        await channel.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="load duration per target and concurrency")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "serving.json")
+    args = parser.parse_args()
+
+    from service.model_store import ModelHolder
+    from vigil.settings import get_settings
+
+    settings = get_settings()
+    holder = ModelHolder(settings.sentiment_model_name, settings.serve_alias, settings.model_cache_dir, 3600)
+    holder.poll_once()
+    served = holder.require()
+    model_dir = holder.cache_dir / served.version
+    frame, _ = load_sentiment(domains=["amazon", "yelp", "imdb"])
+    texts = frame.sample(frac=1.0, random_state=0)["text"].tolist()
+
+    print(f"model {served.name} v{served.version}; in-process ceiling…", flush=True)
+    ceiling = in_process_ceiling(model_dir, texts, seconds=min(args.seconds, 5.0))
+    print(json.dumps(ceiling), flush=True)
+    del holder, served
+
+    logs = REPO / "bench" / "out"
+    logs.mkdir(parents=True, exist_ok=True)
+    http_port, grpc_port, flask_port = free_port(), free_port(), free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VIGIL_TRACING": os.environ.get("VIGIL_TRACING", "off")}
+    vigil = start([str(BIN / "vigil"), "serve", "--port", str(http_port), "--grpc-port", str(grpc_port)], env,
+                  logs / "vigil-serve.log")
+    workers = "2"  # the same number of processes as Vigil's (API + model)
+    flask = start([str(BIN / "gunicorn"), "-w", workers, "-b", f"127.0.0.1:{flask_port}", "--chdir",
+                   str(REPO / "bench"), "flask_baseline:app"],
+                  {**env, "VIGIL_BENCH_MODEL_DIR": str(model_dir), "VIGIL_TORCH_THREADS": "1",
+                   "PYTHONPATH": str(REPO)}, logs / "flask.log")
+    try:
+        wait_http(f"http://127.0.0.1:{http_port}/readyz")
+        wait_http(f"http://127.0.0.1:{flask_port}/predict", method="POST")
+        results = asyncio.run(measure_all(args, texts, f"http://127.0.0.1:{http_port}/predict",
+                                          f"http://127.0.0.1:{flask_port}/predict", f"127.0.0.1:{grpc_port}"))
+    finally:
+        stop(vigil)
+        stop(flask)
+
+    best_ceiling = max(row["texts_per_second"] for row in ceiling)
+    by = {(r.target, r.concurrency): r for r in results}
+    summary = {}
+    top = max(args.concurrency)
+    if ("vigil-rest", top) in by and ("flask-gunicorn", top) in by:
+        summary = {
+            f"rest_vs_flask_throughput_c{top}": round(by["vigil-rest", top].throughput
+                                                     / by["flask-gunicorn", top].throughput, 2),
+            f"rest_vs_ceiling_c{top}": round(by["vigil-rest", top].throughput / best_ceiling, 2),
+            f"grpc_vs_rest_throughput_c{top}": round(by["vigil-grpc", top].throughput
+                                                    / by["vigil-rest", top].throughput, 2),
+        }
+        if ("vigil-rest", 1) in by:
+            summary["rest_vs_flask_p50_c1"] = round(by["vigil-rest", 1].p50_ms / by["flask-gunicorn", 1].p50_ms, 2)
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "model_version": texts and model_dir.name,
+        "ceiling": ceiling,
+        "results": [asdict(r) for r in results],
+        "ratios": summary,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print("\n| target | concurrency | req/s | p50 ms | p99 ms | errors |\n| --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        print(f"| {r.target} | {r.concurrency} | {r.throughput} | {r.p50_ms} | {r.p99_ms} | {r.errors} |")
+    print(f"\nin-process ceiling (texts/s by batch): {ceiling}\nratios: {json.dumps(summary)}")
+
+
+if __name__ == "__main__":
+    main()

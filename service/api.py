@@ -1,0 +1,245 @@
+"""The Vigil API service: plain JSON and Open Inference Protocol v2 over REST, plus the gRPC front.
+
+This class wires; the work happens in the model service (batching), `service.oip` (protocol) and
+`service.validation` (limits). REST and gRPC both end in :meth:`Vigil.infer`, so they share limits, batching and
+(with the observability layer) traces and log rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib.metadata import version as package_version
+from typing import Any
+
+import bentoml
+from bentoml.exceptions import BentoMLException
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from service.errors import ApiError, not_ready, overloaded
+from service.oip import codec
+from service.oip.grpc_server import InferOutcome, ModelBackend, start_grpc_server
+from service.schemas import (
+    InferRequest,
+    InferResponse,
+    InferTensor,
+    ModelMetadata,
+    ModelRef,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
+    ServerMetadata,
+    TensorMetadata,
+)
+from service.sentiment_service import SentimentModel
+from service.validation import validate_texts
+from vigil.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+VIGIL_VERSION = package_version("vigil")
+
+app = FastAPI(
+    title="Vigil",
+    version=VIGIL_VERSION,
+    description="Sentiment predictions over plain JSON and the Open Inference Protocol v2.",
+    docs_url="/api/docs",
+    openapi_url="/api/openapi.json",
+    redoc_url=None,
+)
+
+
+@app.exception_handler(ApiError)
+async def _api_error(_: Request, error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+    return JSONResponse(ApiError(422, "invalid_request", _describe_validation(error.errors())).body(), 422)
+
+
+def _describe_validation(errors: Any) -> str:
+    parts = []
+    for item in list(errors)[:3]:
+        where = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'body'}: {item.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+async def read_json(request: Request, schema: type[Any]) -> Any:
+    """The body parsed into ``schema``, refusing oversize, non-UTF-8 and malformed bodies with clear 4xx."""
+    limit = get_settings().max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"request body of {declared} bytes; the limit is {limit}")
+    body = await request.body()
+    if len(body) > limit:
+        raise ApiError(413, "body_too_large", f"request body of {len(body)} bytes; the limit is {limit}")
+    if not body.strip():
+        raise ApiError(400, "empty_request", "the request body is empty")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_encoding", "the request body is not valid UTF-8") from None
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as error:
+        if any(e.get("type") == "json_invalid" for e in error.errors()):
+            raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+        raise ApiError(422, "invalid_request", _describe_validation(error.errors())) from None
+
+
+@bentoml.service(name="vigil", workers=1, traffic={"timeout": 60})
+@bentoml.asgi_app(app, path="/")
+class Vigil:
+    model = bentoml.depends(SentimentModel)
+
+    def __init__(self) -> None:
+        self.settings = get_settings()
+        self.model_name = self.settings.sentiment_model_name
+        self._grpc_server: Any = None
+
+    # --- the one prediction path ---------------------------------------------------------------------------
+
+    async def infer(self, texts: list[str], headers: dict[str, str], endpoint: str) -> InferOutcome:
+        validate_texts(texts, self.settings)
+        started = time.perf_counter()
+        try:
+            scored = await self.model.to_async.predict(texts=texts)
+        except BentoMLException as error:
+            if int(error.error_code) != 503:
+                raise
+            # Only on this error path is it worth a second call: was it capacity, or no model at all?
+            state = await self.model_state()
+            if not state.get("ready"):
+                raise not_ready(str(state.get("reason") or "no model loaded")) from None
+            raise overloaded() from None
+        outcome = InferOutcome(
+            version=str(scored[0].version) if scored else "",
+            labels=[s.label for s in scored],
+            scores=[float(s.score) for s in scored],
+        )
+        logger.debug("%s: %d text(s) in %.1f ms by v%s", endpoint, len(texts),
+                     (time.perf_counter() - started) * 1000, outcome.version)
+        return outcome
+
+    async def model_state(self) -> dict[str, Any]:
+        return dict(await self.model.to_async.describe())
+
+    # --- plain JSON ----------------------------------------------------------------------------------------
+
+    @app.post("/predict", response_model=PredictResponse, tags=["predict"],
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": PredictRequest.model_json_schema(),
+                  "examples": {"one": {"value": {"text": "Great phone, the battery lasts all day."}},
+                               "many": {"value": {"texts": ["Loved it.", "Broke after a week."]}}}}}}})
+    async def predict(self, request: Request) -> PredictResponse:
+        """Classify one `text` or a list of `texts`."""
+        body: PredictRequest = await read_json(request, PredictRequest)
+        if body.text is not None and body.texts is not None:
+            raise ApiError(422, "invalid_request", "send either `text` or `texts`, not both")
+        texts = [body.text] if body.text is not None else (body.texts or [])
+        outcome = await self.infer(texts, dict(request.headers), "/predict")
+        return PredictResponse(
+            predictions=[Prediction(label=label, score=score) for label, score in zip(outcome.labels,
+                                                                                          outcome.scores,
+                                                                                          strict=True)],
+            model=ModelRef(name=self.model_name, version=outcome.version),
+        )
+
+    @app.get("/status", tags=["health"])
+    async def status(self) -> dict[str, Any]:
+        """Readiness details: the served version, where it came from, and why it is degraded if it is."""
+        try:
+            model_state = await self.model_state()
+        except Exception as error:
+            model_state = {"ready": False, "reason": f"model service unreachable: {error}"}
+        return {"service": "vigil", "version": VIGIL_VERSION, "models": {self.model_name: model_state}}
+
+    # --- Open Inference Protocol v2 (REST) -----------------------------------------------------------------
+
+    @app.get("/v2", response_model=ServerMetadata, tags=["open-inference-v2"])
+    async def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(name="vigil", version=VIGIL_VERSION, extensions=[])
+
+    @app.get("/v2/health/live", tags=["open-inference-v2"])
+    async def server_live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["open-inference-v2"])
+    async def server_ready(self) -> JSONResponse:
+        ready = await self._model_ready()
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @app.get("/v2/models/{name}", response_model=ModelMetadata, tags=["open-inference-v2"])
+    @app.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata, tags=["open-inference-v2"])
+    async def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+        self._require_model(name)
+        state = await self.model_state()
+        return ModelMetadata(
+            name=self.model_name,
+            versions=[str(state.get("version") or "")],
+            platform="vigil_pytorch",
+            inputs=[TensorMetadata(name=codec.INPUT_NAME, datatype="BYTES", shape=[-1])],
+            outputs=[TensorMetadata(name=codec.LABEL_OUTPUT, datatype="BYTES", shape=[-1]),
+                     TensorMetadata(name=codec.SCORE_OUTPUT, datatype="FP32", shape=[-1])],
+        )
+
+    @app.get("/v2/models/{name}/ready", tags=["open-inference-v2"])
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["open-inference-v2"])
+    async def model_ready(self, name: str, version: str | None = None) -> JSONResponse:
+        self._require_model(name)
+        ready = await self._model_ready()
+        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+
+    @app.post("/v2/models/{name}/infer", response_model=InferResponse, tags=["open-inference-v2"])
+    @app.post("/v2/models/{name}/versions/{version}/infer", response_model=InferResponse,
+              tags=["open-inference-v2"])
+    async def model_infer(self, name: str, request: Request, version: str | None = None) -> InferResponse:
+        self._require_model(name)
+        body: InferRequest = await read_json(request, InferRequest)
+        texts = codec.texts_from_rest(body.inputs)
+        outcome = await self.infer(texts, dict(request.headers), f"/v2/models/{name}/infer")
+        wanted = {o.name for o in body.outputs or []} or {codec.LABEL_OUTPUT, codec.SCORE_OUTPUT}
+        unknown = wanted - {codec.LABEL_OUTPUT, codec.SCORE_OUTPUT}
+        if unknown:
+            raise ApiError(400, "invalid_tensor", f"unknown output(s) {sorted(unknown)}; available: label, score")
+        outputs = []
+        if codec.LABEL_OUTPUT in wanted:
+            outputs.append(InferTensor(name=codec.LABEL_OUTPUT, datatype="BYTES", shape=[len(texts)],
+                                       data=outcome.labels))
+        if codec.SCORE_OUTPUT in wanted:
+            outputs.append(InferTensor(name=codec.SCORE_OUTPUT, datatype="FP32", shape=[len(texts)],
+                                       data=outcome.scores))
+        return InferResponse(model_name=self.model_name, model_version=outcome.version, id=body.id,
+                             outputs=outputs)
+
+    def _require_model(self, name: str) -> None:
+        if name != self.model_name:
+            raise ApiError(404, "model_not_found", f"unknown model {name!r}; this server serves {self.model_name!r}")
+
+    async def _model_ready(self) -> bool:
+        try:
+            return bool((await self.model_state()).get("ready"))
+        except Exception:
+            return False
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        backend = ModelBackend(name=self.model_name, infer=self.infer, metadata=self.model_state,
+                               server_version=VIGIL_VERSION)
+        self._grpc_server = await start_grpc_server(backend, self.settings.serve_host, self.settings.grpc_port)
+
+    @bentoml.on_shutdown
+    async def stop_grpc(self) -> None:
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(grace=5)
+
+    async def __is_ready__(self) -> bool:
+        return await self._model_ready()

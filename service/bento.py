@@ -1,0 +1,65 @@
+"""Package the current champion into a Bento that serves with no MLflow at all.
+
+The champion's MLflow model folder goes into BentoML's model store as `vigil-sentiment`, labelled with its MLflow
+name, version, alias and run id; the model service declares it as a BentoModel when VIGIL_BUNDLED_MODEL is set
+(bentofile.yaml sets it), so `bentoml build` packs it and a served Bento falls back to it when MLflow and the local
+cache are both absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from vigil import registry
+from vigil.settings import get_settings
+
+BENTO_MODEL_NAME = "vigil-sentiment"
+BUNDLE_META = "vigil_bundle.json"
+
+
+@dataclass(frozen=True)
+class BuiltBento:
+    bento_tag: str
+    model_tag: str
+    labels: dict[str, str]
+
+
+def bundle_champion() -> tuple[str, dict[str, str]]:
+    """Copy the champion's MLflow model into BentoML's model store; returns (model tag, labels)."""
+    import bentoml
+
+    from service.model_store import ModelHolder
+
+    settings = get_settings()
+    holder = ModelHolder(settings.sentiment_model_name, settings.serve_alias, settings.model_cache_dir, 3600)
+    client = registry.connect()
+    version = client.get_model_version_by_alias(settings.sentiment_model_name, settings.serve_alias)
+    model_dir = holder._download(str(version.version))  # noqa: SLF001 - same cache the service fills
+    labels = {
+        "mlflow_model": settings.sentiment_model_name,
+        "mlflow_version": str(version.version),
+        "mlflow_alias": settings.serve_alias,
+        "mlflow_run_id": version.run_id or "",
+    }
+    with bentoml.models.create(BENTO_MODEL_NAME, labels=labels) as stored:
+        target = Path(stored.path)
+        shutil.copytree(model_dir, target, dirs_exist_ok=True)
+        (target / BUNDLE_META).write_text(json.dumps(
+            {"name": labels["mlflow_model"], "version": labels["mlflow_version"], "alias": labels["mlflow_alias"],
+             "run_id": labels["mlflow_run_id"]}, indent=2))
+    return str(stored.tag), labels
+
+
+def build_bento(project_dir: Path) -> BuiltBento:
+    import bentoml
+
+    model_tag, labels = bundle_champion()
+    os.environ["VIGIL_BUNDLED_MODEL"] = model_tag
+    bento = bentoml.bentos.build_bentofile(str(project_dir / "bentofile.yaml"), build_ctx=str(project_dir),
+                                           labels={"project": "vigil", **labels})
+    return BuiltBento(str(bento.tag), model_tag, labels)
+

@@ -1,0 +1,111 @@
+"""Open Inference Protocol v2 tensors <-> Python lists, for REST JSON and gRPC messages alike."""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from service.errors import ApiError
+from service.oip import grpc_service_pb2 as pb
+
+INPUT_NAME = "text"
+LABEL_OUTPUT = "label"
+SCORE_OUTPUT = "score"
+
+
+def check_text_tensor(name: str, datatype: str, shape: Sequence[int], count: int) -> None:
+    """The `text` input must be BYTES with shape [N] or [N, 1] holding N elements."""
+    if name != INPUT_NAME:
+        raise ApiError(400, "invalid_tensor", f"unknown input {name!r}; the model takes one input {INPUT_NAME!r}")
+    if datatype != "BYTES":
+        raise ApiError(400, "invalid_tensor", f"input {name!r} has datatype {datatype}; expected BYTES")
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or any(d < 0 for d in shape):
+        raise ApiError(400, "invalid_tensor", f"input {name!r} has shape {list(shape)}; expected [N] or [N, 1]")
+    if math.prod(shape) != count:
+        raise ApiError(400, "invalid_tensor",
+                       f"input {name!r} has shape {list(shape)} but holds {count} element(s)")
+
+
+def decode_utf8(raw: bytes, index: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_encoding", f"text element {index} is not valid UTF-8") from None
+
+
+def texts_from_rest(inputs: Sequence[Any]) -> list[str]:
+    if len(inputs) != 1:
+        raise ApiError(400, "invalid_tensor", f"expected exactly one input tensor {INPUT_NAME!r}, got {len(inputs)}")
+    tensor = inputs[0]
+    data = _flatten(tensor.data)
+    check_text_tensor(tensor.name, tensor.datatype, tensor.shape, len(data))
+    texts: list[str] = []
+    for index, value in enumerate(data):
+        if not isinstance(value, str):
+            raise ApiError(422, "invalid_type", f"text element {index} is {type(value).__name__}, expected a string")
+        texts.append(value)
+    return texts
+
+
+def _flatten(data: Sequence[Any]) -> list[Any]:
+    flat: list[Any] = []
+    for value in data:
+        if isinstance(value, list):
+            flat.extend(_flatten(value))
+        else:
+            flat.append(value)
+    return flat
+
+
+def texts_from_grpc(request: pb.ModelInferRequest) -> list[str]:
+    if len(request.inputs) != 1:
+        raise ApiError(400, "invalid_tensor",
+                       f"expected exactly one input tensor {INPUT_NAME!r}, got {len(request.inputs)}")
+    tensor = request.inputs[0]
+    if request.raw_input_contents:
+        elements = unpack_bytes_tensor(request.raw_input_contents[0])
+    else:
+        elements = list(tensor.contents.bytes_contents)
+    check_text_tensor(tensor.name, tensor.datatype, list(tensor.shape), len(elements))
+    return [decode_utf8(raw, index) for index, raw in enumerate(elements)]
+
+
+def unpack_bytes_tensor(raw: bytes) -> list[bytes]:
+    """Triton's raw BYTES layout: each element is a 4-byte little-endian length followed by its bytes."""
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ApiError(400, "invalid_tensor", "raw BYTES tensor is truncated")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise ApiError(400, "invalid_tensor", "raw BYTES tensor is truncated")
+        elements.append(raw[offset : offset + length])
+        offset += length
+    return elements
+
+
+def pack_bytes_tensor(values: Sequence[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(v)) + v for v in values)
+
+
+def grpc_response(
+    request: pb.ModelInferRequest, version: str, labels: Sequence[str], scores: Sequence[float]
+) -> pb.ModelInferResponse:
+    """Outputs as raw contents, as Triton answers, which both Triton's and KServe's clients read."""
+    count = len(labels)
+    wanted = {o.name for o in request.outputs} or {LABEL_OUTPUT, SCORE_OUTPUT}
+    unknown = wanted - {LABEL_OUTPUT, SCORE_OUTPUT}
+    if unknown:
+        raise ApiError(400, "invalid_tensor", f"unknown output(s) {sorted(unknown)}; available: label, score")
+    response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id)
+    if LABEL_OUTPUT in wanted:
+        response.outputs.add(name=LABEL_OUTPUT, datatype="BYTES", shape=[count])
+        response.raw_output_contents.append(pack_bytes_tensor([label.encode() for label in labels]))
+    if SCORE_OUTPUT in wanted:
+        response.outputs.add(name=SCORE_OUTPUT, datatype="FP32", shape=[count])
+        response.raw_output_contents.append(struct.pack(f"<{count}f", *scores))
+    return response

@@ -1,0 +1,266 @@
+"""Answer generators: the offline extractive default and any OpenAI-compatible chat-completions endpoint.
+
+Both number the retrieved chunks 1..n and mark each claim with ``[n]``; the pipeline returns those chunks as
+citations in the same order, so a mark is an index into ``citations``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from service.rag.chunking import split_sentences
+from service.rag.errors import GeneratorTimeout, GeneratorUnavailable, RagConfigError
+from service.rag.schemas import Usage
+from service.rag.store import STOP_WORDS, Hit
+
+if TYPE_CHECKING:
+    import httpx
+
+    from service.rag.embedder import TextEmbedder
+    from vigil.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NO_CONTEXT_ANSWER = "No indexed document answers this question."
+
+
+@dataclass(frozen=True)
+class Generation:
+    answer: str
+    usage: Usage
+    contexts_used: int  # the first n retrieved chunks the generator read; they become the citations
+    response_model: str
+    finish_reason: str | None = None
+
+
+class Generator(Protocol):
+    name: str  # the setting value: extractive | openai
+    model: str  # the model asked for (gen_ai.request.model)
+    system: str  # gen_ai.system
+    operation: str  # gen_ai.operation.name
+
+    def generate(self, question: str, hits: Sequence[Hit], question_vector: np.ndarray | None = None) -> Generation:
+        ...
+
+
+# --- extractive -------------------------------------------------------------------------------------------------
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_STOP = frozenset(STOP_WORDS)
+
+
+def content_words(text: str) -> list[str]:
+    return [w for w in _WORD.findall(text.lower()) if w not in _STOP]
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    context: int  # 1-based number of the chunk it comes from
+    position: int  # sentence index inside the chunk
+    text: str
+    score: float
+
+
+class ExtractiveGenerator:
+    """Answers with the retrieved sentences that best match the question, each cited; no model download.
+
+    A sentence's score blends its MiniLM similarity to the question (meaning) with the share of the question's
+    rarer words it contains (SQuAD questions reuse the passage's words), plus a small bonus for coming from a
+    higher-ranked chunk. The best sentence is the answer; the runner-up joins it when it scores nearly as well.
+    """
+
+    name = "extractive"
+    model = "extractive"
+    system = "vigil.extractive"
+    operation = "text_completion"
+
+    def __init__(self, embedder: TextEmbedder, *, max_sentences: int = 2, runner_up_ratio: float = 0.9,
+                 semantic_weight: float = 0.5, rank_bonus: float = 0.05) -> None:
+        self._embedder = embedder
+        self.max_sentences = max_sentences
+        self.runner_up_ratio = runner_up_ratio
+        self.semantic_weight = semantic_weight
+        self.rank_bonus = rank_bonus
+
+    def generate(self, question: str, hits: Sequence[Hit], question_vector: np.ndarray | None = None) -> Generation:
+        question_tokens = self._embedder.count_tokens(question)
+        if not hits:
+            return Generation(NO_CONTEXT_ANSWER, Usage.of(question_tokens, self._embedder.count_tokens(
+                NO_CONTEXT_ANSWER)), 0, self.model, "stop")
+        candidates = self._score(question, hits, question_vector)
+        chosen = self._choose(candidates)
+        if len({c.context for c in chosen}) == 1:
+            chosen.sort(key=lambda c: c.position)  # two sentences of one chunk read best in the source's order
+        answer = " ".join(f"{c.text} [{c.context}]" for c in chosen)
+        prompt_tokens = question_tokens + sum(self._embedder.count_tokens_many([h.text for h in hits]))
+        return Generation(answer, Usage.of(prompt_tokens, self._embedder.count_tokens(answer)), len(hits),
+                          self.model, "stop")
+
+    def _score(self, question: str, hits: Sequence[Hit], question_vector: np.ndarray | None) -> list[_Candidate]:
+        sentences = [(number, position, sentence)
+                     for number, hit in enumerate(hits, start=1)
+                     for position, sentence in enumerate(split_sentences(hit.text))]
+        words = [set(content_words(s)) for _, _, s in sentences]
+        asked = set(content_words(question))
+        frequency = Counter(w for ws in words for w in ws if w in asked)
+        # Words found in few candidate sentences discriminate; words found in all of them say nothing.
+        weight = {w: math.log(1 + len(sentences) / (1 + frequency[w])) for w in asked}
+        total = sum(weight.values()) or 1.0
+        lexical = np.array([sum(weight[w] for w in ws & asked) / total for ws in words], dtype=np.float32)
+        semantic = np.zeros(len(sentences), dtype=np.float32)
+        if self.semantic_weight > 0:
+            vector = question_vector if question_vector is not None else self._embedder.embed_one(question)
+            semantic = self._embedder.embed([s for _, _, s in sentences]) @ vector
+        return [
+            _Candidate(number, position, sentence,
+                       float(self.semantic_weight * semantic[i] + (1 - self.semantic_weight) * lexical[i]
+                             + self.rank_bonus / number))
+            for i, (number, position, sentence) in enumerate(sentences)
+        ]
+
+    def _choose(self, candidates: list[_Candidate]) -> list[_Candidate]:
+        ranked = sorted(candidates, key=lambda c: c.score, reverse=True)
+        best = ranked[0]
+        chosen = [best]
+        for candidate in ranked[1:self.max_sentences]:
+            if candidate.score >= self.runner_up_ratio * best.score:
+                chosen.append(candidate)
+        return chosen
+
+
+# --- OpenAI-compatible ------------------------------------------------------------------------------------------
+
+SYSTEM_PROMPT = (
+    "You answer questions using only the numbered context passages you are given. "
+    "Cite every statement with the number of the passage it comes from, in square brackets, like [2]. "
+    "If the passages do not contain the answer, say that you cannot answer from the provided documents. "
+    "Do not use any other knowledge."
+)
+
+
+class _Message(BaseModel):
+    content: str | None = None
+
+
+class _Choice(BaseModel):
+    message: _Message
+    finish_reason: str | None = None
+
+
+class _Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int | None = None
+
+
+class _ChatCompletion(BaseModel):
+    model: str | None = None
+    choices: list[_Choice]
+    usage: _Usage | None = None
+
+
+class OpenAIGenerator:
+    """Any endpoint speaking the OpenAI chat-completions wire format: vLLM, Ollama, OpenAI, LiteLLM …"""
+
+    name = "openai"
+    system = "openai"
+    operation = "chat"
+
+    def __init__(self, base_url: str, model: str, *, api_key: str = "", timeout: float = 30.0,
+                 context_tokens: int = 3000, count_tokens: Callable[[str], int] | None = None) -> None:
+        if not base_url:
+            raise RagConfigError("VIGIL_GENERATOR=openai needs VIGIL_LLM_BASE_URL (e.g. http://localhost:8000/v1).")
+        if not model:
+            raise RagConfigError("VIGIL_GENERATOR=openai needs VIGIL_LLM_MODEL, the model name the endpoint serves.")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self._api_key = api_key
+        self.timeout = timeout
+        self.context_tokens = context_tokens
+        # The provider's tokenizer is unknown here; the encoder's one budgets the context close enough.
+        self._count = count_tokens or (lambda text: len(text.split()))
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    import httpx
+
+                    headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+                    self._client = httpx.Client(base_url=self.base_url, headers=headers,
+                                                timeout=httpx.Timeout(self.timeout))
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def messages(self, question: str, hits: Sequence[Hit]) -> tuple[list[dict[str, str]], int]:
+        """The chat messages and how many chunks fit in the context budget."""
+        budget = self.context_tokens - self._count(SYSTEM_PROMPT) - self._count(question) - 16
+        blocks: list[str] = []
+        for number, hit in enumerate(hits, start=1):
+            block = f"[{number}] {hit.title}\n{hit.text}" if hit.title else f"[{number}] {hit.text}"
+            cost = self._count(block)
+            if blocks and cost > budget:
+                break
+            blocks.append(block)
+            budget -= cost
+        context = "\n\n".join(blocks) if blocks else "(no passages were found)"
+        user = f"Context passages:\n\n{context}\n\nQuestion: {question}\nAnswer (cite passages like [1]):"
+        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}], len(blocks)
+
+    def generate(self, question: str, hits: Sequence[Hit], question_vector: np.ndarray | None = None) -> Generation:
+        import httpx
+
+        messages, used = self.messages(question, hits)
+        body = {"model": self.model, "messages": messages, "temperature": 0.0, "stream": False}
+        try:
+            response = self._http().post("/chat/completions", json=body)
+        except httpx.TimeoutException:
+            raise GeneratorTimeout(f"the LLM at {self.base_url} did not answer within {self.timeout:g} s "
+                                   "(VIGIL_LLM_TIMEOUT_SECONDS)") from None
+        except httpx.HTTPError as exc:
+            raise GeneratorUnavailable(f"the LLM at {self.base_url} is not reachable "
+                                       f"({type(exc).__name__}: {exc})") from None
+        if response.status_code != 200:
+            detail = " ".join(response.text.split())[:300]
+            raise GeneratorUnavailable(f"the LLM at {self.base_url} answered HTTP {response.status_code}"
+                                       + (f": {detail}" if detail else ""))
+        try:
+            completion = _ChatCompletion.model_validate_json(response.content)
+        except ValidationError:
+            raise GeneratorUnavailable(f"the LLM at {self.base_url} answered something that is not a chat "
+                                       "completion") from None
+        if not completion.choices:
+            raise GeneratorUnavailable(f"the LLM at {self.base_url} returned no choices")
+        choice = completion.choices[0]
+        answer = (choice.message.content or "").strip()
+        if completion.usage is not None:
+            usage = Usage.of(completion.usage.prompt_tokens, completion.usage.completion_tokens)
+        else:
+            log.debug("the LLM reported no usage; counting with the encoder's tokenizer")
+            usage = Usage.of(sum(self._count(m["content"]) for m in messages), self._count(answer))
+        return Generation(answer, usage, used, completion.model or self.model, choice.finish_reason)
+
+
+def build_generator(settings: Settings, embedder: TextEmbedder) -> Generator:
+    """The generator ``VIGIL_GENERATOR`` names."""
+    if settings.generator == "openai":
+        return OpenAIGenerator(settings.llm_base_url, settings.llm_model,
+                               api_key=settings.llm_api_key.get_secret_value(), timeout=settings.llm_timeout_seconds,
+                               context_tokens=settings.llm_context_tokens, count_tokens=embedder.count_tokens)
+    return ExtractiveGenerator(embedder)

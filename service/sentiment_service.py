@@ -1,0 +1,77 @@
+"""The sentiment model as its own BentoML service: adaptive batching, alias following, readiness.
+
+Separate from the API service (composed with `bentoml.depends`) so it scales apart from HTTP handling, and so
+REST and gRPC requests meet in one batcher. The batching limits come from settings when BentoML imports this
+module, because `@bentoml.api` takes them at class definition.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import bentoml
+from bentoml.exceptions import ServiceUnavailable
+from pydantic import BaseModel
+
+from vigil.settings import get_settings
+
+_settings = get_settings()
+
+
+class ScoredText(BaseModel):
+    label: str
+    score: float
+    version: str
+
+
+def torch_threads() -> int:
+    """Intra-op threads for the model: every core, since the API process mostly waits on I/O."""
+    return int(os.environ.get("VIGIL_TORCH_THREADS", os.cpu_count() or 1))
+
+
+_BUNDLED_MODEL = os.environ.get("VIGIL_BUNDLED_MODEL")
+
+
+@bentoml.service(name="vigil-sentiment", workers=1, traffic={"timeout": 60})
+class SentimentModel:
+    if _BUNDLED_MODEL:
+        # Declared only when packaging or serving a Bento: `bentoml build` packs the model referenced here.
+        bundled = bentoml.models.BentoModel(_BUNDLED_MODEL)
+
+    def __init__(self) -> None:
+        import torch
+
+        from service.model_store import ModelHolder
+
+        torch.set_num_threads(torch_threads())
+        settings = get_settings()
+        bundle = os.environ.get("VIGIL_BUNDLED_MODEL_DIR")
+        self.holder = ModelHolder(
+            settings.sentiment_model_name,
+            settings.serve_alias,
+            settings.model_cache_dir,
+            settings.alias_poll_seconds,
+            bundle_dir=Path(self.bundled.path) if _BUNDLED_MODEL else None,
+        )
+        self.holder.start()
+        if self.holder.current is not None:
+            # The first call through torch is several times slower than the rest: pay it before traffic.
+            self.holder.current.classifier.predict(["warm up"] * 8)
+
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=_settings.batch_max_size,
+                 max_latency_ms=_settings.batch_max_latency_ms)
+    def predict(self, texts: list[str]) -> list[ScoredText]:
+        model = self.holder.current
+        if model is None:
+            raise ServiceUnavailable(f"model not loaded: {self.holder.status.reason}")
+        predictions = model.classifier.predict(texts, batch_size=max(len(texts), 1))
+        return [ScoredText(label=p.label, score=p.score, version=model.version) for p in predictions]
+
+    @bentoml.api
+    def describe(self) -> dict[str, Any]:
+        return self.holder.describe()
+
+    def __is_ready__(self) -> bool:
+        return self.holder.status.ready

@@ -1,0 +1,316 @@
+"""A real `vigil serve` (BentoML) against a real MLflow server: REST, Open Inference v2 on REST and gRPC, limits,
+alias following under load, and serving from the local cache when MLflow is away."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mlflow import MlflowClient
+
+from service.oip import grpc_service_pb2 as pb
+from service.oip import grpc_service_pb2_grpc as pb_grpc
+from tests.conftest import VIGIL_BIN, free_port, wait_until
+from tests.integration.conftest import VigilEnv
+
+MODEL = "serving-sentiment"
+POSITIVE = "I love this phone, it works great and the battery lasts forever."
+NEGATIVE = "Terrible quality, it broke after one day. Waste of money."
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    http: str
+    grpc_target: str
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_server(env: dict[str, str], log: Path, expect_ready: bool = True) -> Server:
+    http_port, grpc_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [VIGIL_BIN, "serve", "--port", str(http_port), "--grpc-port", str(grpc_port)],
+        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    server = Server(process, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", log, env)
+
+    def answering() -> bool:
+        assert process.poll() is None, log.read_text()[-3000:]
+        try:
+            status = httpx.get(f"{server.http}/readyz", timeout=2).status_code
+        except httpx.HTTPError:
+            return False
+        return status == 200 if expect_ready else status in (200, 503)
+
+    try:
+        wait_until(answering, timeout=180, interval=0.5, what="vigil serve")
+    except AssertionError:
+        server.stop()
+        raise AssertionError(f"vigil serve did not come up:\n{log.read_text()[-3000:]}") from None
+    return server
+
+
+@pytest.fixture(scope="module")
+def registry_client(vigil_env: VigilEnv, trained_twice: tuple[str, str]) -> MlflowClient:
+    """`serving-sentiment` v1 = a copy of the trained `sentiment` v1, champion; other tests move `sentiment`."""
+    client = MlflowClient(vigil_env.tracking_uri)
+    client.copy_model_version("models:/sentiment/1", MODEL)
+    vigil_env.run("models", "promote", MODEL, "--version", "1", "--reason", "serving tests")
+    return client
+
+
+@pytest.fixture(scope="module")
+def server(vigil_env: VigilEnv, registry_client: MlflowClient, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[Server]:
+    env = {**vigil_env.env, "VIGIL_SENTIMENT_MODEL_NAME": MODEL, "VIGIL_ALIAS_POLL_SECONDS": "1",
+           "VIGIL_TRACING": "off"}
+    running = start_server(env, tmp_path_factory.mktemp("serve") / "serve.log")
+    yield running
+    running.stop()
+
+
+def predict(server: Server, body: object, **kwargs: object) -> httpx.Response:
+    return httpx.post(f"{server.http}/predict", json=body, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+def test_rest_predict_single_and_batch(server: Server) -> None:
+    one = predict(server, {"text": POSITIVE})
+    assert one.status_code == 200, one.text
+    assert one.json()["predictions"][0]["label"] == "positive"
+    assert one.json()["model"] == {"name": MODEL, "version": "1"}
+
+    many = predict(server, {"texts": [POSITIVE, NEGATIVE, POSITIVE]})
+    assert [p["label"] for p in many.json()["predictions"]] == ["positive", "negative", "positive"]
+    assert all(0.5 <= p["score"] <= 1.0 for p in many.json()["predictions"])
+
+
+def test_openapi_has_examples(server: Server) -> None:
+    spec = httpx.get(f"{server.http}/api/openapi.json", timeout=10).json()
+    assert "/predict" in spec["paths"] and "/v2/models/{name}/infer" in spec["paths"]
+    assert "examples" in json.dumps(spec["paths"]["/predict"])
+
+
+def test_open_inference_rest(server: Server) -> None:
+    assert httpx.get(f"{server.http}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{server.http}/v2/health/ready").json() == {"ready": True}
+    assert httpx.get(f"{server.http}/v2").json()["name"] == "vigil"
+    meta = httpx.get(f"{server.http}/v2/models/{MODEL}").json()
+    assert meta["versions"] == ["1"] and meta["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
+    assert httpx.get(f"{server.http}/v2/models/{MODEL}/ready").status_code == 200
+
+    for shape, data in (([2], [POSITIVE, NEGATIVE]), ([2, 1], [[POSITIVE], [NEGATIVE]])):
+        body = {"id": "r1", "inputs": [{"name": "text", "shape": shape, "datatype": "BYTES", "data": data}]}
+        response = httpx.post(f"{server.http}/v2/models/{MODEL}/infer", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        outputs = {o["name"]: o for o in response.json()["outputs"]}
+        assert outputs["label"]["data"] == ["positive", "negative"]
+        assert outputs["score"]["datatype"] == "FP32" and outputs["score"]["shape"] == [2]
+        assert response.json()["model_version"] == "1" and response.json()["id"] == "r1"
+
+
+def test_triton_http_client_unchanged(server: Server) -> None:
+    client = triton_http.InferenceServerClient(server.http.removeprefix("http://"))
+    assert client.is_server_live() and client.is_model_ready(MODEL)
+    tensor = triton_http.InferInput("text", [2], "BYTES")
+    tensor.set_data_from_numpy(np.array([POSITIVE.encode(), NEGATIVE.encode()], dtype=object), binary_data=False)
+    result = client.infer(MODEL, [tensor], outputs=[triton_http.InferRequestedOutput("label", binary_data=False)])
+    assert result.as_numpy("label").tolist() == ["positive", "negative"]
+
+
+def test_grpc_with_triton_client(server: Server) -> None:
+    client = triton_grpc.InferenceServerClient(server.grpc_target)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
+    assert client.get_model_metadata(MODEL).versions == ["1"]
+    tensor = triton_grpc.InferInput("text", [3], "BYTES")
+    tensor.set_data_from_numpy(np.array([POSITIVE.encode(), NEGATIVE.encode(), "Café was lovely!".encode()],
+                                        dtype=object))
+    result = client.infer(MODEL, [tensor])
+    assert [v.decode() for v in result.as_numpy("label")] == ["positive", "negative", "positive"]
+    assert result.as_numpy("score").dtype == np.float32
+    assert result.get_response().model_version == "1"
+
+
+def test_grpc_health_and_reflection(server: Server) -> None:
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        answers = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for answer in answers for s in answer.list_services_response.service}
+        assert "inference.GRPCInferenceService" in names
+
+
+BAD_REST = [
+    ({"text": ""}, 400, "empty_text"),
+    ({"text": "   \n "}, 400, "empty_text"),
+    ({"texts": []}, 400, "empty_request"),
+    ({"texts": ["ok"] * 257}, 413, "too_many_texts"),
+    ({"text": "a" * 10_001}, 413, "text_too_long"),
+    ({"text": 42}, 422, "invalid_request"),
+    ({"texts": "not a list"}, 422, "invalid_request"),
+    ({"text": "a", "texts": ["b"]}, 422, "invalid_request"),
+    ({"txt": "typo"}, 422, "invalid_request"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "code"), BAD_REST)
+def test_rest_refusals_are_clear(server: Server, body: object, status: int, code: str) -> None:
+    response = predict(server, body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert response.json()["error"]["message"]
+
+
+def test_malformed_bodies(server: Server) -> None:
+    cases = [
+        (b'{"text": "caf\xe9"}', 400, "invalid_encoding"),
+        (b'{"text": ', 400, "invalid_json"),
+        (b"", 400, "empty_request"),
+        (b'{"text": "' + b"a" * (5 * 1024 * 1024) + b'"}', 413, "body_too_large"),
+    ]
+    for raw, status, code in cases:
+        response = httpx.post(f"{server.http}/predict", content=raw, timeout=30,
+                              headers={"content-type": "application/json"})
+        assert (response.status_code, response.json()["error"]["code"]) == (status, code), raw[:40]
+
+
+def test_open_inference_refusals(server: Server) -> None:
+    url = f"{server.http}/v2/models/{MODEL}/infer"
+    cases = [
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, 400),
+        ({"inputs": [{"name": "text", "shape": [2, 2], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}]}, 400),
+        ({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]}, 400),
+        ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}, 400),
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [7]}]}, 422),
+        ({"inputs": []}, 400),
+    ]
+    for body, status in cases:
+        response = httpx.post(url, json=body, timeout=30)
+        assert response.status_code == status, (body, response.text)
+        assert response.json()["error"]["message"]
+    unknown = httpx.post(f"{server.http}/v2/models/nope/infer", json=cases[0][0], timeout=30)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    assert httpx.get(f"{server.http}/v2/models/nope").status_code == 404
+
+
+def test_grpc_refusals(server: Server) -> None:
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        def infer(model: str, datatype: str, shape: list[int], values: list[bytes]) -> grpc.StatusCode:
+            request = pb.ModelInferRequest(model_name=model)
+            tensor = request.inputs.add(name="text", datatype=datatype, shape=shape)
+            tensor.contents.bytes_contents.extend(values)
+            try:
+                stub.ModelInfer(request, timeout=30)
+            except grpc.RpcError as error:
+                assert error.details()
+                return error.code()
+            return grpc.StatusCode.OK
+
+        assert infer("nope", "BYTES", [1], [b"ok"]) == grpc.StatusCode.NOT_FOUND
+        assert infer(MODEL, "FP32", [1], [b"ok"]) == grpc.StatusCode.INVALID_ARGUMENT
+        assert infer(MODEL, "BYTES", [2], [b"ok"]) == grpc.StatusCode.INVALID_ARGUMENT
+        assert infer(MODEL, "BYTES", [1], [b"caf\xe9"]) == grpc.StatusCode.INVALID_ARGUMENT
+        assert infer(MODEL, "BYTES", [1], [b""]) == grpc.StatusCode.INVALID_ARGUMENT
+        assert infer(MODEL, "BYTES", [1], [b"fine"]) == grpc.StatusCode.OK
+
+
+def test_still_serving_after_every_refusal(server: Server) -> None:
+    assert predict(server, {"text": POSITIVE}).status_code == 200
+    assert server.process.poll() is None
+
+
+def test_alias_move_under_load_switches_without_errors(
+    server: Server, vigil_env: VigilEnv, registry_client: MlflowClient
+) -> None:
+    registry_client.copy_model_version("models:/sentiment/2", MODEL)
+    seen: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                response = client.post(f"{server.http}/predict", json={"text": POSITIVE})
+                if response.status_code != 200:
+                    failures.append(response.text)
+                    continue
+                seen.append(response.json()["model"]["version"])
+
+    streamer = threading.Thread(target=stream)
+    streamer.start()
+    try:
+        wait_until(lambda: len(seen) > 5, timeout=30, what="requests flowing")
+        vigil_env.run("models", "promote", MODEL, "--version", "2", "--reason", "swap under load")
+        wait_until(lambda: seen and seen[-1] == "2", timeout=60, what="the service to answer with v2")
+        count = len(seen)
+        wait_until(lambda: len(seen) > count + 5, timeout=30, what="more requests on v2")
+    finally:
+        stop.set()
+        streamer.join()
+    assert failures == []
+    switch = seen.index("2")
+    assert set(seen[:switch]) == {"1"} and set(seen[switch:]) == {"2"}
+    status = httpx.get(f"{server.http}/status").json()["models"][MODEL]
+    assert status["version"] == "2" and status["swaps"] >= 1
+    assert httpx.get(f"{server.http}/v2/models/{MODEL}").json()["versions"] == ["2"]
+
+
+def test_restart_without_mlflow_serves_the_cached_version(server: Server, tmp_path: Path) -> None:
+    served = httpx.get(f"{server.http}/status").json()["models"][MODEL]["version"]
+    server.stop()
+    closed = f"http://127.0.0.1:{free_port()}"
+    env = {**server.env, "MLFLOW_TRACKING_URI": closed}
+    degraded = start_server(env, tmp_path / "degraded.log")
+    try:
+        response = predict(degraded, {"text": NEGATIVE})
+        assert response.status_code == 200
+        assert response.json()["model"]["version"] == served
+        status = httpx.get(f"{degraded.http}/status").json()["models"][MODEL]
+        assert status["degraded"] is True and status["source"] == "cache"
+        assert "MLflow unreachable" in status["reason"]
+    finally:
+        degraded.stop()
+
+
+def test_no_cache_and_no_mlflow_is_not_ready(vigil_env: VigilEnv, tmp_path: Path) -> None:
+    env = {**vigil_env.env, "VIGIL_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+           "VIGIL_SENTIMENT_MODEL_NAME": MODEL, "VIGIL_TRACING": "off"}
+    server = start_server(env, tmp_path / "not-ready.log", expect_ready=False)
+    try:
+        assert httpx.get(f"{server.http}/readyz").status_code == 503
+        status = httpx.get(f"{server.http}/status").json()["models"][MODEL]
+        assert status["ready"] is False and "no cached model" in status["reason"]
+        response = predict(server, {"text": POSITIVE})
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "not_ready"
+        assert response.headers["retry-after"]
+    finally:
+        server.stop()
