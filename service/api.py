@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from importlib.metadata import version as package_version
 from typing import Any
 
@@ -16,7 +17,7 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from service.errors import ApiError, not_ready, overloaded
@@ -25,22 +26,22 @@ from service.oip.grpc_server import InferOutcome, ModelBackend, start_grpc_serve
 from service.schemas import (
     InferRequest,
     InferResponse,
-    InferTensor,
     ModelMetadata,
-    ModelRef,
-    Prediction,
     PredictRequest,
     PredictResponse,
     ServerMetadata,
     TensorMetadata,
 )
 from service.sentiment_service import SentimentModel
+from service.telemetry import PredictionRecord, ServingTelemetry, route_bentoml_spans_through_global_provider
 from service.validation import validate_texts
 from vigil.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
 VIGIL_VERSION = package_version("vigil")
+
+route_bentoml_spans_through_global_provider()
 
 app = FastAPI(
     title="Vigil",
@@ -70,6 +71,12 @@ def _describe_validation(errors: Any) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def json_response(payload: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    import orjson
+
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers)
+
+
 async def read_json(request: Request, schema: type[Any]) -> Any:
     """The body parsed into ``schema``, refusing oversize, non-UTF-8 and malformed bodies with clear 4xx."""
     limit = get_settings().max_body_bytes
@@ -93,7 +100,9 @@ async def read_json(request: Request, schema: type[Any]) -> Any:
         raise ApiError(422, "invalid_request", _describe_validation(error.errors())) from None
 
 
-@bentoml.service(name="vigil", workers=1, traffic={"timeout": 60})
+# Probes and scrapes would flood the trace store; every API call is traced.
+@bentoml.service(name="vigil", workers=1, traffic={"timeout": 60},
+                 tracing={"excluded_urls": ["/metrics", "/livez", "/readyz", "/healthz", "/api/docs"]})
 @bentoml.asgi_app(app, path="/")
 class Vigil:
     model = bentoml.depends(SentimentModel)
@@ -101,15 +110,32 @@ class Vigil:
     def __init__(self) -> None:
         self.settings = get_settings()
         self.model_name = self.settings.sentiment_model_name
+        self.telemetry = ServingTelemetry(self.settings)
         self._grpc_server: Any = None
 
     # --- the one prediction path ---------------------------------------------------------------------------
 
-    async def infer(self, texts: list[str], headers: dict[str, str], endpoint: str) -> InferOutcome:
-        validate_texts(texts, self.settings)
+    async def infer(self, texts: list[str], headers: Mapping[str, str], endpoint: str,
+                    protocol: str = "rest") -> InferOutcome:
         started = time.perf_counter()
+        with self.telemetry.predict_span(headers, protocol, endpoint) as span:
+            try:
+                validate_texts(texts, self.settings)
+                scored = await self._call_model(texts)
+            except ApiError as error:
+                self.telemetry.refused(error.code)
+                raise
+            prediction = PredictionRecord(
+                texts=texts, labels=[s.label for s in scored], scores=[float(s.score) for s in scored],
+                version=str(scored[0].version), batch_size=int(scored[0].batch_size),
+                latency_ms=(time.perf_counter() - started) * 1000,
+            )
+            trace_id, traceparent = self.telemetry.record(span, protocol, endpoint, prediction)
+        return InferOutcome(prediction.version, prediction.labels, prediction.scores, trace_id, traceparent)
+
+    async def _call_model(self, texts: list[str]) -> list[Any]:
         try:
-            scored = await self.model.to_async.predict(texts=texts)
+            return list(await self.model.to_async.predict(texts=texts))
         except BentoMLException as error:
             if int(error.error_code) != 503:
                 raise
@@ -118,14 +144,6 @@ class Vigil:
             if not state.get("ready"):
                 raise not_ready(str(state.get("reason") or "no model loaded")) from None
             raise overloaded() from None
-        outcome = InferOutcome(
-            version=str(scored[0].version) if scored else "",
-            labels=[s.label for s in scored],
-            scores=[float(s.score) for s in scored],
-        )
-        logger.debug("%s: %d text(s) in %.1f ms by v%s", endpoint, len(texts),
-                     (time.perf_counter() - started) * 1000, outcome.version)
-        return outcome
 
     async def model_state(self) -> dict[str, Any]:
         return dict(await self.model.to_async.describe())
@@ -137,19 +155,20 @@ class Vigil:
                   "schema": PredictRequest.model_json_schema(),
                   "examples": {"one": {"value": {"text": "Great phone, the battery lasts all day."}},
                                "many": {"value": {"texts": ["Loved it.", "Broke after a week."]}}}}}}})
-    async def predict(self, request: Request) -> PredictResponse:
+    async def predict(self, request: Request) -> Response:
         """Classify one `text` or a list of `texts`."""
         body: PredictRequest = await read_json(request, PredictRequest)
         if body.text is not None and body.texts is not None:
             raise ApiError(422, "invalid_request", "send either `text` or `texts`, not both")
         texts = [body.text] if body.text is not None else (body.texts or [])
         outcome = await self.infer(texts, dict(request.headers), "/predict")
-        return PredictResponse(
-            predictions=[Prediction(label=label, score=score) for label, score in zip(outcome.labels,
-                                                                                          outcome.scores,
-                                                                                          strict=True)],
-            model=ModelRef(name=self.model_name, version=outcome.version),
-        )
+        # Serialised directly (orjson): the hot path skips FastAPI's second validation of the response model.
+        return json_response({
+            "predictions": [{"label": label, "score": score}
+                            for label, score in zip(outcome.labels, outcome.scores, strict=True)],
+            "model": {"name": self.model_name, "version": outcome.version},
+            "trace_id": outcome.trace_id,
+        }, headers={"traceparent": outcome.traceparent} if outcome.traceparent else None)
 
     @app.get("/status", tags=["health"])
     async def status(self) -> dict[str, Any]:
@@ -199,7 +218,7 @@ class Vigil:
     @app.post("/v2/models/{name}/infer", response_model=InferResponse, tags=["open-inference-v2"])
     @app.post("/v2/models/{name}/versions/{version}/infer", response_model=InferResponse,
               tags=["open-inference-v2"])
-    async def model_infer(self, name: str, request: Request, version: str | None = None) -> InferResponse:
+    async def model_infer(self, name: str, request: Request, version: str | None = None) -> Response:
         self._require_model(name)
         body: InferRequest = await read_json(request, InferRequest)
         texts = codec.texts_from_rest(body.inputs)
@@ -208,15 +227,18 @@ class Vigil:
         unknown = wanted - {codec.LABEL_OUTPUT, codec.SCORE_OUTPUT}
         if unknown:
             raise ApiError(400, "invalid_tensor", f"unknown output(s) {sorted(unknown)}; available: label, score")
-        outputs = []
+        outputs: list[dict[str, Any]] = []
         if codec.LABEL_OUTPUT in wanted:
-            outputs.append(InferTensor(name=codec.LABEL_OUTPUT, datatype="BYTES", shape=[len(texts)],
-                                       data=outcome.labels))
+            outputs.append({"name": codec.LABEL_OUTPUT, "datatype": "BYTES", "shape": [len(texts)],
+                            "data": outcome.labels})
         if codec.SCORE_OUTPUT in wanted:
-            outputs.append(InferTensor(name=codec.SCORE_OUTPUT, datatype="FP32", shape=[len(texts)],
-                                       data=outcome.scores))
-        return InferResponse(model_name=self.model_name, model_version=outcome.version, id=body.id,
-                             outputs=outputs)
+            outputs.append({"name": codec.SCORE_OUTPUT, "datatype": "FP32", "shape": [len(texts)],
+                            "data": outcome.scores})
+        payload: dict[str, Any] = {"model_name": self.model_name, "model_version": outcome.version,
+                                   "outputs": outputs}
+        if body.id is not None:
+            payload["id"] = body.id
+        return json_response(payload, headers={"traceparent": outcome.traceparent} if outcome.traceparent else None)
 
     def _require_model(self, name: str) -> None:
         if name != self.model_name:
@@ -232,14 +254,19 @@ class Vigil:
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
-        backend = ModelBackend(name=self.model_name, infer=self.infer, metadata=self.model_state,
+        async def infer_grpc(texts: list[str], metadata: dict[str, str], endpoint: str) -> InferOutcome:
+            return await self.infer(texts, metadata, endpoint, protocol="grpc")
+
+        backend = ModelBackend(name=self.model_name, infer=infer_grpc, metadata=self.model_state,
                                server_version=VIGIL_VERSION)
         self._grpc_server = await start_grpc_server(backend, self.settings.serve_host, self.settings.grpc_port)
 
     @bentoml.on_shutdown
-    async def stop_grpc(self) -> None:
+    async def stop(self) -> None:
         if self._grpc_server is not None:
             await self._grpc_server.stop(grace=5)
+        # Rows and spans of the last requests are written before the process goes.
+        self.telemetry.close()
 
     async def __is_ready__(self) -> bool:
         return await self._model_ready()

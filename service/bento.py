@@ -38,7 +38,7 @@ def bundle_champion() -> tuple[str, dict[str, str]]:
     holder = ModelHolder(settings.sentiment_model_name, settings.serve_alias, settings.model_cache_dir, 3600)
     client = registry.connect()
     version = client.get_model_version_by_alias(settings.sentiment_model_name, settings.serve_alias)
-    model_dir = holder._download(str(version.version))  # noqa: SLF001 - same cache the service fills
+    model_dir = holder._download(str(version.version))
     labels = {
         "mlflow_model": settings.sentiment_model_name,
         "mlflow_version": str(version.version),

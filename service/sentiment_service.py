@@ -24,6 +24,7 @@ class ScoredText(BaseModel):
     label: str
     score: float
     version: str
+    batch_size: int  # of the batch this text was scored in, after adaptive batching
 
 
 def torch_threads() -> int:
@@ -43,17 +44,19 @@ class SentimentModel:
     def __init__(self) -> None:
         import torch
 
+        from monitoring.metrics import get_metrics
         from service.model_store import ModelHolder
 
         torch.set_num_threads(torch_threads())
         settings = get_settings()
-        bundle = os.environ.get("VIGIL_BUNDLED_MODEL_DIR")
+        self.metrics = get_metrics()
         self.holder = ModelHolder(
             settings.sentiment_model_name,
             settings.serve_alias,
             settings.model_cache_dir,
             settings.alias_poll_seconds,
             bundle_dir=Path(self.bundled.path) if _BUNDLED_MODEL else None,
+            on_swap=self._count_swap,
         )
         self.holder.start()
         if self.holder.current is not None:
@@ -67,7 +70,14 @@ class SentimentModel:
         if model is None:
             raise ServiceUnavailable(f"model not loaded: {self.holder.status.reason}")
         predictions = model.classifier.predict(texts, batch_size=max(len(texts), 1))
-        return [ScoredText(label=p.label, score=p.score, version=model.version) for p in predictions]
+        self.metrics.batch_size.observe(len(texts))
+        return [ScoredText(label=p.label, score=p.score, version=model.version, batch_size=len(texts))
+                for p in predictions]
+
+    def _count_swap(self, previous: Any, loaded: Any) -> None:
+        self.metrics.model_loads.labels(model=loaded.name, version=loaded.version, outcome=loaded.source).inc()
+        if previous is not None and previous.version != loaded.version:
+            self.metrics.model_swaps.labels(model=loaded.name).inc()
 
     @bentoml.api
     def describe(self) -> dict[str, Any]:

@@ -40,6 +40,8 @@ class InferOutcome:
     version: str
     labels: list[str]
     scores: list[float]
+    trace_id: str = ""  # 32 hex digits of the request's trace, when tracing is on
+    traceparent: str = ""  # W3C header value to hand back to the caller
 
 
 @dataclass
@@ -90,6 +92,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outcome = await self.backend.infer(texts, metadata, "grpc:ModelInfer")
             if request.model_version and request.model_version != outcome.version:
                 logger.info("request asked for v%s; served by v%s", request.model_version, outcome.version)
+            if outcome.traceparent:
+                context.set_trailing_metadata((("traceparent", outcome.traceparent),
+                                               ("vigil-trace-id", outcome.trace_id)))
             return codec.grpc_response(request, outcome.version, outcome.labels, outcome.scores)
         except ApiError as error:
             await context.abort(_STATUS_TO_GRPC.get(error.status, grpc.StatusCode.INTERNAL), error.message)

@@ -68,9 +68,7 @@ QUERY_PAGE = 1000
 # Words that carry no evidence in BM25. Spelt out rather than Milvus's "_english_" alias, which Milvus Lite
 # does not expand, so both analyse text the same way.
 STOP_WORDS = sorted(set(
-    "a an and are as at be been but by can could did do does for from had has have he her hers him his how i if "
-    "in into is it its me my no not of on or our she so such than that the their them then there these they "
-    "this those to us was we were what when where which who whom whose why will with would you your".split()
+    ["a", "an", "and", "are", "as", "at", "be", "been", "but", "by", "can", "could", "did", "do", "does", "for", "from", "had", "has", "have", "he", "her", "hers", "him", "his", "how", "i", "if", "in", "into", "is", "it", "its", "me", "my", "no", "not", "of", "on", "or", "our", "she", "so", "such", "than", "that", "the", "their", "them", "then", "there", "these", "they", "this", "those", "to", "us", "was", "we", "were", "what", "when", "where", "which", "who", "whom", "whose", "why", "will", "with", "would", "you", "your"]
 ))
 ANALYZER = {"tokenizer": "standard", "filter": ["lowercase", {"type": "stop", "stop_words": STOP_WORDS}]}
 

@@ -21,10 +21,12 @@ import tritonclient.http as triton_http
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mlflow import MlflowClient
 
+from monitoring.records import create_engine, read_frame
 from service.oip import grpc_service_pb2 as pb
 from service.oip import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import VIGIL_BIN, free_port, wait_until
 from tests.integration.conftest import VigilEnv
+from tests.otlp_receiver import OtlpReceiver, otlp_receiver
 
 MODEL = "serving-sentiment"
 POSITIVE = "I love this phone, it works great and the battery lasts forever."
@@ -83,11 +85,20 @@ def registry_client(vigil_env: VigilEnv, trained_twice: tuple[str, str]) -> Mlfl
 
 
 @pytest.fixture(scope="module")
-def server(vigil_env: VigilEnv, registry_client: MlflowClient, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[Server]:
-    env = {**vigil_env.env, "VIGIL_SENTIMENT_MODEL_NAME": MODEL, "VIGIL_ALIAS_POLL_SECONDS": "1",
-           "VIGIL_TRACING": "off"}
-    running = start_server(env, tmp_path_factory.mktemp("serve") / "serve.log")
+def langsmith() -> Iterator[OtlpReceiver]:
+    """LangSmith's cloud cannot run here: a local endpoint that decodes real OTLP stands in for it."""
+    with otlp_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def server(vigil_env: VigilEnv, registry_client: MlflowClient, langsmith: OtlpReceiver,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("serve-home")
+    env = {**vigil_env.env, "VIGIL_HOME": str(home), "VIGIL_SENTIMENT_MODEL_NAME": MODEL,
+           "VIGIL_ALIAS_POLL_SECONDS": "1", "VIGIL_TRACING": "otlp", "LANGSMITH_API_KEY": "ls-test-key",
+           "LANGSMITH_ENDPOINT": langsmith.url, "LANGSMITH_PROJECT": "vigil-tests"}
+    running = start_server(env, home / "serve.log")
     yield running
     running.stop()
 
@@ -283,11 +294,120 @@ def test_alias_move_under_load_switches_without_errors(
     assert httpx.get(f"{server.http}/v2/models/{MODEL}").json()["versions"] == ["2"]
 
 
-def test_restart_without_mlflow_serves_the_cached_version(server: Server, tmp_path: Path) -> None:
-    served = httpx.get(f"{server.http}/status").json()["models"][MODEL]["version"]
+def traceparent(index: int) -> tuple[str, str]:
+    trace_id = f"{0xABC000 + index:032x}"
+    return trace_id, f"00-{trace_id}-{index + 1:016x}-01"
+
+
+def find_trace(client: MlflowClient, trace_id: str) -> object:
+    experiment = client.get_experiment_by_name("vigil-traces")
+    assert experiment is not None
+
+    def found() -> object:
+        traces = client.search_traces(locations=[experiment.experiment_id],
+                                      filter_string=f"trace.request_id = 'tr-{trace_id}'")
+        return traces[0] if traces and any(s.name == "sentiment.predict" for s in traces[0].data.spans) else None
+
+    return wait_until(found, timeout=30, interval=0.5, what=f"trace {trace_id} in MLflow")
+
+
+def test_rest_request_is_traced_into_mlflow(server: Server, registry_client: MlflowClient) -> None:
+    trace_id, header = traceparent(1)
+    response = httpx.post(f"{server.http}/predict", json={"text": POSITIVE}, headers={"traceparent": header})
+    assert response.status_code == 200
+    assert response.json()["trace_id"] == trace_id
+    assert response.headers["traceparent"].split("-")[1] == trace_id
+    trace = find_trace(registry_client, trace_id)
+    spans = {span.span_id: span for span in trace.data.spans}  # type: ignore[attr-defined]
+    predict_span = next(s for s in spans.values() if s.name == "sentiment.predict")
+    assert predict_span.attributes["vigil.model.name"] == MODEL
+    assert predict_span.attributes["vigil.model.version"] == response.json()["model"]["version"]
+    assert predict_span.attributes["vigil.labels.positive"] == 1
+    ancestors = []
+    parent = spans.get(predict_span.parent_id)
+    while parent is not None:
+        ancestors.append(parent.name)
+        parent = spans.get(parent.parent_id)
+    assert any(name.startswith("POST /predict") for name in ancestors), ancestors
+
+
+def test_grpc_request_is_traced_into_mlflow(server: Server, registry_client: MlflowClient) -> None:
+    trace_id, header = traceparent(2)
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = pb.ModelInferRequest(model_name=MODEL)
+        request.inputs.add(name="text", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"Superb!")
+        _, call = stub.ModelInfer.with_call(request, metadata=(("traceparent", header),), timeout=30)
+    trailing = dict(call.trailing_metadata())
+    assert trailing["traceparent"].split("-")[1] == trace_id
+    trace = find_trace(registry_client, trace_id)
+    names = {span.name for span in trace.data.spans}  # type: ignore[attr-defined]
+    assert {"inference.GRPCInferenceService/ModelInfer", "sentiment.predict"} <= names
+
+
+def test_langsmith_receives_the_same_spans(server: Server, langsmith: OtlpReceiver) -> None:
+    trace_id, header = traceparent(3)
+    assert httpx.post(f"{server.http}/predict", json={"text": NEGATIVE}, headers={"traceparent": header}
+                      ).status_code == 200
+
+    def arrived() -> list[object]:
+        return [(e, s) for e, s in langsmith.spans() if s.trace_id == trace_id and s.name == "sentiment.predict"]
+
+    export, span = wait_until(arrived, timeout=30, what="spans at the LangSmith stand-in")[0]  # type: ignore[misc]
+    assert export.headers["x-api-key"] == "ls-test-key"
+    assert export.headers["langsmith-project"] == "vigil-tests"
+    assert span.attributes["vigil.model.name"] == MODEL
+
+
+def test_metrics_move_with_traffic(server: Server) -> None:
+    def predictions_total() -> float:
+        text = httpx.get(f"{server.http}/metrics").text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("vigil_predictions_total{") and f'model="{MODEL}"' in line)
+
+    before = predictions_total()
+    assert predict(server, {"texts": [POSITIVE, NEGATIVE]}).status_code == 200
+    assert predictions_total() == before + 2
+    metrics = httpx.get(f"{server.http}/metrics").text
+    for series in ("vigil_batch_size_bucket", "vigil_model_loads_total", "vigil_requests_rejected_total",
+                   "vigil_inference_log_writes_total"):
+        assert series in metrics, series
+
+
+def test_every_request_is_logged_even_right_before_shutdown(server: Server) -> None:
+    sent: dict[str, str] = {}
+    with grpc.insecure_channel(server.grpc_target) as channel, httpx.Client(timeout=30) as client:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for index in range(10, 30):
+            trace_id, header = traceparent(index)
+            if index % 2:
+                request = pb.ModelInferRequest(model_name=MODEL)
+                request.inputs.add(name="text", datatype="BYTES", shape=[1]).contents.bytes_contents.append(
+                    f"request {index} was great".encode())
+                reply = stub.ModelInfer(request, metadata=(("traceparent", header),), timeout=30)
+                sent[trace_id] = reply.model_version
+            else:
+                response = client.post(f"{server.http}/predict", json={"text": f"request {index} was bad"},
+                                       headers={"traceparent": header})
+                sent[trace_id] = response.json()["model"]["version"]
+    server.stop()  # graceful: right after the last request
+    rows = read_frame(create_engine(f"sqlite:///{Path(server.env['VIGIL_HOME']) / 'inference_log.db'}"),
+                      kind="sentiment")
+    logged = rows[rows["trace_id"].isin(list(sent))]
+    assert len(logged) == len(sent) == 20
+    assert dict(zip(logged["trace_id"], logged["model_version"], strict=True)) == sent
+    assert set(logged["protocol"]) == {"rest", "grpc"}
+    assert logged["input_text"].str.startswith("request ").all()
+
+
+def test_restart_without_mlflow_serves_the_cached_version(
+    server: Server, registry_client: MlflowClient, tmp_path: Path
+) -> None:
+    served = registry_client.get_model_version_by_alias(MODEL, "champion").version
     server.stop()
     closed = f"http://127.0.0.1:{free_port()}"
-    env = {**server.env, "MLFLOW_TRACKING_URI": closed}
+    # MLflow (registry and trace store) and LangSmith all out of reach: predictions still flow.
+    env = {**server.env, "MLFLOW_TRACKING_URI": closed, "LANGSMITH_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
     degraded = start_server(env, tmp_path / "degraded.log")
     try:
         response = predict(degraded, {"text": NEGATIVE})

@@ -1,0 +1,117 @@
+"""What every served prediction leaves behind: a span, Prometheus series and inference-log rows.
+
+Built once per API worker. REST requests arrive inside BentoML's server span (its middleware honours an incoming
+`traceparent`); gRPC requests carry theirs in metadata, so this module opens their server span itself.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from monitoring import semconv
+from monitoring.inference_log import InferenceLogWriter
+from monitoring.metrics import get_metrics
+from monitoring.records import InferenceRecord
+from monitoring.tracing import extract_context, get_tracer, setup_tracing, shutdown_tracing, text_attribute
+from vigil.settings import Settings
+
+GRPC_SERVER_SPAN = "inference.GRPCInferenceService/ModelInfer"
+
+
+def route_bentoml_spans_through_global_provider() -> None:
+    """Make BentoML's HTTP server spans use the process's global provider, so they share Vigil's exporters.
+
+    BentoML builds its tracing middleware from its own container before the service instance exists; OTel's proxy
+    provider forwards to whatever `setup_tracing` installs later. Relies on BentoML's container (1.4 internals).
+    """
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    BentoMLContainer.tracer_provider.set(trace.get_tracer_provider())
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    texts: list[str]
+    labels: list[str]
+    scores: list[float]
+    version: str
+    batch_size: int
+    latency_ms: float
+
+
+class ServingTelemetry:
+    def __init__(self, settings: Settings, service_name: str = "vigil") -> None:
+        self.settings = settings
+        setup_tracing(service_name, settings=settings)
+        self.tracer = get_tracer("vigil.service")
+        self.metrics = get_metrics()
+        self.log = InferenceLogWriter.from_settings(settings)
+
+    @contextmanager
+    def predict_span(self, carrier: Mapping[str, str], protocol: str, endpoint: str) -> Iterator[Span]:
+        """`sentiment.predict` under the request's server span (BentoML's for REST, ours for gRPC)."""
+        if protocol == "grpc":
+            with self.tracer.start_as_current_span(GRPC_SERVER_SPAN, context=extract_context(carrier),
+                                                   kind=SpanKind.SERVER) as server_span:
+                server_span.set_attribute("rpc.system", "grpc")
+                with self._predict(protocol, endpoint) as span:
+                    yield span
+        else:
+            with self._predict(protocol, endpoint) as span:
+                yield span
+
+    @contextmanager
+    def _predict(self, protocol: str, endpoint: str) -> Iterator[Span]:
+        with self.tracer.start_as_current_span(semconv.SPAN_SENTIMENT_PREDICT, record_exception=False,
+                                               set_status_on_exception=False) as span:
+            span.set_attribute(semconv.MODEL_NAME, self.settings.sentiment_model_name)
+            span.set_attribute(semconv.MODEL_ALIAS, self.settings.serve_alias)
+            span.set_attribute(semconv.PROTOCOL, protocol)
+            span.set_attribute(semconv.ENDPOINT, endpoint)
+            try:
+                yield span
+            except Exception as error:
+                span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+                raise
+
+    def refused(self, reason: str) -> None:
+        self.metrics.requests_rejected.labels(reason=reason).inc()
+
+    def record(self, span: Span, protocol: str, endpoint: str, prediction: PredictionRecord) -> tuple[str, str]:
+        """Attributes, metrics and one log row per text; returns (trace id, traceparent) for the response."""
+        request_id = uuid.uuid4().hex
+        context = span.get_span_context()
+        sampled = context.is_valid and context.trace_flags.sampled
+        trace_id = f"{context.trace_id:032x}" if sampled else ""
+        traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-01" if sampled else ""
+        name = self.settings.sentiment_model_name
+        if span.is_recording():
+            span.set_attribute(semconv.MODEL_VERSION, prediction.version)
+            span.set_attribute(semconv.BATCH_SIZE, prediction.batch_size)
+            span.set_attribute(semconv.INPUT_COUNT, len(prediction.texts))
+            span.set_attribute(semconv.REQUEST_ID, request_id)
+            for label, count in Counter(prediction.labels).items():
+                span.set_attribute(semconv.LABEL_COUNTS_PREFIX + label, count)
+            if len(prediction.texts) == 1:
+                span.set_attribute(semconv.INPUT_TEXT, text_attribute(prediction.texts[0]))
+        for label in prediction.labels:
+            self.metrics.predictions.labels(model=name, version=prediction.version, label=label).inc()
+        for text, label, score in zip(prediction.texts, prediction.labels, prediction.scores, strict=True):
+            self.log.log(InferenceRecord(
+                request_id=request_id, trace_id=trace_id, endpoint=endpoint,
+                protocol="grpc" if protocol == "grpc" else "rest", kind="sentiment", model_name=name,
+                model_version=prediction.version, input_text=text, label=label, score=score,
+                latency_ms=prediction.latency_ms,
+            ))
+        return trace_id, traceparent
+
+    def close(self) -> None:
+        self.log.close(timeout=10.0)
+        shutdown_tracing(timeout_seconds=3.0)
