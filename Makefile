@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint lock clean stop proto bench-serving
+.PHONY: install run test lint lock clean stop proto bench bench-serving bench-telemetry
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,13 @@ bench-serving: install
 	$(BIN)/vigil mlflow up
 	$(BIN)/vigil train sentiment --if-missing
 	$(BIN)/python bench/serving.py
+
+bench-telemetry: install
+	$(BIN)/vigil mlflow up
+	$(BIN)/vigil train sentiment --if-missing
+	$(BIN)/python bench/telemetry_overhead.py
+
+bench: bench-serving bench-telemetry
 
 clean:
 	rm -rf $(VENV)

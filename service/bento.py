@@ -63,3 +63,20 @@ def build_bento(project_dir: Path) -> BuiltBento:
                                            labels={"project": "vigil", **labels})
     return BuiltBento(str(bento.tag), model_tag, labels)
 
+
+
+def packaged_model_dir() -> Path | None:
+    """The champion packed into the Bento this process serves, or None when serving from source.
+
+    BentoML points its model store at the Bento's own models when it serves a built Bento, and only then
+    records a Bento version in its server context.
+    """
+    import bentoml
+    from bentoml._internal.context import server_context
+
+    if not server_context.bento_version or server_context.bento_version == "not available":
+        return None
+    try:
+        return Path(bentoml.models.get(f"{BENTO_MODEL_NAME}:latest").path)
+    except bentoml.exceptions.NotFound:
+        return None

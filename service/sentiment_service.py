@@ -8,7 +8,6 @@ module, because `@bentoml.api` takes them at class definition.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -38,13 +37,15 @@ _BUNDLED_MODEL = os.environ.get("VIGIL_BUNDLED_MODEL")
 @bentoml.service(name="vigil-sentiment", workers=1, traffic={"timeout": 60})
 class SentimentModel:
     if _BUNDLED_MODEL:
-        # Declared only when packaging or serving a Bento: `bentoml build` packs the model referenced here.
+        # Declared only while packaging (`vigil bento build` sets the variable): `bentoml build` packs the model
+        # referenced here; a served Bento finds it again through service.bento.packaged_model_dir().
         bundled = bentoml.models.BentoModel(_BUNDLED_MODEL)
 
     def __init__(self) -> None:
         import torch
 
         from monitoring.metrics import get_metrics
+        from service.bento import packaged_model_dir
         from service.model_store import ModelHolder
 
         torch.set_num_threads(torch_threads())
@@ -55,7 +56,7 @@ class SentimentModel:
             settings.serve_alias,
             settings.model_cache_dir,
             settings.alias_poll_seconds,
-            bundle_dir=Path(self.bundled.path) if _BUNDLED_MODEL else None,
+            bundle_dir=packaged_model_dir(),
             on_swap=self._count_swap,
         )
         self.holder.start()

@@ -52,7 +52,7 @@ class ServingTelemetry:
         setup_tracing(service_name, settings=settings)
         self.tracer = get_tracer("vigil.service")
         self.metrics = get_metrics()
-        self.log = InferenceLogWriter.from_settings(settings)
+        self.log = InferenceLogWriter.from_settings(settings) if settings.inference_log else None
 
     @contextmanager
     def predict_span(self, carrier: Mapping[str, str], protocol: str, endpoint: str) -> Iterator[Span]:
@@ -103,6 +103,8 @@ class ServingTelemetry:
                 span.set_attribute(semconv.INPUT_TEXT, text_attribute(prediction.texts[0]))
         for label in prediction.labels:
             self.metrics.predictions.labels(model=name, version=prediction.version, label=label).inc()
+        if self.log is None:
+            return trace_id, traceparent
         for text, label, score in zip(prediction.texts, prediction.labels, prediction.scores, strict=True):
             self.log.log(InferenceRecord(
                 request_id=request_id, trace_id=trace_id, endpoint=endpoint,
@@ -113,5 +115,6 @@ class ServingTelemetry:
         return trace_id, traceparent
 
     def close(self) -> None:
-        self.log.close(timeout=10.0)
+        if self.log is not None:
+            self.log.close(timeout=10.0)
         shutdown_tracing(timeout_seconds=3.0)

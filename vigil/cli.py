@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -17,6 +18,11 @@ from rich.table import Table
 
 from vigil.errors import VigilError
 from vigil.settings import get_settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from vigil import registry
 
 console = Console()
 app = typer.Typer(help="Vigil: train, register, serve, trace and watch models.", no_args_is_help=True,
@@ -111,6 +117,54 @@ def models_show(name: str) -> None:
     console.print(table)
 
 
+# The promotion gates of other packages: `model name = "module:function"`, each a vigil.registry.PromotionGate.
+PROMOTION_GATES = "vigil.promotion_gates"
+EVALUATIONS_EXPERIMENT = "evaluations"
+
+
+def _promotion_gate(name: str) -> registry.PromotionGate | None:
+    """The gate for the registered model NAME: the entry point named NAME, else the one named by NAME's role.
+
+    Roles come from the settings (VIGIL_SENTIMENT_MODEL_NAME → `sentiment`, VIGIL_EMBEDDER_MODEL_NAME →
+    `text-embedder`), so a model registered under another name keeps its gate. No entry point: no gate.
+    """
+    settings = get_settings()
+    roles = {settings.sentiment_model_name: "sentiment", settings.embedder_model_name: "text-embedder"}
+    gates = entry_points(group=PROMOTION_GATES)
+    for key in (name, roles.get(name)):
+        found = gates.select(name=key) if key else ()
+        for entry in found:
+            gate: registry.PromotionGate = entry.load()
+            return gate
+    return None
+
+
+def _record_alias_move(client: MlflowClient, move: registry.AliasMove, refusals: list[str] | None = None) -> str:
+    """A run in experiment `evaluations` for an alias move (or a refused one), linking the evaluation behind it.
+
+    The evaluation run is the one the gate left on the version (`vigil.<alias>.evaluation_run_id`); for a forced
+    promotion that is the evaluation that refused it, if any. Returns the run id, also tagged on the version.
+    """
+    experiment = client.get_experiment_by_name(EVALUATIONS_EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EVALUATIONS_EXPERIMENT)
+    version_tags = client.get_model_version(move.name, move.version).tags
+    evaluation_run = version_tags.get(f"vigil.{move.alias}.evaluation_run_id", "")
+    verdict = version_tags.get(f"vigil.{move.alias}.evaluation_verdict", "none")
+    run = client.create_run(experiment_id, run_name=f"{move.action} {move.name} v{move.version} → @{move.alias}",
+                            tags={
+                                "vigil.eval.kind": "alias-move", "vigil.action": move.action,
+                                "vigil.model": move.name, "vigil.model_version": move.version,
+                                "vigil.alias": move.alias, "vigil.from_version": move.previous or "",
+                                "vigil.reason": move.reason, "vigil.by": move.by, "vigil.at": move.at,
+                                "vigil.evaluation_run_id": evaluation_run, "vigil.evaluation_verdict": verdict,
+                                "vigil.refusals": "\n".join(refusals or [])[:5000],
+                            })
+    client.set_terminated(run.info.run_id)
+    if move.action != "refused":
+        client.set_model_version_tag(move.name, move.version, f"vigil.{move.alias}.move_run_id", run.info.run_id)
+    return str(run.info.run_id)
+
+
 @models_app.command("promote")
 def models_promote(
     name: str,
@@ -119,11 +173,54 @@ def models_promote(
     reason: str = typer.Option("", "--reason", help="Why; recorded on the version."),
     force: bool = typer.Option(False, "--force", help="Override a refusing gate (needs --reason)."),
 ) -> None:
-    """Point NAME@TO at a version and record who, when, from which version, and why."""
+    """Point NAME@TO at a version once NAME's promotion gate agrees; record who, when, from where, why, and on
+    what evidence (a run in MLflow experiment `evaluations`)."""
+    from datetime import UTC, datetime
+
     from vigil import registry
 
-    move = registry.promote(registry.connect(), name, version, to=to, reason=reason, force=force)
+    # MLflow would print a "View run" link per run the gate and the record create; the outcome below names them.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    client = registry.connect()
+    gate = _promotion_gate(name)
+    refused: list[tuple[str, list[str]]] = []  # (version, reasons), kept to record the refusal
+
+    def recording_gate(gate_client: MlflowClient, gate_name: str, gate_version: str, alias: str) -> list[str] | None:
+        assert gate is not None
+        refusals = gate(gate_client, gate_name, gate_version, alias)
+        if refusals:
+            refused.append((gate_version, refusals))
+        return refusals
+
+    try:
+        move = registry.promote(client, name, version, to=to, reason=reason, force=force,
+                                gate=recording_gate if gate else None)
+    except VigilError as error:
+        if not refused:
+            raise
+        refused_version, refusals = refused[-1]
+        current = registry.alias_version(client, name, to)
+        attempt = registry.AliasMove(
+            name=name, alias=to, version=refused_version, previous=str(current.version) if current else None,
+            action="refused", reason=reason, by=registry.operator(),
+            at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        _record_alias_move(client, attempt, refusals)
+        raise VigilError(f"{error}\nTo promote anyway: vigil models promote {name} --version {refused_version} "
+                         f"--to {to} --force --reason \"why\"") from None
+    run_id = _record_alias_move(client, move)
     console.print(f"[green]{name}@{move.alias}[/] → v{move.version} (was v{move.previous or '-'}), by {move.by}")
+    evidence = client.get_model_version(name, move.version).tags
+    verdict = evidence.get(f"vigil.{move.alias}.evaluation_verdict")
+    if force:
+        console.print(f"[yellow]forced[/] past the gate: {move.reason}")
+    elif gate is None:
+        console.print(f"no promotion gate for {name}")
+    elif verdict == "pass":
+        console.print(f"gate: pass (evaluation run {evidence.get(f'vigil.{move.alias}.evaluation_run_id')})")
+    elif verdict == "not-needed":
+        console.print(f"gate: no comparison needed, {name} had no @{move.alias}")
+    console.print(f"recorded as run {run_id} in MLflow experiment `{EVALUATIONS_EXPERIMENT}`")
 
 
 @models_app.command("rollback")
@@ -137,6 +234,16 @@ def models_rollback(
 
     move = registry.rollback(registry.connect(), name, alias=alias, reason=reason)
     console.print(f"[yellow]{name}@{move.alias}[/] rolled back → v{move.version} (was v{move.previous})")
+
+
+@app.command("up")
+def stack_up(
+    no_ui: bool = typer.Option(False, "--no-ui", help="Do not start the Evidently UI."),
+) -> None:
+    """MLflow, the models, the RAG corpus and the Evidently UI, then serve until Ctrl-C (which stops them)."""
+    from vigil.up import up
+
+    raise typer.Exit(up(get_settings(), console, evidently_ui=not no_ui))
 
 
 def _mount_package_commands() -> None:
@@ -175,3 +282,7 @@ def main() -> None:
             sys.exit(error.exit_code)
         raise
     sys.exit(outcome if isinstance(outcome, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     )
     mlflow_start_timeout_seconds: float = Field(90.0, gt=0, description="How long `mlflow up` waits for health.")
 
+    serve_host: str = Field("127.0.0.1", description="Interface `vigil serve` binds HTTP and gRPC to.")
     http_port: int = Field(3000, ge=1, le=65535, description="HTTP port of `vigil serve`.")
     grpc_port: int = Field(50051, ge=1, le=65535, description="gRPC port of `vigil serve`.")
 
@@ -81,6 +82,7 @@ class Settings(BaseSettings):
     langsmith_project: str = Field("vigil", validation_alias="LANGSMITH_PROJECT", description="LangSmith project.")
 
     # --- inference log -------------------------------------------------------------------------------------
+    inference_log: bool = Field(True, description="Write every prediction to the inference log.")
     inference_log_url: str = Field(
         "", description="SQLAlchemy URL of the inference log. Empty: sqlite under $VIGIL_HOME."
     )

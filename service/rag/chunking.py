@@ -20,9 +20,11 @@ MAX_CONTENT_TOKENS = 254
 
 # Candidate sentence ends: terminal punctuation, optional closing quotes/brackets, then whitespace; or a blank line.
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)|\n\s*\n")
-_ABBREVIATIONS = frozenset(
-    ["mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "no", "fig", "inc", "ltd", "co", "corp", "gen", "col", "lt", "sgt", "rev", "mt", "ft", "approx", "dept", "est", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "u.s", "u.k", "a.d", "b.c"]
-)
+_ABBREVIATIONS = frozenset({
+    "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "no", "fig", "inc", "ltd", "co",
+    "corp", "gen", "col", "lt", "sgt", "rev", "mt", "ft", "approx", "dept", "est", "jan", "feb", "mar", "apr",
+    "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "u.s", "u.k", "a.d", "b.c",
+})
 _OPENERS = "\"'“‘([{"
 
 

@@ -32,7 +32,7 @@ from service.rag.schemas import (
     RagAnswer,
     StoreStats,
 )
-from service.rag.store import Hit, MilvusStore, redact
+from service.rag.store import Hit, MilvusStore, redact, store_from_settings
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -91,8 +91,7 @@ class RagPipeline:
             lambda: resolve_registered_version(name, alias=settings.serve_alias)
         )
         embedder = TextEmbedder(name=name, version=version)
-        store = MilvusStore(settings.milvus_target, settings.rag_collection,
-                            token=settings.milvus_token.get_secret_value(), dimension=embedder.dimension)
+        store = store_from_settings(settings, embedder.dimension)
         return cls(embedder=embedder, store=store, generator=build_generator(settings, embedder), settings=settings,
                    tracer_provider=tracer_provider)
 

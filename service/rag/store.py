@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from service.rag.schemas import StoreStats
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
+
+    from vigil.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +67,18 @@ RRF_K = 60
 MIN_CANDIDATES = 10
 WRITE_BATCH = 256
 QUERY_PAGE = 1000
+QUERY_LIMIT = 16384  # Milvus's cap on offset + limit of one query
 
 # Words that carry no evidence in BM25. Spelt out rather than Milvus's "_english_" alias, which Milvus Lite
 # does not expand, so both analyse text the same way.
-STOP_WORDS = sorted(set(
-    ["a", "an", "and", "are", "as", "at", "be", "been", "but", "by", "can", "could", "did", "do", "does", "for", "from", "had", "has", "have", "he", "her", "hers", "him", "his", "how", "i", "if", "in", "into", "is", "it", "its", "me", "my", "no", "not", "of", "on", "or", "our", "she", "so", "such", "than", "that", "the", "their", "them", "then", "there", "these", "they", "this", "those", "to", "us", "was", "we", "were", "what", "when", "where", "which", "who", "whom", "whose", "why", "will", "with", "would", "you", "your"]
-))
-ANALYZER = {"tokenizer": "standard", "filter": ["lowercase", {"type": "stop", "stop_words": STOP_WORDS}]}
+STOP_WORDS = (
+    "a", "an", "and", "are", "as", "at", "be", "been", "but", "by", "can", "could", "did", "do", "does", "for",
+    "from", "had", "has", "have", "he", "her", "hers", "him", "his", "how", "i", "if", "in", "into", "is", "it",
+    "its", "me", "my", "no", "not", "of", "on", "or", "our", "she", "so", "such", "than", "that", "the", "their",
+    "them", "then", "there", "these", "they", "this", "those", "to", "us", "was", "we", "were", "what", "when",
+    "where", "which", "who", "whom", "whose", "why", "will", "with", "would", "you", "your",
+)
+ANALYZER = {"tokenizer": "standard", "filter": ["lowercase", {"type": "stop", "stop_words": list(STOP_WORDS)}]}
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,37 @@ def _clip(value: str, max_bytes: int) -> str:
 def _literal(values: Iterable[str]) -> str:
     """A Milvus expression list of string literals (JSON string escapes are what Milvus accepts)."""
     return "[" + ", ".join(json.dumps(v, ensure_ascii=False) for v in values) + "]"
+
+
+class _LiteUsers:
+    """Stores open on each Milvus Lite path in this process: its in-process server stops with the last one.
+
+    pymilvus shares one Milvus Lite server per path within a process, so closing one store must not pull the
+    server from under another still using it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count: dict[str, int] = {}
+
+    def acquire(self, target: str) -> None:
+        key = os.path.abspath(target)
+        with self._lock:
+            self._count[key] = self._count.get(key, 0) + 1
+
+    def release(self, target: str) -> bool:
+        """Whether the caller was the last user."""
+        key = os.path.abspath(target)
+        with self._lock:
+            left = self._count.get(key, 1) - 1
+            if left > 0:
+                self._count[key] = left
+                return False
+            self._count.pop(key, None)
+            return True
+
+
+_lite_users = _LiteUsers()
 
 
 class MilvusStore:
@@ -167,9 +206,12 @@ class MilvusStore:
                 raise StoreUnavailable(f"Milvus Lite directory {Path(self.target).parent} cannot be created: "
                                        f"{exc.strerror or exc}") from None
         try:
-            return MilvusClient(uri=self.target, token=self._token, timeout=self._timeout)
+            client = MilvusClient(uri=self.target, token=self._token, timeout=self._timeout)
         except MilvusException as exc:
             raise StoreUnavailable(self._unavailable_message(exc)) from None
+        if is_lite(self.target):
+            _lite_users.acquire(self.target)
+        return client
 
     def _unavailable_message(self, exc: Exception) -> str:
         if is_lite(self.target):
@@ -184,7 +226,7 @@ class MilvusStore:
             client.close()
         except Exception as exc:  # closing must not mask what the caller is doing
             log.debug("closing the Milvus client failed: %s", exc)
-        if is_lite(self.target):
+        if is_lite(self.target) and _lite_users.release(self.target):
             from milvus_lite.server_manager import server_manager_instance
 
             server_manager_instance.release_server(self.target)
@@ -292,6 +334,13 @@ class MilvusStore:
         return ids
 
     def _query_all(self, expression: str, fields: list[str]) -> Iterable[dict[str, Any]]:
+        expression = expression or f'{ID} != ""'
+        rows = self.client.query(self.collection, filter=expression, output_fields=fields, limit=QUERY_LIMIT)
+        if len(rows) < QUERY_LIMIT:
+            yield from rows
+            return
+        # More rows than one query may return: page through them. Only then, because Milvus Lite lacks the
+        # timestamp RPC the iterator asks for first and logs an error for it on every call.
         iterator = self.client.query_iterator(self.collection, batch_size=QUERY_PAGE, filter=expression,
                                               output_fields=fields)
         try:
@@ -302,14 +351,18 @@ class MilvusStore:
 
     # --- reads -------------------------------------------------------------------------------------------------
 
-    def search(self, vector: np.ndarray, text: str, limit: int) -> list[Hit]:
-        """The ``limit`` best chunks for a question: its vector and, in hybrid mode, its words."""
+    def search(self, vector: np.ndarray, text: str, limit: int, *, hybrid: bool | None = None) -> list[Hit]:
+        """The ``limit`` best chunks for a question: its vector and, in hybrid mode, its words.
+
+        ``hybrid=False`` forces a dense-only search (comparisons); ``None`` uses the collection's mode.
+        """
         from pymilvus import AnnSearchRequest, RRFRanker
 
         candidates = max(limit, MIN_CANDIDATES)
         dense_param = {"metric_type": "COSINE", "params": {"ef": max(MIN_EF, candidates)}}
+        use_hybrid = self.hybrid if hybrid is None else hybrid and self.hybrid
         with self._errors():
-            if self.hybrid and text.strip():
+            if use_hybrid and text.strip():
                 requests = [
                     AnnSearchRequest(data=[vector.tolist()], anns_field=DENSE, param=dense_param, limit=candidates),
                     AnnSearchRequest(data=[text], anns_field=SPARSE, param={"metric_type": "BM25"},
@@ -337,10 +390,22 @@ class MilvusStore:
                           chunks=chunks, documents=len(documents), embedding_model_versions=sorted(versions),
                           hybrid=self.hybrid)
 
+    def vectors(self) -> tuple[list[str], np.ndarray]:
+        """Every chunk id with its dense vector (benchmarks compare Milvus with brute force on the same vectors)."""
+        with self._errors():
+            rows = list(self._query_all("", [ID, DENSE]))
+        return [str(r[ID]) for r in rows], np.asarray([r[DENSE] for r in rows], dtype=np.float32)
+
     def count(self) -> int:
         """Rows in the collection, as Milvus reports them (cheap; deleted rows may linger until compaction)."""
         with self._errors():
             return int(self.client.get_collection_stats(self.collection).get("row_count", 0))
+
+
+def store_from_settings(settings: Settings, dimension: int = 384) -> MilvusStore:
+    """The store ``VIGIL_MILVUS_URI`` (or Milvus Lite under ``$VIGIL_HOME/milvus``) and the collection name give."""
+    return MilvusStore(settings.milvus_target, settings.rag_collection,
+                       token=settings.milvus_token.get_secret_value(), dimension=dimension)
 
 
 def _hit(raw: Any) -> Hit:
@@ -365,9 +430,9 @@ class _MilvusErrors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: object) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: object) -> None:
         if error is None or isinstance(error, StoreUnavailable):
-            return False
+            return
         from pymilvus.exceptions import MilvusException
 
         try:
@@ -382,4 +447,3 @@ class _MilvusErrors:
                 f"Milvus ({store.kind} at {redact(store.target)}, collection {store.collection}) failed: "
                 f"{getattr(error, 'message', None) or error}"
             ) from error
-        return False

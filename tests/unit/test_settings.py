@@ -33,3 +33,14 @@ def test_invalid_port_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VIGIL_HTTP_PORT", "70000")
     with pytest.raises(ValueError, match="http_port"):
         get_settings()
+
+
+def test_every_setting_is_documented_in_env_example() -> None:
+    from tests.conftest import REPO_ROOT
+
+    documented = (REPO_ROOT / ".env.example").read_text()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        variable = alias if isinstance(alias, str) else f"VIGIL_{name.upper()}"
+        assert f"\n{variable}=" in documented, f"{variable} is missing from .env.example"
+        assert field.description, f"{name} has no description"

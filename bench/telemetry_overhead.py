@@ -1,0 +1,93 @@
+"""What observability costs: Vigil REST at concurrency 32 with tracing (exported to the real MLflow server) and the
+inference log on, against both off, in one run.
+
+    make bench-telemetry      (or: .venv/bin/python bench/telemetry_overhead.py [--seconds 15] [--rounds 2])
+
+Needs the embedded stack with a champion (`make run`). The two configurations alternate for --rounds rounds so a
+slow moment of the machine does not land on one side only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serving import BIN, REPO, Result, free_port, rest_caller, run_load, start, stop, wait_http
+
+from training.data import load_sentiment
+
+
+async def measure(url: str, texts: list[str], seconds: float, concurrency: int, name: str) -> Result:
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        call = rest_caller(client, url)
+        await run_load(name, 8, 3.0, texts, call)
+        return await run_load(name, concurrency, seconds, texts, call)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "telemetry_overhead.json")
+    args = parser.parse_args()
+
+    frame, _ = load_sentiment(domains=["amazon", "yelp", "imdb"])
+    texts = frame.sample(frac=1.0, random_state=0)["text"].tolist()
+    configs = {
+        "telemetry-on": {"VIGIL_TRACING": "otlp", "VIGIL_INFERENCE_LOG": "true"},
+        "telemetry-off": {"VIGIL_TRACING": "off", "VIGIL_INFERENCE_LOG": "false"},
+    }
+    logs = REPO / "bench" / "out"
+    logs.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[Result]] = {name: [] for name in configs}
+    for round_index in range(args.rounds):
+        for name, overrides in configs.items():
+            http_port, grpc_port = free_port(), free_port()
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", **overrides}
+            process = start([str(BIN / "vigil"), "serve", "--port", str(http_port), "--grpc-port", str(grpc_port)],
+                            env, logs / f"overhead-{name}.log")
+            try:
+                wait_http(f"http://127.0.0.1:{http_port}/readyz")
+                result = asyncio.run(measure(f"http://127.0.0.1:{http_port}/predict", texts, args.seconds,
+                                             args.concurrency, name))
+            finally:
+                stop(process)
+            print(f"round {round_index + 1}: {json.dumps(asdict(result))}", flush=True)
+            results[name].append(result)
+
+    def best(name: str) -> Result:
+        return max(results[name], key=lambda r: r.throughput)
+
+    on, off = best("telemetry-on"), best("telemetry-off")
+    summary = {
+        "throughput_ratio_on_vs_off": round(on.throughput / off.throughput, 3),
+        "p99_ratio_on_vs_off": round(on.p99_ms / off.p99_ms, 3),
+    }
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "results": {name: [asdict(r) for r in rs] for name, rs in results.items()},
+        "ratios": summary,
+    }
+    args.out.write_text(json.dumps(report, indent=2))
+    print("\n| configuration | req/s | p50 ms | p99 ms | errors |\n| --- | --- | --- | --- | --- |")
+    for result in (on, off):
+        print(f"| {result.target} | {result.throughput} | {result.p50_ms} | {result.p99_ms} | {result.errors} |")
+    print(f"\nratios (best round of each): {json.dumps(summary)}")
+
+
+if __name__ == "__main__":
+    main()

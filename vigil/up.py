@@ -1,0 +1,94 @@
+"""`vigil up`: bring up the embedded stack and serve, stopping on Ctrl-C what it started.
+
+It runs the other stages as `vigil …` sub-processes, so the core still imports none of their packages: MLflow up,
+the embedder and the sentiment model registered if missing, the shipped corpus ingested on first start, the
+Evidently UI in the background, and the service in the foreground.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from vigil import mlflow_server
+from vigil.errors import VigilError
+from vigil.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    console: Console
+    started_mlflow: bool = False
+    background: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def vigil(self, *args: str, check: bool = True) -> int:
+        """Run one `vigil` command in the foreground, output straight to the terminal."""
+        code = subprocess.call([sys.executable, "-m", "vigil.cli", *args])  # noqa: S603 - our own CLI
+        if check and code != 0:
+            raise VigilError(f"`vigil {' '.join(args)}` failed with exit code {code}")
+        return code
+
+    def spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        log_dir = self.settings.home / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        process = subprocess.Popen(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "vigil.cli", *args], stdout=(log_dir / log_name).open("ab"),
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        self.background.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in reversed(self.background):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGINT)
+        for process in self.background:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        if self.started_mlflow:
+            mlflow_server.down(self.settings)
+            self.console.print("stopped the MLflow server this run started")
+
+
+def up(settings: Settings, console: Console, serve: bool = True, evidently_ui: bool = True) -> int:
+    stack = Stack(settings, console)
+    state, word = mlflow_server.status(settings)
+    try:
+        if word != "running":
+            state, stack.started_mlflow = mlflow_server.up(settings)
+        console.print(f"MLflow: {state.uri if state else settings.mlflow_tracking_uri}")
+        stack.vigil("train", "embedder", "--if-missing")
+        stack.vigil("train", "sentiment", "--if-missing")
+        stack.vigil("rag", "ingest", str(REPO_DATA / "rag" / "corpus.jsonl"), "--if-empty")
+        if evidently_ui:
+            stack.spawn(["monitor", "ui"], "evidently-ui.log")
+            console.print(f"Evidently UI: http://127.0.0.1:{settings.evidently_ui_port} "
+                          f"(log {settings.home / 'logs' / 'evidently-ui.log'})")
+        if not serve:
+            return 0
+        server = subprocess.Popen([sys.executable, "-m", "vigil.cli", "serve"])  # noqa: S603
+        try:
+            return server.wait()
+        except KeyboardInterrupt:
+            server.send_signal(signal.SIGINT)
+            try:
+                return server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                return server.wait()
+    finally:
+        stack.stop_all()
