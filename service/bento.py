@@ -1,15 +1,13 @@
 """Package the current champion into a Bento that serves with no MLflow at all.
 
 The champion's MLflow model folder goes into BentoML's model store as `vigil-sentiment`, labelled with its MLflow
-name, version, alias and run id; the model service declares it as a BentoModel when VIGIL_BUNDLED_MODEL is set
-(bentofile.yaml sets it), so `bentoml build` packs it and a served Bento falls back to it when MLflow and the local
-cache are both absent.
+name, version, alias and run id; bentofile.yaml lists that model, so `bentoml build` packs it, and a served Bento
+falls back to it when MLflow and the local cache are both absent.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +56,6 @@ def build_bento(project_dir: Path) -> BuiltBento:
     import bentoml
 
     model_tag, labels = bundle_champion()
-    os.environ["VIGIL_BUNDLED_MODEL"] = model_tag
     bento = bentoml.bentos.build_bentofile(str(project_dir / "bentofile.yaml"), build_ctx=str(project_dir),
                                            labels={"project": "vigil", **labels})
     return BuiltBento(str(bento.tag), model_tag, labels)
@@ -66,17 +63,20 @@ def build_bento(project_dir: Path) -> BuiltBento:
 
 
 def packaged_model_dir() -> Path | None:
-    """The champion packed into the Bento this process serves, or None when serving from source.
+    """The champion packed with the Bento this process serves, or None when serving from source.
 
-    BentoML points its model store at the Bento's own models when it serves a built Bento, and only then
-    records a Bento version in its server context.
+    BentoML records a Bento version in its server context only when it serves a built Bento; the Bento's manifest
+    names the exact model it was built with (exported Bentos carry it, `bentoml import` restores it).
     """
     import bentoml
     from bentoml._internal.context import server_context
 
-    if not server_context.bento_version or server_context.bento_version == "not available":
+    version = server_context.bento_version
+    if not version or version == "not available":
         return None
     try:
-        return Path(bentoml.models.get(f"{BENTO_MODEL_NAME}:latest").path)
-    except bentoml.exceptions.NotFound:
+        bento = bentoml.get(f"{server_context.bento_name}:{version}")
+        tag = next(m.tag for m in bento.info.all_models if m.tag.name == BENTO_MODEL_NAME)
+        return Path(bentoml.models.get(tag).path)
+    except (bentoml.exceptions.NotFound, StopIteration):
         return None

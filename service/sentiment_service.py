@@ -31,16 +31,8 @@ def torch_threads() -> int:
     return int(os.environ.get("VIGIL_TORCH_THREADS", os.cpu_count() or 1))
 
 
-_BUNDLED_MODEL = os.environ.get("VIGIL_BUNDLED_MODEL")
-
-
 @bentoml.service(name="vigil-sentiment", workers=1, traffic={"timeout": 60})
 class SentimentModel:
-    if _BUNDLED_MODEL:
-        # Declared only while packaging (`vigil bento build` sets the variable): `bentoml build` packs the model
-        # referenced here; a served Bento finds it again through service.bento.packaged_model_dir().
-        bundled = bentoml.models.BentoModel(_BUNDLED_MODEL)
-
     def __init__(self) -> None:
         import torch
 
