@@ -7,6 +7,7 @@ This class wires; the work happens in the model service (batching), `service.oip
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from importlib.metadata import version as package_version
 from typing import Any
 
 import bentoml
+import orjson
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,13 +24,16 @@ from pydantic import ValidationError
 
 from service.errors import ApiError, not_ready, overloaded
 from service.oip import codec
-from service.oip.grpc_server import InferOutcome, ModelBackend, start_grpc_server
+from service.oip.grpc_server import InferOutcome, ModelBackend, TensorSpec, start_grpc_server
+from service.rag_service import RagService
 from service.schemas import (
     InferRequest,
     InferResponse,
     ModelMetadata,
     PredictRequest,
     PredictResponse,
+    RagIngestRequest,
+    RagQueryRequest,
     ServerMetadata,
     TensorMetadata,
 )
@@ -40,6 +45,7 @@ from vigil.settings import get_settings
 logger = logging.getLogger(__name__)
 
 VIGIL_VERSION = package_version("vigil")
+RAG_MODEL = "rag"
 
 route_bentoml_spans_through_global_provider()
 
@@ -72,8 +78,6 @@ def _describe_validation(errors: Any) -> str:
 
 
 def json_response(payload: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    import orjson
-
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers)
 
 
@@ -106,6 +110,7 @@ async def read_json(request: Request, schema: type[Any]) -> Any:
 @bentoml.asgi_app(app, path="/")
 class Vigil:
     model = bentoml.depends(SentimentModel)
+    rag = bentoml.depends(RagService)
 
     def __init__(self) -> None:
         self.settings = get_settings()
@@ -179,6 +184,65 @@ class Vigil:
             model_state = {"ready": False, "reason": f"model service unreachable: {error}"}
         return {"service": "vigil", "version": VIGIL_VERSION, "models": {self.model_name: model_state}}
 
+    # --- RAG -----------------------------------------------------------------------------------------------
+
+    async def ask(self, question: Any, top_k: int | None, headers: Mapping[str, str], endpoint: str,
+                  protocol: str) -> tuple[dict[str, Any], str, str]:
+        """One RAG query through the RAG service, traced and logged; returns (answer, trace id, traceparent)."""
+        started = time.perf_counter()
+        with self.telemetry.rag_span(headers, protocol, endpoint) as span:
+            try:
+                result = await self.rag.to_async.query(question=question, top_k=top_k or self.settings.rag_top_k)
+            except BentoMLException as error:
+                raise ApiError(503, "rag_unavailable", f"the RAG service is unavailable: {error}") from None
+            if "error" in result:
+                problem = result["error"]
+                self.telemetry.refused(problem["code"])
+                raise ApiError(int(problem["status"]), problem["code"], problem["message"])
+            trace_id, traceparent = self.telemetry.record_rag(
+                span, protocol, endpoint, question, result, (time.perf_counter() - started) * 1000)
+        return result, trace_id, traceparent
+
+    async def rag_state(self) -> dict[str, Any]:
+        state = dict(await self.rag.to_async.stats())
+        versions = state.get("embedding_model_versions") or [""]
+        return {**state, "version": versions[-1]}
+
+    @app.post("/rag/query", tags=["rag"], openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": RagQueryRequest.model_json_schema(),
+                             "example": {"question": "Which NFL team represented the AFC at Super Bowl 50?",
+                                         "top_k": 5}}}}})
+    async def rag_query(self, request: Request) -> Response:
+        """Answer a question from the document collection, with citations and token usage."""
+        body: RagQueryRequest = await read_json(request, RagQueryRequest)
+        answer, trace_id, traceparent = await self.ask(body.question, body.top_k, dict(request.headers),
+                                                       "/rag/query", "rest")
+        payload = {key: answer[key] for key in ("answer", "citations", "usage", "generator")}
+        payload["model"] = answer["embedding_model"]
+        payload["trace_id"] = trace_id
+        return json_response(payload, headers={"traceparent": traceparent} if traceparent else None)
+
+    @app.post("/rag/documents", tags=["rag"])
+    async def rag_documents(self, request: Request) -> Response:
+        """Ingest documents (needs `Authorization: Bearer <VIGIL_API_TOKEN>`); the RAG service owns the store."""
+        expected = self.settings.api_token.get_secret_value()
+        if not expected:
+            raise ApiError(403, "ingest_disabled", "ingestion through the service needs VIGIL_API_TOKEN on the server")
+        offered = request.headers.get("authorization", "")
+        if not hmac.compare_digest(offered.encode(), f"Bearer {expected}".encode()):
+            raise ApiError(401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        body: RagIngestRequest = await read_json(request, RagIngestRequest)
+        try:
+            report = await self.rag.to_async.ingest(documents=[d.model_dump() for d in body.documents],
+                                                    chunk_tokens=body.chunk_tokens,
+                                                    overlap_tokens=body.overlap_tokens)
+        except BentoMLException as error:
+            raise ApiError(503, "rag_unavailable", f"the RAG service is unavailable: {error}") from None
+        if "error" in report:
+            problem = report["error"]
+            raise ApiError(int(problem["status"]), problem["code"], problem["message"])
+        return json_response(report)
+
     # --- Open Inference Protocol v2 (REST) -----------------------------------------------------------------
 
     @app.get("/v2", response_model=ServerMetadata, tags=["open-inference-v2"])
@@ -219,6 +283,8 @@ class Vigil:
     @app.post("/v2/models/{name}/versions/{version}/infer", response_model=InferResponse,
               tags=["open-inference-v2"])
     async def model_infer(self, name: str, request: Request, version: str | None = None) -> Response:
+        if name == RAG_MODEL:
+            return await self._rest_rag_infer(request)
         self._require_model(name)
         body: InferRequest = await read_json(request, InferRequest)
         texts = codec.texts_from_rest(body.inputs)
@@ -240,6 +306,26 @@ class Vigil:
             payload["id"] = body.id
         return json_response(payload, headers={"traceparent": outcome.traceparent} if outcome.traceparent else None)
 
+    async def _rest_rag_infer(self, request: Request) -> Response:
+        body: InferRequest = await read_json(request, InferRequest)
+        question = codec.single_question(codec.texts_from_rest(body.inputs, expected=codec.QUESTION_INPUT))
+        answer, _, traceparent = await self.ask(question, None, dict(request.headers),
+                                                f"/v2/models/{RAG_MODEL}/infer", "rest")
+        usage = answer["usage"]
+        payload: dict[str, Any] = {
+            "model_name": RAG_MODEL, "model_version": answer["embedding_model"]["version"],
+            "outputs": [
+                {"name": codec.ANSWER_OUTPUT, "datatype": "BYTES", "shape": [1], "data": [answer["answer"]]},
+                {"name": codec.CITATIONS_OUTPUT, "datatype": "BYTES", "shape": [1],
+                 "data": [orjson.dumps(answer["citations"]).decode()]},
+                {"name": codec.USAGE_OUTPUT, "datatype": "INT64", "shape": [3],
+                 "data": [usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]]},
+            ],
+        }
+        if body.id is not None:
+            payload["id"] = body.id
+        return json_response(payload, headers={"traceparent": traceparent} if traceparent else None)
+
     def _require_model(self, name: str) -> None:
         if name != self.model_name:
             raise ApiError(404, "model_not_found", f"unknown model {name!r}; this server serves {self.model_name!r}")
@@ -254,12 +340,33 @@ class Vigil:
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
-        async def infer_grpc(texts: list[str], metadata: dict[str, str], endpoint: str) -> InferOutcome:
-            return await self.infer(texts, metadata, endpoint, protocol="grpc")
+        sentiment = ModelBackend(
+            name=self.model_name, infer=self._grpc_sentiment, metadata=self.model_state, platform="vigil_pytorch",
+            inputs=[TensorSpec(codec.INPUT_NAME, "BYTES", [-1])],
+            outputs=[TensorSpec(codec.LABEL_OUTPUT, "BYTES", [-1]), TensorSpec(codec.SCORE_OUTPUT, "FP32", [-1])],
+        )
+        rag = ModelBackend(
+            name=RAG_MODEL, infer=self._grpc_rag, metadata=self.rag_state, platform="vigil_rag",
+            inputs=[TensorSpec(codec.QUESTION_INPUT, "BYTES", [1])],
+            outputs=[TensorSpec(codec.ANSWER_OUTPUT, "BYTES", [1]), TensorSpec(codec.CITATIONS_OUTPUT, "BYTES", [1]),
+                     TensorSpec(codec.USAGE_OUTPUT, "INT64", [3])],
+        )
+        self._grpc_server = await start_grpc_server([sentiment, rag], VIGIL_VERSION, self.settings.serve_host,
+                                                    self.settings.grpc_port)
 
-        backend = ModelBackend(name=self.model_name, infer=infer_grpc, metadata=self.model_state,
-                               server_version=VIGIL_VERSION)
-        self._grpc_server = await start_grpc_server(backend, self.settings.serve_host, self.settings.grpc_port)
+    async def _grpc_sentiment(self, request: Any, metadata: dict[str, str]) -> tuple[Any, str, str]:
+        texts = codec.texts_from_grpc(request)
+        outcome = await self.infer(texts, metadata, "grpc:ModelInfer", protocol="grpc")
+        response = codec.grpc_response(request, outcome.version, outcome.labels, outcome.scores)
+        return response, outcome.traceparent, outcome.trace_id
+
+    async def _grpc_rag(self, request: Any, metadata: dict[str, str]) -> tuple[Any, str, str]:
+        question = codec.single_question(codec.texts_from_grpc(request, expected=codec.QUESTION_INPUT))
+        answer, trace_id, traceparent = await self.ask(question, None, metadata, "grpc:ModelInfer", "grpc")
+        response = codec.rag_grpc_response(
+            request, answer["embedding_model"]["version"], answer["answer"], orjson.dumps(answer["citations"]).decode(),
+            [answer["usage"]["prompt_tokens"], answer["usage"]["completion_tokens"], answer["usage"]["total_tokens"]])
+        return response, traceparent, trace_id
 
     @bentoml.on_shutdown
     async def stop(self) -> None:

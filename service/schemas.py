@@ -109,3 +109,28 @@ class ServerMetadata(BaseModel):
     name: str
     version: str
     extensions: list[str]
+
+
+# --- RAG ------------------------------------------------------------------------------------------------------
+
+
+class RagQueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(description="The question, at most VIGIL_RAG_MAX_QUESTION_CHARS characters.")
+    top_k: int | None = Field(None, description="Chunks to retrieve, 1..50 (default VIGIL_RAG_TOP_K).")
+
+
+class RagDocument(BaseModel):
+    id: str
+    title: str = ""
+    text: str
+    source: str = ""
+
+
+class RagIngestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    documents: list[RagDocument] = Field(min_length=1)
+    chunk_tokens: int | None = None
+    overlap_tokens: int | None = None

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -23,6 +24,7 @@ from monitoring.tracing import extract_context, get_tracer, setup_tracing, shutd
 from vigil.settings import Settings
 
 GRPC_SERVER_SPAN = "inference.GRPCInferenceService/ModelInfer"
+RAG_REQUEST_SPAN = "rag.request"
 
 
 def route_bentoml_spans_through_global_provider() -> None:
@@ -80,6 +82,49 @@ class ServingTelemetry:
             except Exception as error:
                 span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
                 raise
+
+    @contextmanager
+    def rag_span(self, carrier: Mapping[str, str], protocol: str, endpoint: str) -> Iterator[Span]:
+        """The API's span around a RAG call; the RAG service's `rag.query` tree hangs below it."""
+        if protocol == "grpc":
+            with self.tracer.start_as_current_span(GRPC_SERVER_SPAN, context=extract_context(carrier),
+                                                   kind=SpanKind.SERVER) as server_span:
+                server_span.set_attribute("rpc.system", "grpc")
+                with self.tracer.start_as_current_span(RAG_REQUEST_SPAN) as span:
+                    span.set_attribute(semconv.ENDPOINT, endpoint)
+                    yield span
+        else:
+            with self.tracer.start_as_current_span(RAG_REQUEST_SPAN) as span:
+                span.set_attribute(semconv.ENDPOINT, endpoint)
+                yield span
+
+    def record_rag(self, span: Span, protocol: str, endpoint: str, question: str, answer: dict[str, Any],
+                   latency_ms: float) -> tuple[str, str]:
+        """Token counters and one inference-log row for a RAG answer; returns (trace id, traceparent)."""
+        context = span.get_span_context()
+        sampled = context.is_valid and context.trace_flags.sampled
+        trace_id = f"{context.trace_id:032x}" if sampled else ""
+        traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-01" if sampled else ""
+        usage, generator, embedder = answer["usage"], answer["generator"], answer["embedding_model"]
+        labels = {"generator": generator["name"], "model": generator["model"]}
+        self.metrics.rag_prompt_tokens.labels(**labels).inc(usage["prompt_tokens"])
+        self.metrics.rag_completion_tokens.labels(**labels).inc(usage["completion_tokens"])
+        request_id = uuid.uuid4().hex
+        if span.is_recording():
+            span.set_attribute(semconv.REQUEST_ID, request_id)
+            span.set_attribute(semconv.GEN_AI_USAGE_INPUT_TOKENS, usage["prompt_tokens"])
+            span.set_attribute(semconv.GEN_AI_USAGE_OUTPUT_TOKENS, usage["completion_tokens"])
+        if self.log is not None:
+            self.log.log(InferenceRecord(
+                request_id=request_id, trace_id=trace_id, endpoint=endpoint,
+                protocol="grpc" if protocol == "grpc" else "rest", kind="rag", model_name=embedder["name"],
+                model_version=embedder["version"], input_text=question, latency_ms=latency_ms,
+                retrieved_ids=[c["id"] for c in answer["citations"]],
+                retrieved_scores=[float(c["score"]) for c in answer["citations"]],
+                prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
+                total_tokens=usage["total_tokens"], generator=generator["name"], generator_model=generator["model"],
+            ))
+        return trace_id, traceparent
 
     def refused(self, reason: str) -> None:
         self.metrics.requests_rejected.labels(reason=reason).inc()

@@ -13,12 +13,16 @@ from service.oip import grpc_service_pb2 as pb
 INPUT_NAME = "text"
 LABEL_OUTPUT = "label"
 SCORE_OUTPUT = "score"
+QUESTION_INPUT = "question"
+ANSWER_OUTPUT = "answer"
+CITATIONS_OUTPUT = "citations"
+USAGE_OUTPUT = "usage"
 
 
-def check_text_tensor(name: str, datatype: str, shape: Sequence[int], count: int) -> None:
-    """The `text` input must be BYTES with shape [N] or [N, 1] holding N elements."""
-    if name != INPUT_NAME:
-        raise ApiError(400, "invalid_tensor", f"unknown input {name!r}; the model takes one input {INPUT_NAME!r}")
+def check_text_tensor(name: str, datatype: str, shape: Sequence[int], count: int, expected: str = INPUT_NAME) -> None:
+    """A text input must be BYTES with shape [N] or [N, 1] holding N elements."""
+    if name != expected:
+        raise ApiError(400, "invalid_tensor", f"unknown input {name!r}; the model takes one input {expected!r}")
     if datatype != "BYTES":
         raise ApiError(400, "invalid_tensor", f"input {name!r} has datatype {datatype}; expected BYTES")
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or any(d < 0 for d in shape):
@@ -35,12 +39,12 @@ def decode_utf8(raw: bytes, index: int) -> str:
         raise ApiError(400, "invalid_encoding", f"text element {index} is not valid UTF-8") from None
 
 
-def texts_from_rest(inputs: Sequence[Any]) -> list[str]:
+def texts_from_rest(inputs: Sequence[Any], expected: str = INPUT_NAME) -> list[str]:
     if len(inputs) != 1:
-        raise ApiError(400, "invalid_tensor", f"expected exactly one input tensor {INPUT_NAME!r}, got {len(inputs)}")
+        raise ApiError(400, "invalid_tensor", f"expected exactly one input tensor {expected!r}, got {len(inputs)}")
     tensor = inputs[0]
     data = _flatten(tensor.data)
-    check_text_tensor(tensor.name, tensor.datatype, tensor.shape, len(data))
+    check_text_tensor(tensor.name, tensor.datatype, tensor.shape, len(data), expected)
     texts: list[str] = []
     for index, value in enumerate(data):
         if not isinstance(value, str):
@@ -59,16 +63,16 @@ def _flatten(data: Sequence[Any]) -> list[Any]:
     return flat
 
 
-def texts_from_grpc(request: pb.ModelInferRequest) -> list[str]:
+def texts_from_grpc(request: pb.ModelInferRequest, expected: str = INPUT_NAME) -> list[str]:
     if len(request.inputs) != 1:
         raise ApiError(400, "invalid_tensor",
-                       f"expected exactly one input tensor {INPUT_NAME!r}, got {len(request.inputs)}")
+                       f"expected exactly one input tensor {expected!r}, got {len(request.inputs)}")
     tensor = request.inputs[0]
     if request.raw_input_contents:
         elements = unpack_bytes_tensor(request.raw_input_contents[0])
     else:
         elements = list(tensor.contents.bytes_contents)
-    check_text_tensor(tensor.name, tensor.datatype, list(tensor.shape), len(elements))
+    check_text_tensor(tensor.name, tensor.datatype, list(tensor.shape), len(elements), expected)
     return [decode_utf8(raw, index) for index, raw in enumerate(elements)]
 
 
@@ -108,4 +112,22 @@ def grpc_response(
     if SCORE_OUTPUT in wanted:
         response.outputs.add(name=SCORE_OUTPUT, datatype="FP32", shape=[count])
         response.raw_output_contents.append(struct.pack(f"<{count}f", *scores))
+    return response
+
+
+def single_question(questions: list[str]) -> str:
+    if len(questions) != 1:
+        raise ApiError(400, "invalid_tensor", f"the rag model takes one question per request, got {len(questions)}")
+    return questions[0]
+
+
+def rag_grpc_response(request: pb.ModelInferRequest, version: str, answer: str, citations_json: str,
+                      usage: Sequence[int]) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id)
+    response.outputs.add(name=ANSWER_OUTPUT, datatype="BYTES", shape=[1])
+    response.raw_output_contents.append(pack_bytes_tensor([answer.encode()]))
+    response.outputs.add(name=CITATIONS_OUTPUT, datatype="BYTES", shape=[1])
+    response.raw_output_contents.append(pack_bytes_tensor([citations_json.encode()]))
+    response.outputs.add(name=USAGE_OUTPUT, datatype="INT64", shape=[3])
+    response.raw_output_contents.append(struct.pack("<3q", *usage))
     return response

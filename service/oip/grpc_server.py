@@ -16,7 +16,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.errors import ApiError
-from service.oip import codec
 from service.oip import grpc_service_pb2 as pb
 from service.oip import grpc_service_pb2_grpc as pb_grpc
 
@@ -44,80 +43,95 @@ class InferOutcome:
     traceparent: str = ""  # W3C header value to hand back to the caller
 
 
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: list[int]
+
+
 @dataclass
 class ModelBackend:
-    """What the gRPC front needs from the model, as plain async callables (no BentoML types)."""
+    """One model behind the gRPC front, as plain async callables (no BentoML types).
+
+    ``infer`` turns a request into (response, traceparent, trace id); it raises ApiError on refusals.
+    """
 
     name: str
-    infer: Callable[[list[str], dict[str, str], str], Awaitable[InferOutcome]]  # texts, metadata, endpoint
+    infer: Callable[[pb.ModelInferRequest, dict[str, str]], Awaitable[tuple[pb.ModelInferResponse, str, str]]]
     metadata: Callable[[], Awaitable[dict[str, Any]]]  # {"version", "ready", ...}
-    server_version: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    platform: str = "vigil"
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, backend: ModelBackend) -> None:
-        self.backend = backend
+    def __init__(self, backends: list[ModelBackend], server_version: str) -> None:
+        self.backends = {backend.name: backend for backend in backends}
+        self.server_version = server_version
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=bool((await self._metadata()).get("ready")))
+        first = next(iter(self.backends.values()))
+        return pb.ServerReadyResponse(ready=bool((await self._metadata(first)).get("ready")))
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="vigil", version=self.backend.server_version, extensions=[])
+        return pb.ServerMetadataResponse(name="vigil", version=self.server_version, extensions=[])
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
-        await self._require_model(request.name, context)
-        meta = await self._metadata()
+        backend = await self._backend(request.name, context)
+        meta = await self._metadata(backend)
         ready = bool(meta.get("ready")) and (not request.version or request.version == meta.get("version"))
         return pb.ModelReadyResponse(ready=ready)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        await self._require_model(request.name, context)
-        meta = await self._metadata()
-        response = pb.ModelMetadataResponse(name=self.backend.name, platform="vigil_pytorch",
+        backend = await self._backend(request.name, context)
+        meta = await self._metadata(backend)
+        response = pb.ModelMetadataResponse(name=backend.name, platform=backend.platform,
                                             versions=[str(meta.get("version") or "")])
-        response.inputs.add(name=codec.INPUT_NAME, datatype="BYTES", shape=[-1])
-        response.outputs.add(name=codec.LABEL_OUTPUT, datatype="BYTES", shape=[-1])
-        response.outputs.add(name=codec.SCORE_OUTPUT, datatype="FP32", shape=[-1])
+        for spec in backend.inputs:
+            response.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+        for spec in backend.outputs:
+            response.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
         return response
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        await self._require_model(request.model_name, context)
+        backend = await self._backend(request.model_name, context)
         metadata = {item.key: item.value for item in (context.invocation_metadata() or ())
                     if isinstance(item.value, str)}
         try:
-            texts = codec.texts_from_grpc(request)
-            outcome = await self.backend.infer(texts, metadata, "grpc:ModelInfer")
-            if request.model_version and request.model_version != outcome.version:
-                logger.info("request asked for v%s; served by v%s", request.model_version, outcome.version)
-            if outcome.traceparent:
-                context.set_trailing_metadata((("traceparent", outcome.traceparent),
-                                               ("vigil-trace-id", outcome.trace_id)))
-            return codec.grpc_response(request, outcome.version, outcome.labels, outcome.scores)
+            response, traceparent, trace_id = await backend.infer(request, metadata)
         except ApiError as error:
             await context.abort(_STATUS_TO_GRPC.get(error.status, grpc.StatusCode.INTERNAL), error.message)
             raise  # unreachable: abort raises
+        if traceparent:
+            context.set_trailing_metadata((("traceparent", traceparent), ("vigil-trace-id", trace_id)))
+        return response
 
-    async def _require_model(self, name: str, context: Any) -> None:
-        if name != self.backend.name:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}; this server serves "
-                                                           f"{self.backend.name!r}")
+    async def _backend(self, name: str, context: Any) -> ModelBackend:
+        backend = self.backends.get(name)
+        if backend is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"unknown model {name!r}; this server serves {sorted(self.backends)}")
+        assert backend is not None
+        return backend
 
-    async def _metadata(self) -> dict[str, Any]:
+    async def _metadata(self, backend: ModelBackend) -> dict[str, Any]:
         try:
-            return await self.backend.metadata()
-        except Exception as error:
+            return await backend.metadata()
+        except Exception as error:  # readiness questions answer "not ready", never fail
             logger.warning("model metadata unavailable: %s", error)
             return {"ready": False}
 
 
-async def start_grpc_server(backend: ModelBackend, host: str, port: int) -> grpc.aio.Server:
+async def start_grpc_server(backends: list[ModelBackend], server_version: str, host: str, port: int
+                            ) -> grpc.aio.Server:
     """Start the gRPC server on ``host:port`` in the running event loop; SO_REUSEPORT lets API workers share it."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1),
                                       ("grpc.max_receive_message_length", 8 * 1024 * 1024)])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(backend), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(backends, server_version), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
