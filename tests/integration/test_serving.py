@@ -24,11 +24,12 @@ from mlflow import MlflowClient
 from monitoring.records import create_engine, read_frame
 from service.oip import grpc_service_pb2 as pb
 from service.oip import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import VIGIL_BIN, free_port, wait_until
+from tests.conftest import REPO_ROOT, VIGIL_BIN, free_port, wait_until
 from tests.integration.conftest import VigilEnv
 from tests.otlp_receiver import OtlpReceiver, otlp_receiver
 
 MODEL = "serving-sentiment"
+RAG_TITLES = {"Super Bowl 50", "Warsaw"}
 POSITIVE = "I love this phone, it works great and the battery lasts forever."
 NEGATIVE = "Terrible quality, it broke after one day. Waste of money."
 
@@ -97,7 +98,12 @@ def server(vigil_env: VigilEnv, registry_client: MlflowClient, langsmith: OtlpRe
     home = tmp_path_factory.mktemp("serve-home")
     env = {**vigil_env.env, "VIGIL_HOME": str(home), "VIGIL_SENTIMENT_MODEL_NAME": MODEL,
            "VIGIL_ALIAS_POLL_SECONDS": "1", "VIGIL_TRACING": "otlp", "LANGSMITH_API_KEY": "ls-test-key",
-           "LANGSMITH_ENDPOINT": langsmith.url, "LANGSMITH_PROJECT": "vigil-tests"}
+           "LANGSMITH_ENDPOINT": langsmith.url, "LANGSMITH_PROJECT": "vigil-tests", "VIGIL_API_TOKEN": "test-token"}
+    # A few articles of the shipped corpus, ingested before the service takes the Milvus Lite store.
+    corpus = home / "corpus.jsonl"
+    corpus.write_text("".join(line for line in (REPO_ROOT / "data" / "rag" / "corpus.jsonl").open()
+                              if json.loads(line)["title"] in RAG_TITLES))
+    vigil_env.run("rag", "ingest", str(corpus), extra_env=env, timeout=300)
     running = start_server(env, home / "serve.log")
     yield running
     running.stop()
@@ -299,14 +305,14 @@ def traceparent(index: int) -> tuple[str, str]:
     return trace_id, f"00-{trace_id}-{index + 1:016x}-01"
 
 
-def find_trace(client: MlflowClient, trace_id: str) -> object:
+def find_trace(client: MlflowClient, trace_id: str, span: str = "sentiment.predict") -> object:
     experiment = client.get_experiment_by_name("vigil-traces")
     assert experiment is not None
 
     def found() -> object:
         traces = client.search_traces(locations=[experiment.experiment_id],
                                       filter_string=f"trace.request_id = 'tr-{trace_id}'")
-        return traces[0] if traces and any(s.name == "sentiment.predict" for s in traces[0].data.spans) else None
+        return traces[0] if traces and any(s.name == span for s in traces[0].data.spans) else None
 
     return wait_until(found, timeout=30, interval=0.5, what=f"trace {trace_id} in MLflow")
 
@@ -372,6 +378,68 @@ def test_metrics_move_with_traffic(server: Server) -> None:
     for series in ("vigil_batch_size_bucket", "vigil_model_loads_total", "vigil_requests_rejected_total",
                    "vigil_inference_log_writes_total"):
         assert series in metrics, series
+
+
+def test_rag_query_cites_the_gold_passage_with_usage(server: Server, registry_client: MlflowClient) -> None:
+    trace_id, header = traceparent(4)
+    response = httpx.post(f"{server.http}/rag/query", timeout=60, headers={"traceparent": header},
+                          json={"question": "Which NFL team represented the AFC at Super Bowl 50?", "top_k": 5})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert "Super_Bowl_50_p000" in [c["document_id"] for c in body["citations"]]
+    assert "Denver Broncos" in body["answer"]
+    usage = body["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
+    assert body["generator"]["name"] == "extractive" and body["trace_id"] == trace_id
+
+    trace = find_trace(registry_client, trace_id, span="rag.generate")
+    spans = {span.name: span for span in trace.data.spans}  # type: ignore[attr-defined]
+    assert {"rag.query", "rag.embed", "rag.retrieve", "rag.generate"} <= set(spans)
+    assert spans["rag.generate"].attributes["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
+    assert spans["rag.generate"].attributes["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
+
+
+def test_rag_over_open_inference_rest_and_grpc(server: Server) -> None:
+    question = "Where is the Vistula river?"
+    body = {"inputs": [{"name": "question", "shape": [1], "datatype": "BYTES", "data": [question]}]}
+    response = httpx.post(f"{server.http}/v2/models/rag/infer", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    citations = json.loads(outputs["citations"]["data"][0])
+    assert any(c["title"] == "Warsaw" for c in citations)
+    assert outputs["usage"]["datatype"] == "INT64" and len(outputs["usage"]["data"]) == 3
+
+    client = triton_grpc.InferenceServerClient(server.grpc_target)
+    tensor = triton_grpc.InferInput("question", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([question.encode()], dtype=object))
+    result = client.infer("rag", [tensor])
+    assert result.as_numpy("answer")[0].decode() == outputs["answer"]["data"][0]
+    assert result.as_numpy("usage").tolist() == outputs["usage"]["data"]
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    ({"question": ""}, 400), ({"question": "   "}, 400), ({"question": "x" * 4001}, 413),
+    ({"question": "ok?", "top_k": 0}, 422), ({"question": "ok?", "top_k": 51}, 422), ({"question": 5}, 422),
+])
+def test_rag_refusals(server: Server, body: object, status: int) -> None:
+    response = httpx.post(f"{server.http}/rag/query", json=body, timeout=30)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["message"]
+
+
+def test_rag_ingest_through_the_service_needs_the_token(server: Server) -> None:
+    document = {"id": "vigil-note", "title": "Vigil", "text": "Vigil keeps its vectors in Milvus Lite by default."}
+    url = f"{server.http}/rag/documents"
+    assert httpx.post(url, json={"documents": [document]}).status_code == 401
+    assert httpx.post(url, json={"documents": [document]}, headers={"Authorization": "Bearer nope"}
+                      ).status_code == 401
+    report = httpx.post(url, json={"documents": [document]}, timeout=60,
+                        headers={"Authorization": "Bearer test-token"})
+    assert report.status_code == 200, report.text
+    assert report.json()["documents"] == 1 and report.json()["chunks"] >= 1
+    answer = httpx.post(f"{server.http}/rag/query", timeout=60,
+                        json={"question": "Where does Vigil keep its vectors?", "top_k": 3}).json()
+    assert answer["citations"][0]["document_id"] == "vigil-note"
 
 
 def test_every_request_is_logged_even_right_before_shutdown(server: Server) -> None:
