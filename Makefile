@@ -14,11 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# MLflow, the models, the RAG corpus and the Evidently UI come up as needed, then the service runs in the
+# foreground; Ctrl-C stops it and whatever this run started.
 run: install
-	$(BIN)/vigil mlflow up
-	$(BIN)/vigil train embedder --if-missing
-	$(BIN)/vigil train sentiment --if-missing
-	$(BIN)/vigil models list
+	$(BIN)/vigil up
 
 test: install
 	$(BIN)/ruff check .
