@@ -22,9 +22,8 @@ class EmbedderResult:
 
 
 def register_embedder() -> EmbedderResult:
-    from mlflow.models import infer_signature
-
     import mlflow
+    from mlflow.models import infer_signature
 
     offline()
     settings = get_settings()

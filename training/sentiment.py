@@ -154,10 +154,9 @@ def fine_tune(
 
 def train_sentiment(config: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:
     """Train, evaluate, log and register one version of the sentiment model; returns where it landed."""
+    import mlflow
     import torch
     from mlflow.models import infer_signature
-
-    import mlflow
 
     settings = get_settings()
     client = registry.connect()

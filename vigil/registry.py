@@ -20,9 +20,8 @@ from vigil.errors import MlflowUnavailable, VigilError
 from vigil.settings import get_settings
 
 if TYPE_CHECKING:
-    from mlflow.entities.model_registry import ModelVersion
-
     from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

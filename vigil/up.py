@@ -35,7 +35,7 @@ class Stack:
 
     def vigil(self, *args: str, check: bool = True) -> int:
         """Run one `vigil` command in the foreground, output straight to the terminal."""
-        code = subprocess.call([sys.executable, "-m", "vigil.cli", *args])  # noqa: S603 - our own CLI
+        code = subprocess.call([sys.executable, "-m", "vigil.cli", *args])  # our own CLI
         if check and code != 0:
             raise VigilError(f"`vigil {' '.join(args)}` failed with exit code {code}")
         return code
@@ -43,7 +43,7 @@ class Stack:
     def spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         log_dir = self.settings.home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        process = subprocess.Popen(  # noqa: S603 - our own CLI
+        process = subprocess.Popen(  # our own CLI
             [sys.executable, "-m", "vigil.cli", *args], stdout=(log_dir / log_name).open("ab"),
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
@@ -80,7 +80,7 @@ def up(settings: Settings, console: Console, serve: bool = True, evidently_ui: b
                           f"(log {settings.home / 'logs' / 'evidently-ui.log'})")
         if not serve:
             return 0
-        server = subprocess.Popen([sys.executable, "-m", "vigil.cli", "serve"])  # noqa: S603
+        server = subprocess.Popen([sys.executable, "-m", "vigil.cli", "serve"])
         try:
             return server.wait()
         except KeyboardInterrupt:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
-
-import mlflow
 from mlflow import MlflowClient
+
 from tests.integration.conftest import VigilEnv
 
 OBVIOUS = {
