@@ -1,7 +1,161 @@
-"""`vigil eval …`: score the classifier and the RAG pipeline, compare versions."""
+"""`vigil eval …`: score the classifier, compare versions under the promotion policy.
+
+`vigil eval rag` joins here once the RAG pipeline lands: its scoring belongs in ``evaluations/rag.py`` beside
+``sentiment.py``, reusing ``tracking`` (runs in `evaluations`), ``progress`` and the JSON-report pattern.
+"""
 
 from __future__ import annotations
 
-import typer
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from vigil.settings import get_settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+console = Console()
+# Progress goes to stderr so that `--json -` leaves stdout to the JSON alone.
+progress_console = Console(stderr=True)
 app = typer.Typer(help="Evaluate models and gate promotion.", no_args_is_help=True)
+
+
+@app.callback()
+def _quiet_mlflow() -> None:
+    """Evaluate models and gate promotion."""
+    # MLflow writes a "View run" link to stdout as each run ends; the commands print their own links, and
+    # `--json -` needs stdout to hold the JSON alone.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+def _run_link(client: MlflowClient, run_id: str | None) -> str:
+    from evaluations.tracking import run_url
+
+    return f"MLflow run {run_url(client, run_id)}" if run_id else "not logged to MLflow"
+
+
+def _write_json(report: BaseModel, target: str) -> None:
+    text = report.model_dump_json(indent=2)
+    if target == "-":
+        typer.echo(text)
+    else:
+        Path(target).write_text(text + "\n", encoding="utf-8")
+        console.print(f"report written to {target}")
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+@app.command("sentiment")
+def eval_sentiment(
+    model: str | None = typer.Option(
+        None, "--model", help="NAME@ALIAS or NAME/VERSION (default: the sentiment model @champion)."
+    ),
+    data: str = typer.Option(
+        "test", "--data", help="test (the version's held-out split) | imdb (a domain) | a sentence<TAB>0|1 file."
+    ),
+    endpoint: str | None = typer.Option(
+        None, "--endpoint", help="Evaluate a running Vigil at URL (POST URL/predict) instead of loading the model."
+    ),
+    json_out: str | None = typer.Option(None, "--json", help="Also write the report as JSON to OUT ('-': stdout)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Score at most N rows (stratified), for quick runs."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="Texts per timed batch (default 32; with --endpoint 256 per request)."
+    ),
+) -> None:
+    """Accuracy, macro-F1, ROC-AUC, calibration and latency of one version, logged to MLflow `evaluations`."""
+    from evaluations.progress import progress_bars
+    from evaluations.sentiment import evaluate_sentiment
+    from vigil import registry
+
+    settings = get_settings()
+    client = registry.connect()
+    with progress_bars(progress_console, transient=True) as progress:
+        report = evaluate_sentiment(
+            client, model or f"{settings.sentiment_model_name}@champion", data, endpoint=endpoint, limit=limit,
+            batch_size=batch_size, progress=progress,
+        )
+    if json_out != "-":
+        metrics = report.metrics
+        title = (f"{report.model.name} v{report.model.version} on {report.dataset.name} "
+                 f"({metrics.rows} rows, {report.source})")
+        table = Table("metric", "value", title=title)
+        table.add_row("accuracy", _number(metrics.accuracy))
+        table.add_row("macro-F1", _number(metrics.macro_f1))
+        table.add_row("ROC-AUC", _number(metrics.roc_auc))
+        table.add_row(f"ECE ({metrics.ece_bins} bins)", _number(metrics.ece))
+        for domain, f1 in sorted(metrics.per_domain_macro_f1.items()):
+            table.add_row(f"macro-F1 {domain}", _number(f1))
+        table.add_row("latency p50 / p95 per text",
+                      f"{metrics.latency.p50_ms:.2f} / {metrics.latency.p95_ms:.2f} ms "
+                      f"({metrics.latency.batches} batches of ≤{metrics.latency.batch_size})")
+        (tn, fp), (fn, tp) = metrics.confusion_matrix
+        table.add_row("confusion (true x predicted)", f"neg→neg {tn}  neg→pos {fp}  pos→neg {fn}  pos→pos {tp}")
+        console.print(table)
+        console.print(f"data: {report.dataset.description} (fingerprint {report.dataset.fingerprint})")
+        console.print(_run_link(client, report.run_id))
+    if json_out:
+        _write_json(report, json_out)
+
+
+@app.command("compare")
+def eval_compare(
+    name: str | None = typer.Argument(None, help="Registered model name (default: the sentiment model)."),
+    candidate: str = typer.Option("challenger", "--candidate", help="Alias or version of the candidate."),
+    baseline: str = typer.Option("champion", "--baseline", help="Alias or version to compare against."),
+    data: str | None = typer.Option(None, "--data", help="test | imdb | a file (default: the policy's [gate] data)."),
+    limit: int | None = typer.Option(None, "--limit", min=0, help="Score at most N rows (default: the policy's)."),
+    bootstrap: int | None = typer.Option(
+        None, "--bootstrap", min=0, help="Paired bootstrap resamples (default: the policy's, 1000)."
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Texts per timed batch."),
+    policy_file: Path | None = typer.Option(None, "--policy", help="Policy file (default VIGIL_PROMOTION_POLICY)."),
+    json_out: str | None = typer.Option(None, "--json", help="Also write the comparison as JSON to OUT ('-': stdout)."),
+) -> None:
+    """Candidate against baseline on the same rows: deltas with bootstrap intervals and the policy's verdict.
+
+    Exits 1 when the policy says no, so CI and scripts can act on it.
+    """
+    from evaluations.policy import load_policy
+    from evaluations.progress import progress_bars
+    from evaluations.sentiment import compare_sentiment
+    from vigil import registry
+
+    settings = get_settings()
+    policy = load_policy(policy_file or settings.promotion_policy)
+    client = registry.connect()
+    with progress_bars(progress_console, transient=True) as progress:
+        comparison = compare_sentiment(
+            client, name or settings.sentiment_model_name, candidate, baseline, policy, data=data, limit=limit,
+            bootstrap=bootstrap, batch_size=batch_size, progress=progress,
+        )
+    if json_out != "-":
+        new, old = comparison.candidate.model, comparison.baseline.model
+        interval = f"{comparison.confidence:.0%} CI"
+        table = Table("metric", f"candidate v{new.version}", f"baseline v{old.version}", "Δ", interval,
+                      title=f"{new.name}: v{new.version} vs v{old.version} on {comparison.dataset.name} "
+                            f"({comparison.dataset.rows} rows)")
+        for delta in comparison.deltas:
+            digits = 2 if delta.metric.startswith("latency") else 4
+            ci = "-" if delta.ci_low is None or delta.ci_high is None else (
+                f"[{delta.ci_low:+.{digits}f}, {delta.ci_high:+.{digits}f}]")
+            table.add_row(delta.metric, _number(delta.candidate, digits), _number(delta.baseline, digits),
+                          "-" if delta.delta is None else f"{delta.delta:+.{digits}f}", ci)
+        console.print(table)
+        rules = Table("rule", "result", "why", title=f"policy {comparison.policy}")
+        for rule in comparison.rules:
+            rules.add_row(rule.rule, "[green]pass[/]" if rule.passed else "[red]FAIL[/]", rule.reason)
+        console.print(rules)
+        verdict = "[green]PASS[/]" if comparison.passed else "[red]FAIL[/]"
+        console.print(f"verdict: {verdict} — {_run_link(client, comparison.run_id)}")
+    if json_out:
+        _write_json(comparison, json_out)
+    if not comparison.passed:
+        raise typer.Exit(1)

@@ -1,0 +1,161 @@
+"""The rows an evaluation scores: the held-out test split, a whole domain, or a file.
+
+`test` is rebuilt exactly as training built it — the same loader, limit and seeded split — from the parameters the
+version's training run logged, so a version is scored on sentences it never saw. Two versions trained alike share
+that split. Versions trained differently (another seed, limit or domains) are compared on the union of their test
+splits minus every sentence either of them trained or validated on: the rows held out from both.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from training.data import (
+    DEFAULT_DATA_DIR,
+    DOMAIN_FILES,
+    LoadReport,
+    fingerprint,
+    limit_stratified,
+    load_domain,
+    load_sentiment,
+    split_sentiment,
+)
+from vigil.errors import VigilError
+from vigil.settings import get_settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRAINING_DOMAINS = ("amazon", "yelp")
+
+
+@dataclass(frozen=True)
+class TrainingParams:
+    """What of a version's training decides its split: the seed, the domains and the row limit."""
+
+    seed: int
+    domains: tuple[str, ...] = DEFAULT_TRAINING_DOMAINS
+    limit: int | None = None
+
+    def describe(self) -> str:
+        limited = f", limit {self.limit}" if self.limit else ""
+        return f"{','.join(self.domains)}, seed {self.seed}{limited}"
+
+
+def training_params(client: MlflowClient, run_id: str | None) -> TrainingParams:
+    """The split parameters logged by the training run; the settings' seed and default domains when absent."""
+    default = TrainingParams(seed=get_settings().seed)
+    if not run_id:
+        return default
+    from mlflow.exceptions import MlflowException
+
+    try:
+        params = client.get_run(run_id).data.params
+    except MlflowException:
+        logger.warning("training run %s not found; using seed %s and domains %s", run_id, default.seed,
+                       ",".join(default.domains))
+        return default
+    domains = tuple(d for d in params.get("domains", "").split(",") if d) or default.domains
+    limit = int(params.get("limit", "0") or 0) or None
+    return TrainingParams(seed=int(params.get("seed", default.seed)), domains=domains, limit=limit)
+
+
+@dataclass
+class EvalData:
+    name: str
+    frame: pd.DataFrame  # text, label (0/1), domain
+    description: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.frame)
+
+    @property
+    def domains(self) -> list[str]:
+        return sorted(self.frame["domain"].astype(str).unique())
+
+
+def _training_split(params: TrainingParams, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows trained or validated on, test rows) exactly as training made them."""
+    frame, _ = load_sentiment(data_dir, list(params.domains))
+    if params.limit:
+        frame = limit_stratified(frame, params.limit, params.seed)
+    split = split_sentiment(frame, params.seed)
+    return pd.concat([split.train, split.validation], ignore_index=True), split.test
+
+
+def held_out_split(versions: list[TrainingParams], data_dir: Path = DEFAULT_DATA_DIR) -> EvalData:
+    """The test split of one version, of several trained alike, or the rows held out from all of them."""
+    unique = list(dict.fromkeys(versions))
+    if len(unique) == 1:
+        _, test = _training_split(unique[0], data_dir)
+        return EvalData("test", test, f"test split ({unique[0].describe()})")
+    seen: set[str] = set()
+    tests = []
+    for params in unique:
+        trained, test = _training_split(params, data_dir)
+        seen.update(trained["text"])
+        tests.append(test)
+    union = pd.concat(tests, ignore_index=True).drop_duplicates(["text", "label", "domain"])
+    held_out = union[~union["text"].isin(seen)].reset_index(drop=True)
+    described = " and ".join(f"({p.describe()})" for p in unique)
+    return EvalData("test", held_out, f"test splits of {described}, minus sentences either trained on")
+
+
+def from_file(path: Path) -> EvalData:
+    """A ``sentence<TAB>label`` file (label 0 or 1), parsed like the training data; the domain is its stem."""
+    if not path.is_file():
+        raise VigilError(f"no data file {path}; --data takes test, a domain ({', '.join(DOMAIN_FILES)}) or a file.")
+    report = LoadReport()
+    frame = pd.DataFrame(load_domain(path, path.stem, report), columns=["text", "label", "domain"])
+    if frame.empty:
+        raise VigilError(f"{path} holds no `sentence<TAB>0|1` lines.")
+    data = EvalData(str(path), frame, f"file {path} ({len(frame)} rows)")
+    if report.skipped:
+        note = f"{report.skipped} malformed line(s) skipped, e.g. {', '.join(report.skipped_examples)}"
+        logger.warning("%s: %s", path, note)
+        data.notes.append(note)
+    return data
+
+
+def resolve_data(
+    spec: str,
+    versions: list[TrainingParams],
+    limit: int | None = None,
+    seed: int | None = None,
+    data_dir: Path = DEFAULT_DATA_DIR,
+) -> EvalData:
+    """`test`, a domain name or a file path → the rows to score, at most ``limit`` of them (stratified)."""
+    if spec == "test":
+        data = held_out_split(versions, data_dir)
+    elif spec in DOMAIN_FILES:
+        frame, _ = load_sentiment(data_dir, [spec])
+        data = EvalData(spec, frame, f"the whole {spec} domain")
+        trained_on = [p for p in versions if spec in p.domains]
+        if trained_on:
+            data.notes.append(f"{spec} is a training domain of the model: this is not out-of-domain data")
+            logger.warning(data.notes[-1])
+    else:
+        data = from_file(Path(spec))
+    if limit and limit < len(data.frame):
+        data.frame = _limited(data.frame, limit, get_settings().seed if seed is None else seed)
+        data.description += f", limited to {limit} rows"
+    if data.frame.empty:
+        raise VigilError(f"no rows to evaluate in {data.description}.")
+    return data
+
+
+def _limited(frame: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
+    try:
+        return limit_stratified(frame, limit, seed)
+    except ValueError:
+        # Too few rows per (domain, label) to stratify, e.g. a tiny file: a plain seeded sample is the best left.
+        return frame.sample(n=limit, random_state=seed).reset_index(drop=True)

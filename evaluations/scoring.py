@@ -1,0 +1,293 @@
+"""Which version to evaluate, and getting its predictions: loaded in-process or from a running Vigil over HTTP.
+
+Both paths reduce a prediction to the service's contract — a label and the probability of that label — so the
+numbers computed from them are the same for the same version, whichever way they were obtained.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import httpx
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from vigil import registry
+from vigil.errors import VigilError
+from vigil.sentiment_model import LABELS, SentimentClassifier
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+POSITIVE = LABELS[1]
+# The service refuses requests with more texts than this (VIGIL_MAX_TEXTS_PER_REQUEST defaults to it too).
+MAX_TEXTS_PER_REQUEST = 256
+
+# Called as (phase, completed, total) so the CLI can draw progress without the evaluation knowing about rich.
+ProgressCallback = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """`name@alias`, `name/version`, or a bare alias or version next to a known name."""
+
+    name: str
+    alias: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, text: str, default_name: str) -> ModelRef:
+        text = text.strip()
+        if text.startswith("models:/"):
+            text = text.removeprefix("models:/")
+        if "@" in text:
+            name, _, alias = text.rpartition("@")
+            return cls(name or default_name, alias=alias)
+        if "/" in text:
+            name, _, version = text.rpartition("/")
+            return cls(name or default_name, version=version)
+        if text.isdigit():
+            return cls(default_name, version=text)
+        # A bare word is an alias of the default model; `vigil eval compare NAME --candidate challenger`.
+        return cls(default_name, alias=text)
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.alias}" if self.alias else f"{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str
+    version: str
+    alias: str | None
+    run_id: str | None
+
+
+def resolve(client: MlflowClient, ref: ModelRef) -> ResolvedModel:
+    """The registry's version for a reference; a readable error when the alias or version does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    if ref.alias:
+        found = registry.alias_version(client, ref.name, ref.alias)
+        if found is None:
+            raise VigilError(f"{ref.name} has no @{ref.alias}; see `vigil models show {ref.name}`.")
+        return ResolvedModel(ref.name, str(found.version), ref.alias, found.run_id)
+    if not ref.version or not ref.version.isdigit():
+        raise VigilError(f"{ref}: give a model as NAME@ALIAS or NAME/VERSION.")
+    try:
+        found = client.get_model_version(ref.name, ref.version)
+    except MlflowException:
+        raise VigilError(f"{ref.name} has no version {ref.version}.") from None
+    return ResolvedModel(ref.name, str(found.version), None, found.run_id)
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    labels: list[str]
+    scores: list[float]  # probability of the predicted label
+    model_name: str
+    model_version: str
+
+
+class Predictor(Protocol):
+    source: str  # "in-process" | "endpoint"
+
+    def warm_up(self, texts: Sequence[str]) -> None: ...
+
+    def predict(self, texts: Sequence[str]) -> BatchOutput: ...
+
+
+class InProcessPredictor:
+    """A registered version loaded into this process."""
+
+    source = "in-process"
+
+    def __init__(self, model: ResolvedModel, predict: Callable[[list[str]], tuple[list[str], list[float]]]) -> None:
+        self.model = model
+        self._predict = predict
+
+    @classmethod
+    def load(cls, model: ResolvedModel) -> InProcessPredictor:
+        """Load ``models:/name/version``; the classifier inside is called directly, skipping pandas round trips."""
+        import mlflow
+        import pandas as pd
+        from mlflow.exceptions import MlflowException
+
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{model.name}/{model.version}")
+        try:
+            classifier = getattr(pyfunc.unwrap_python_model(), "classifier", None)
+        except MlflowException:  # not a python-function model of ours
+            classifier = None
+        if isinstance(classifier, SentimentClassifier):
+            loaded = classifier
+
+            def predict(texts: list[str]) -> tuple[list[str], list[float]]:
+                predictions = loaded.predict(texts, batch_size=max(len(texts), 1))
+                return [p.label for p in predictions], [p.score for p in predictions]
+        else:  # a version logged some other way still answers through the pyfunc contract
+            def predict(texts: list[str]) -> tuple[list[str], list[float]]:
+                frame = pyfunc.predict(pd.DataFrame({"text": texts}))
+                return [str(v) for v in frame["label"]], [float(v) for v in frame["score"]]
+        return cls(model, predict)
+
+    def warm_up(self, texts: Sequence[str]) -> None:
+        # The first forward pass allocates; timing it would charge that to one batch of one model.
+        self._predict(list(texts[:2]))
+
+    def predict(self, texts: Sequence[str]) -> BatchOutput:
+        labels, scores = self._predict(list(texts))
+        return BatchOutput(labels, scores, self.model.name, self.model.version)
+
+
+class _ServedPrediction(BaseModel):
+    label: str
+    score: float
+
+
+class _ServedModel(BaseModel):
+    name: str
+    version: str
+
+
+class PredictResponse(BaseModel):
+    """The body of the service's `POST /predict`."""
+
+    predictions: list[_ServedPrediction]
+    model: _ServedModel
+
+
+class EndpointPredictor:
+    """A running Vigil: `POST {url}/predict` with {"texts": [...]}, at most 256 texts a request."""
+
+    source = "endpoint"
+
+    def __init__(self, url: str, expected: ResolvedModel | None = None, timeout: float = 120.0) -> None:
+        self.url = url.rstrip("/")
+        self.expected = expected
+        self._client = httpx.Client(timeout=timeout)
+
+    def warm_up(self, texts: Sequence[str]) -> None:
+        # A running service is warm already, and an extra request would show up in its inference log.
+        return None
+
+    def predict(self, texts: Sequence[str]) -> BatchOutput:
+        if len(texts) > MAX_TEXTS_PER_REQUEST:
+            raise ValueError(f"at most {MAX_TEXTS_PER_REQUEST} texts per request")
+        try:
+            response = self._client.post(f"{self.url}/predict", json={"texts": list(texts)})
+        except httpx.HTTPError as error:
+            raise VigilError(f"Vigil endpoint {self.url} not reachable ({type(error).__name__}).") from None
+        if response.status_code != 200:
+            raise VigilError(f"{self.url}/predict answered {response.status_code}: {response.text[:300]}")
+        try:
+            body = PredictResponse.model_validate_json(response.content)
+        except ValidationError as error:
+            raise VigilError(f"{self.url}/predict answered an unexpected body: {error.errors()[:2]}") from None
+        if len(body.predictions) != len(texts):
+            raise VigilError(f"{self.url}/predict answered {len(body.predictions)} predictions for {len(texts)} texts.")
+        if self.expected is not None:
+            check_identity(body.model.name, body.model.version, self.expected, self.url)
+        return BatchOutput([p.label for p in body.predictions], [p.score for p in body.predictions],
+                           body.model.name, body.model.version)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+@dataclass
+class Scored:
+    """One model's answers for every row, and how long its batches took."""
+
+    y_pred: np.ndarray
+    p_positive: np.ndarray
+    labels: list[str]
+    scores: list[float]
+    batch_seconds: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+    model_name: str = ""
+    model_version: str = ""
+
+
+def positive_probability(label: str, score: float) -> float:
+    """P(positive) from the service's (label, probability of that label)."""
+    return score if label == POSITIVE else 1.0 - score
+
+
+def score(
+    predictors: Sequence[Predictor],
+    texts: Sequence[str],
+    batch_size: int,
+    progress: ProgressCallback | None = None,
+    phase: str = "scoring",
+    repeats: int = 1,
+) -> list[Scored]:
+    """Every predictor's answers for ``texts``, batch by batch, each batch timed.
+
+    With several predictors the batches interleave and the order alternates (A B, B A, …), so that both models
+    see the same machine load at nearly the same time; with ``repeats`` > 1 each batch is run that many times
+    per model in mirrored order (A B B A) and the fastest time counts, which filters out a moment in which a
+    neighbour took the CPU. On a shared machine that keeps a latency comparison about the models.
+    """
+    if batch_size < 1 or repeats < 1:
+        raise ValueError("batch_size and repeats must be at least 1")
+    for predictor in predictors:
+        predictor.warm_up(texts)
+    outputs: list[list[BatchOutput]] = [[] for _ in predictors]
+    timings: list[list[float]] = [[] for _ in predictors]
+    for step, start in enumerate(range(0, len(texts), batch_size)):
+        chunk = texts[start : start + batch_size]
+        order = list(range(len(predictors)))
+        if step % 2:
+            order.reverse()
+        fastest = [float("inf")] * len(predictors)
+        for round_ in range(repeats):
+            for index in order if round_ % 2 == 0 else order[::-1]:
+                began = time.perf_counter()
+                output = predictors[index].predict(chunk)
+                fastest[index] = min(fastest[index], time.perf_counter() - began)
+                if len(output.labels) != len(chunk):
+                    raise VigilError(f"the model answered {len(output.labels)} predictions for {len(chunk)} texts.")
+                if round_ == 0:
+                    outputs[index].append(output)
+        for index, seconds in enumerate(fastest):
+            timings[index].append(seconds)
+        if progress:
+            progress(phase, min(start + batch_size, len(texts)), len(texts))
+    return [_collect(batches, seconds, batch_size, len(texts))
+            for batches, seconds in zip(outputs, timings, strict=True)]
+
+
+def _collect(batches: list[BatchOutput], seconds: list[float], batch_size: int, total: int) -> Scored:
+    identities = {(b.model_name, b.model_version) for b in batches}
+    if len(identities) > 1:
+        served = ", ".join(f"{n} v{v}" for n, v in sorted(identities))
+        raise VigilError(f"the model changed during the evaluation ({served}); evaluate again.")
+    name, version = identities.pop() if identities else ("", "")
+    labels = [label for b in batches for label in b.labels]
+    scores = [s for b in batches for s in b.scores]
+    unknown = sorted(set(labels) - set(LABELS))
+    if unknown:
+        raise VigilError(f"the model answered unknown label(s) {unknown}; expected {list(LABELS)}.")
+    sizes = [min(batch_size, total - i * batch_size) for i in range(len(batches))]
+    return Scored(
+        y_pred=np.array([int(label == POSITIVE) for label in labels], dtype=np.int64),
+        p_positive=np.array([positive_probability(lb, s) for lb, s in zip(labels, scores, strict=True)]),
+        labels=labels, scores=scores, batch_seconds=seconds, batch_sizes=sizes,
+        model_name=name, model_version=version,
+    )
+
+
+def check_identity(name: str, version: str, expected: ResolvedModel, where: str) -> None:
+    """Refuse figures that would be filed under another version than the one that produced them."""
+    if (name, version) != (expected.name, expected.version):
+        asked = f" (@{expected.alias})" if expected.alias else ""
+        raise VigilError(
+            f"{where} serves {name} v{version}, not {expected.name} v{expected.version}{asked}; "
+            f"pass --model {name}/{version} to evaluate what it serves."
+        )

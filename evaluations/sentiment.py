@@ -1,0 +1,326 @@
+"""Evaluate a sentiment classifier version, or compare two, and log the evidence to MLflow (`evaluations`).
+
+Runs: `vigil.eval.kind=sentiment` for one version (metrics, plots, predictions, `evaluation.json`);
+`vigil.eval.kind=compare` for a comparison (deltas with bootstrap intervals, the verdict per rule,
+`comparison.json`, the policy applied), with each side's evaluation as a child run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from evaluations import tracking
+from evaluations.datasets import EvalData, resolve_data, training_params
+from evaluations.metrics import (
+    ECE_BINS,
+    Interval,
+    Predictions,
+    confusion_counts,
+    latency_per_text,
+    paired_bootstrap,
+    paired_bootstrap_latency,
+    per_text_ms,
+    point_metrics,
+)
+from evaluations.plots import confusion_figure, reliability_figure
+from evaluations.policy import HIGHER_IS_BETTER, Policy, judge
+from evaluations.schemas import (
+    ClassifierMetrics,
+    Comparison,
+    DatasetInfo,
+    LatencyStats,
+    MetricDelta,
+    ModelIdentity,
+    SentimentEvaluation,
+)
+from evaluations.scoring import (
+    MAX_TEXTS_PER_REQUEST,
+    EndpointPredictor,
+    InProcessPredictor,
+    ModelRef,
+    Predictor,
+    ProgressCallback,
+    ResolvedModel,
+    Scored,
+    resolve,
+    score,
+)
+from vigil.settings import get_settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+IN_PROCESS_BATCH = 32
+
+
+@dataclass
+class _Scoring:
+    """One version's answers on the data, with what the report and the run need."""
+
+    model: ResolvedModel
+    scored: Scored
+    predictions: Predictions
+    evaluation: SentimentEvaluation
+
+
+def _dataset_info(data: EvalData) -> DatasetInfo:
+    description = data.description + "".join(f"; {note}" for note in data.notes)
+    return DatasetInfo(name=data.name, fingerprint=data.fingerprint, rows=len(data.frame), domains=data.domains,
+                       description=description)
+
+
+def _summarize(
+    model: ResolvedModel, data: EvalData, scored: Scored, batch_size: int, endpoint: str | None = None
+) -> _Scoring:
+    """The metrics of one version's answers on ``data``."""
+    predictions = Predictions.from_arrays(data.frame["label"].to_numpy(), scored.y_pred, scored.p_positive)
+    values = point_metrics(predictions)
+    domains = data.frame["domain"].astype(str).to_numpy()
+    per_domain = {}
+    for domain in data.domains:
+        f1 = point_metrics(predictions.subset(domains == domain))["macro_f1"]
+        if f1 is not None:
+            per_domain[domain] = f1
+    latency = latency_per_text(scored.batch_seconds, scored.batch_sizes)
+    source = "endpoint" if endpoint else "in-process"
+    metrics = ClassifierMetrics(
+        rows=len(predictions), accuracy=values["accuracy"] or 0.0, macro_f1=values["macro_f1"] or 0.0,
+        roc_auc=values["roc_auc"], ece=values["ece"] or 0.0, ece_bins=ECE_BINS, per_domain_macro_f1=per_domain,
+        confusion_matrix=confusion_counts(predictions),
+        latency=LatencyStats(p50_ms=latency.p50_ms, p95_ms=latency.p95_ms, mean_ms=latency.mean_ms,
+                             batches=latency.batches, batch_size=batch_size, source=source),
+    )
+    evaluation = SentimentEvaluation(
+        model=ModelIdentity(name=model.name, version=model.version, alias=model.alias),
+        dataset=_dataset_info(data), metrics=metrics, source=source, endpoint=endpoint,
+    )
+    return _Scoring(model, scored, predictions, evaluation)
+
+
+def _log_evaluation(
+    client: MlflowClient, data: EvalData, result: _Scoring, parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> str:
+    evaluation, metrics = result.evaluation, result.evaluation.metrics
+    name = f"eval {evaluation.model.name} v{evaluation.model.version} on {data.name}"
+    tags = {
+        "vigil.eval.kind": "sentiment",
+        "vigil.model": evaluation.model.name,
+        "vigil.model_version": evaluation.model.version,
+        "vigil.model_alias": evaluation.model.alias or "",
+        "vigil.eval.source": evaluation.source,
+        "dataset.name": data.name,
+        "dataset.fingerprint": data.fingerprint,
+        **(extra_tags or {}),
+    }
+    with tracking.evaluation_run(client, name, tags, parent_run_id) as run_id:
+        evaluation.run_id = run_id
+        tracking.log_values(
+            client, run_id,
+            metrics={
+                "rows": metrics.rows, "accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1,
+                "roc_auc": metrics.roc_auc, "ece": metrics.ece, "latency_p50_ms": metrics.latency.p50_ms,
+                "latency_p95_ms": metrics.latency.p95_ms, "latency_mean_ms": metrics.latency.mean_ms,
+                **{f"{domain}_macro_f1": f1 for domain, f1 in metrics.per_domain_macro_f1.items()},
+            },
+            params={
+                "data": data.name, "data_description": evaluation.dataset.description, "rows": metrics.rows,
+                "batch_size": metrics.latency.batch_size, "ece_bins": metrics.ece_bins,
+                "source": evaluation.source, "endpoint": evaluation.endpoint or "",
+            },
+        )
+        title = f"{evaluation.model.name} v{evaluation.model.version} on {data.name}"
+        tracking.log_figure(client, run_id, confusion_figure(metrics.confusion_matrix, title),
+                            "plots/confusion_matrix.png")
+        tracking.log_figure(client, run_id, reliability_figure(result.predictions, metrics.ece, title),
+                            "plots/calibration.png")
+        client.log_dict(run_id, json.loads(evaluation.model_dump_json()), "evaluation.json")
+        rows = pd.DataFrame({
+            "text": data.frame["text"].to_numpy(), "domain": data.frame["domain"].to_numpy(),
+            "label": data.frame["label"].to_numpy(), "predicted": result.scored.y_pred,
+            "predicted_label": result.scored.labels, "score": result.scored.scores,
+            "p_positive": result.scored.p_positive,
+        })
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / "predictions.parquet"
+            rows.to_parquet(path)
+            client.log_artifact(run_id, str(path), "predictions")
+    return run_id
+
+
+def _load(model: ResolvedModel, progress: ProgressCallback | None) -> InProcessPredictor:
+    phase = f"loading {model.name} v{model.version}"
+    if progress:
+        progress(phase, 0, 1)
+    predictor = InProcessPredictor.load(model)
+    if progress:
+        progress(phase, 1, 1)
+    return predictor
+
+
+def evaluate_sentiment(
+    client: MlflowClient,
+    model: str,
+    data: str = "test",
+    *,
+    endpoint: str | None = None,
+    limit: int | None = None,
+    batch_size: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> SentimentEvaluation:
+    """Score one version (by `name@alias` or `name/version`) on ``data`` and log the run; the report, with its id.
+
+    With ``endpoint`` the predictions come from a running Vigil's `POST /predict`; it must serve that version.
+    """
+    resolved = resolve(client, ModelRef.parse(model, get_settings().sentiment_model_name))
+    eval_data = resolve_data(data, [training_params(client, resolved.run_id)], limit)
+    predictor: Predictor
+    if endpoint:
+        size = min(batch_size or MAX_TEXTS_PER_REQUEST, MAX_TEXTS_PER_REQUEST)
+        predictor = EndpointPredictor(endpoint, expected=resolved)
+    else:
+        size = batch_size or IN_PROCESS_BATCH
+        predictor = _load(resolved, progress)
+    texts = eval_data.frame["text"].tolist()
+    try:
+        (scored,) = score([predictor], texts, size, progress, phase=f"scoring v{resolved.version}")
+    finally:
+        if isinstance(predictor, EndpointPredictor):
+            predictor.close()
+    result = _summarize(resolved, eval_data, scored, size, endpoint)
+    _log_evaluation(client, eval_data, result, extra_tags={"vigil.eval.endpoint": endpoint or ""})
+    logger.info("evaluated %s v%s on %s: run %s", resolved.name, resolved.version, eval_data.name,
+                result.evaluation.run_id)
+    return result.evaluation
+
+
+def compare_sentiment(
+    client: MlflowClient,
+    name: str,
+    candidate: str,
+    baseline: str,
+    policy: Policy,
+    *,
+    data: str | None = None,
+    limit: int | None = None,
+    bootstrap: int | None = None,
+    batch_size: int | None = None,
+    progress: ProgressCallback | None = None,
+    trigger: str = "cli",
+) -> Comparison:
+    """Both versions on the same rows, deltas with paired-bootstrap intervals, and the policy's verdict.
+
+    ``candidate`` and ``baseline`` are aliases or versions of ``name`` (or full `name@alias` / `name/version`);
+    options left None come from the policy's [gate] section, so the CLI reproduces what the gate decides.
+    """
+    settings = get_settings()
+    gate = policy.gate
+    data = data or gate.data
+    limit = gate.limit if limit is None else limit
+    samples = gate.bootstrap if bootstrap is None else bootstrap
+    size = batch_size or gate.batch_size
+    new = resolve(client, ModelRef.parse(candidate, name))
+    old = resolve(client, ModelRef.parse(baseline, name))
+    eval_data = resolve_data(
+        data, [training_params(client, new.run_id), training_params(client, old.run_id)], limit or None
+    )
+    predictors = [_load(new, progress), _load(old, progress)]
+    texts = eval_data.frame["text"].tolist()
+    scored_new, scored_old = score(predictors, texts, size, progress,
+                                   phase=f"scoring v{new.version} and v{old.version}", repeats=gate.timing_repeats)
+    ours, theirs = _summarize(new, eval_data, scored_new, size), _summarize(old, eval_data, scored_old, size)
+    if progress:
+        progress("bootstrap", 0, 1)
+    intervals = paired_bootstrap(ours.predictions, theirs.predictions, samples, settings.seed, gate.confidence)
+    intervals.update(paired_bootstrap_latency(
+        per_text_ms(scored_new.batch_seconds, scored_new.batch_sizes),
+        per_text_ms(scored_old.batch_seconds, scored_old.batch_sizes), samples, settings.seed, gate.confidence,
+    ))
+    if progress:
+        progress("bootstrap", 1, 1)
+    deltas = _deltas(ours.evaluation.metrics, theirs.evaluation.metrics, intervals)
+    verdicts = judge(policy, deltas)
+    comparison = Comparison(
+        candidate=ours.evaluation, baseline=theirs.evaluation, dataset=_dataset_info(eval_data), deltas=deltas,
+        rules=verdicts, passed=all(v.passed for v in verdicts), bootstrap_samples=samples,
+        confidence=gate.confidence, seed=settings.seed, policy=policy.source,
+    )
+    _log_comparison(client, eval_data, comparison, ours, theirs, trigger)
+    logger.info("compared %s v%s with v%s: %s (run %s)", name, new.version, old.version,
+                "pass" if comparison.passed else "fail", comparison.run_id)
+    return comparison
+
+
+def _deltas(
+    candidate: ClassifierMetrics, baseline: ClassifierMetrics, intervals: dict[str, Interval]
+) -> list[MetricDelta]:
+    ours, theirs = candidate.judged(), baseline.judged()
+    deltas = []
+    for metric in HIGHER_IS_BETTER:
+        new, old = ours.get(metric), theirs.get(metric)
+        interval = intervals.get(metric, Interval(None, None))
+        deltas.append(MetricDelta(
+            metric=metric, candidate=new, baseline=old,
+            delta=None if new is None or old is None else new - old,
+            ci_low=interval.low, ci_high=interval.high,
+            higher_is_better=HIGHER_IS_BETTER[metric],
+        ))
+    return deltas
+
+
+def _log_comparison(
+    client: MlflowClient, data: EvalData, comparison: Comparison, ours: _Scoring, theirs: _Scoring, trigger: str
+) -> None:
+    new, old = comparison.candidate.model, comparison.baseline.model
+    verdict = "pass" if comparison.passed else "fail"
+    tags = {
+        "vigil.eval.kind": "compare",
+        "vigil.eval.trigger": trigger,
+        "vigil.model": new.name,
+        "vigil.model_version": new.version,
+        "vigil.candidate_version": new.version,
+        "vigil.baseline_version": old.version,
+        "vigil.verdict": verdict,
+        "dataset.name": data.name,
+        "dataset.fingerprint": data.fingerprint,
+    }
+    with tracking.evaluation_run(client, f"compare {new.name} v{new.version} vs v{old.version}: {verdict}",
+                                 tags) as run_id:
+        comparison.run_id = run_id
+        comparison.candidate.run_id = _log_evaluation(client, data, ours, run_id, {"vigil.eval.role": "candidate"})
+        comparison.baseline.run_id = _log_evaluation(client, data, theirs, run_id, {"vigil.eval.role": "baseline"})
+        metrics: dict[str, float | None] = {"passed": float(comparison.passed),
+                                            "rules_failed": float(sum(not r.passed for r in comparison.rules))}
+        for delta in comparison.deltas:
+            metrics.update({
+                f"candidate_{delta.metric}": delta.candidate, f"baseline_{delta.metric}": delta.baseline,
+                f"delta_{delta.metric}": delta.delta, f"delta_{delta.metric}_ci_low": delta.ci_low,
+                f"delta_{delta.metric}_ci_high": delta.ci_high,
+            })
+        tracking.log_values(
+            client, run_id, metrics=_finite(metrics),
+            params={"data": data.name, "data_description": comparison.dataset.description,
+                    "rows": comparison.dataset.rows, "bootstrap": comparison.bootstrap_samples,
+                    "confidence": comparison.confidence, "seed": comparison.seed, "policy": comparison.policy},
+            tags={"vigil.candidate_run_id": comparison.candidate.run_id or "",
+                  "vigil.baseline_run_id": comparison.baseline.run_id or ""},
+        )
+        client.log_dict(run_id, json.loads(comparison.model_dump_json()), "comparison.json")
+        client.log_text(run_id, "\n".join(("PASS " if r.passed else "FAIL ") + r.reason for r in comparison.rules),
+                        "verdict.txt")
+        if comparison.policy and Path(comparison.policy).is_file():
+            client.log_text(run_id, Path(comparison.policy).read_text(encoding="utf-8"), "policy.toml")
+
+
+def _finite(values: dict[str, float | None]) -> dict[str, float | None]:
+    return {k: v for k, v in values.items() if v is not None and np.isfinite(v)}

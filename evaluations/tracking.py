@@ -1,0 +1,95 @@
+"""Evaluation runs in the MLflow experiment `evaluations`, through an explicit client (no fluent active-run state).
+
+Tag keys shared by every evaluation run, so the MLflow UI can filter them: ``vigil.eval.kind`` (sentiment,
+compare), ``vigil.model``, ``vigil.model_version``, ``dataset.name``, ``dataset.fingerprint``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+EXPERIMENT = "evaluations"
+# MLflow accepts up to 6000 characters in a param value and 8000 in a tag; beyond that it refuses the batch.
+_MAX_TAG = 5000
+
+
+def experiment_id(client: MlflowClient, name: str = EXPERIMENT) -> str:
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(client.create_experiment(name))
+    except MlflowException:
+        # Another process created it between our look-up and our create.
+        again = client.get_experiment_by_name(name)
+        if again is None:
+            raise
+        return str(again.experiment_id)
+
+
+def run_url(client: MlflowClient, run_id: str) -> str:
+    """Where a run of `evaluations` opens in the MLflow UI (the run id alone for a non-HTTP store)."""
+    uri = str(client.tracking_uri).rstrip("/")
+    if not uri.startswith(("http://", "https://")):
+        return run_id
+    return f"{uri}/#/experiments/{experiment_id(client)}/runs/{run_id}"
+
+
+def metric_key(name: str) -> str:
+    """A metric or tag key MLflow accepts, from e.g. a file stem used as a domain name."""
+    return re.sub(r"[^0-9A-Za-z_\-./ ]", "_", name)
+
+
+@contextmanager
+def evaluation_run(
+    client: MlflowClient, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None
+) -> Iterator[str]:
+    """A run in `evaluations`, FINISHED when the block completes and FAILED when it raises; yields its id."""
+    all_tags = {key: str(value)[:_MAX_TAG] for key, value in tags.items()}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id(client), run_name=run_name, tags=all_tags)
+    run_id = str(run.info.run_id)
+    try:
+        yield run_id
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+def log_values(
+    client: MlflowClient,
+    run_id: str,
+    metrics: Mapping[str, float | None] | None = None,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """Metrics (None skipped), params and tags in one request."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(metric_key(k), float(v), now, 0) for k, v in (metrics or {}).items() if v is not None],
+        params=[Param(metric_key(k), str(v)[:_MAX_TAG]) for k, v in (params or {}).items()],
+        tags=[RunTag(k, str(v)[:_MAX_TAG]) for k, v in (tags or {}).items()],
+    )
+
+
+def log_figure(client: MlflowClient, run_id: str, figure: Any, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    try:
+        client.log_figure(run_id, figure, path)
+    finally:
+        plt.close(figure)

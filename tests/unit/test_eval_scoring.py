@@ -1,0 +1,186 @@
+"""Model references, evaluation data, the scoring loop, and the HTTP client against a real local server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from evaluations.datasets import TrainingParams, _training_split, from_file, held_out_split, resolve_data
+from evaluations.scoring import (
+    BatchOutput,
+    EndpointPredictor,
+    ModelRef,
+    ResolvedModel,
+    positive_probability,
+    score,
+)
+from training.data import fingerprint, limit_stratified, load_sentiment, split_sentiment
+from vigil.errors import VigilError
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("sentiment@challenger", ModelRef("sentiment", alias="challenger")),
+    ("sentiment/3", ModelRef("sentiment", version="3")),
+    ("models:/other@champion", ModelRef("other", alias="champion")),
+    ("champion", ModelRef("default", alias="champion")),
+    ("7", ModelRef("default", version="7")),
+])
+def test_model_references(text: str, expected: ModelRef) -> None:
+    assert ModelRef.parse(text, default_name="default") == expected
+
+
+def test_test_split_is_the_one_training_made() -> None:
+    params = TrainingParams(seed=11, domains=("amazon", "yelp"), limit=600)
+    frame, _ = load_sentiment(domains=["amazon", "yelp"])
+    expected = split_sentiment(limit_stratified(frame, 600, 11), 11).test
+    data = resolve_data("test", [params])
+    assert data.frame["text"].tolist() == expected["text"].tolist()
+    assert data.fingerprint == fingerprint(expected)
+    assert "seed 11, limit 600" in data.description
+
+
+def test_versions_trained_differently_share_only_rows_neither_saw() -> None:
+    good = TrainingParams(seed=11, limit=600)
+    weak = TrainingParams(seed=42, limit=40)
+    data = held_out_split([good, weak])
+    seen = set(_training_split(good, data_dir=_data_dir())[0]["text"]) | set(
+        _training_split(weak, data_dir=_data_dir())[0]["text"])
+    assert len(data.frame) > 100
+    assert not set(data.frame["text"]) & seen
+    assert held_out_split([good, good]).frame.equals(held_out_split([good]).frame)
+
+
+def _data_dir() -> Path:
+    from training.data import DEFAULT_DATA_DIR
+
+    return DEFAULT_DATA_DIR
+
+
+def test_out_of_domain_data_and_limit() -> None:
+    data = resolve_data("imdb", [TrainingParams(seed=42)], limit=100, seed=42)
+    assert len(data.frame) == 100 and data.domains == ["imdb"]
+    assert set(data.frame["label"]) == {0, 1}
+    assert not data.notes
+    trained = resolve_data("imdb", [TrainingParams(seed=42, domains=("imdb",))], limit=10)
+    assert "not out-of-domain" in trained.notes[0]
+
+
+def test_a_sentence_label_file(tmp_path: Path) -> None:
+    path = tmp_path / "support.tsv"
+    path.write_text("Works great.\t1\nbroken line\nAwful, returned it.\t0\nFine\t1\n")
+    data = from_file(path)
+    assert data.frame["label"].tolist() == [1, 0, 1]
+    assert data.domains == ["support"]
+    assert "1 malformed" in data.notes[0]
+    with pytest.raises(VigilError, match="no data file"):
+        resolve_data(str(tmp_path / "missing.tsv"), [])
+
+
+class Recorder:
+    """A predictor that answers by a rule and records the order it was called in."""
+
+    source = "in-process"
+
+    def __init__(self, name: str, calls: list[str], version: str = "1") -> None:
+        self.name, self.calls, self.version = name, calls, version
+
+    def warm_up(self, texts: Sequence[str]) -> None:
+        self.calls.append(f"{self.name}:warm")
+
+    def predict(self, texts: Sequence[str]) -> BatchOutput:
+        self.calls.append(self.name)
+        labels = ["positive" if "good" in t else "negative" for t in texts]
+        return BatchOutput(labels, [0.8] * len(texts), "m", self.version)
+
+
+def test_scoring_interleaves_models_and_alternates_who_goes_first() -> None:
+    calls: list[str] = []
+    texts = ["good", "bad", "good one", "bad one", "good again"]
+    progress: list[tuple[str, int, int]] = []
+    first, second = score([Recorder("a", calls), Recorder("b", calls)], texts, batch_size=2,
+                          progress=lambda phase, done, total: progress.append((phase, done, total)))
+    assert calls == ["a:warm", "b:warm", "a", "b", "b", "a", "a", "b"]
+    assert first.y_pred.tolist() == [1, 0, 1, 0, 1]
+    assert np.allclose(first.p_positive, [0.8, 0.2, 0.8, 0.2, 0.8])
+    assert first.batch_sizes == [2, 2, 1] and len(first.batch_seconds) == 3
+    assert second.labels == first.labels
+    assert progress[-1] == ("scoring", 5, 5)
+
+
+def test_repeated_timing_mirrors_the_order_and_keeps_the_first_answers() -> None:
+    calls: list[str] = []
+    first, _ = score([Recorder("a", calls), Recorder("b", calls)], ["good", "bad", "good"], batch_size=2, repeats=2)
+    assert calls == ["a:warm", "b:warm", "a", "b", "b", "a", "b", "a", "a", "b"]
+    assert first.labels == ["positive", "negative", "positive"] and len(first.batch_seconds) == 2
+
+
+def test_positive_probability_from_label_and_score() -> None:
+    assert positive_probability("positive", 0.9) == 0.9
+    assert positive_probability("negative", 0.9) == pytest.approx(0.1)
+
+
+class _StandIn(BaseHTTPRequestHandler):
+    """A service answering the /predict contract with fixed rules, and recording request sizes."""
+
+    sizes: ClassVar[list[int]] = []
+    version = "4"
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        texts = body["texts"]
+        type(self).sizes.append(len(texts))
+        if self.path != "/predict" or len(texts) > 256:
+            self.send_response(413)
+            self.end_headers()
+            return
+        answer = {
+            "predictions": [{"label": "positive" if "good" in t else "negative", "score": 0.75} for t in texts],
+            "model": {"name": "sentiment", "version": type(self).version},
+        }
+        payload = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:  # keep test output clean
+        return None
+
+
+@pytest.fixture()
+def stand_in() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
+    _StandIn.sizes = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_endpoint_client_chunks_requests_and_checks_the_version(stand_in: str) -> None:
+    texts = [f"good {i}" if i % 3 else f"bad {i}" for i in range(600)]
+    expected = ResolvedModel("sentiment", "4", "champion", None)
+    (scored,) = score([EndpointPredictor(stand_in, expected=expected)], texts, batch_size=256)
+    assert _StandIn.sizes == [256, 256, 88]
+    assert scored.model_version == "4"
+    assert scored.y_pred.tolist() == [int(i % 3 != 0) for i in range(600)]
+    assert np.allclose(scored.p_positive, [0.75 if i % 3 else 0.25 for i in range(600)])
+
+    with pytest.raises(VigilError, match=r"serves sentiment v4, not sentiment v5 \(@champion\)"):
+        EndpointPredictor(stand_in, expected=ResolvedModel("sentiment", "5", "champion", None)).predict(["good"])
+
+
+def test_endpoint_errors_are_readable(stand_in: str) -> None:
+    with pytest.raises(VigilError, match="answered 413"):
+        EndpointPredictor(stand_in + "/nothing-here").predict(["good"])
+    with pytest.raises(VigilError, match="not reachable"):
+        EndpointPredictor("http://127.0.0.1:9").predict(["good"])
