@@ -232,7 +232,9 @@ def models_rollback(
     """Point NAME@ALIAS back at the version it held before."""
     from vigil import registry
 
-    move = registry.rollback(registry.connect(), name, alias=alias, reason=reason)
+    client = registry.connect()
+    move = registry.rollback(client, name, alias=alias, reason=reason)
+    _record_alias_move(client, move)
     console.print(f"[yellow]{name}@{move.alias}[/] rolled back → v{move.version} (was v{move.previous})")
 
 
@@ -257,6 +259,7 @@ QUIET_LIBRARIES = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "TOKENIZERS_PARALLELISM": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 
