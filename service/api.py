@@ -192,7 +192,8 @@ class Vigil:
         started = time.perf_counter()
         with self.telemetry.rag_span(headers, protocol, endpoint) as span:
             try:
-                result = await self.rag.to_async.query(question=question, top_k=top_k or self.settings.rag_top_k)
+                result = await self.rag.to_async.query(
+                    question=question, top_k=self.settings.rag_top_k if top_k is None else top_k)
             except BentoMLException as error:
                 raise ApiError(503, "rag_unavailable", f"the RAG service is unavailable: {error}") from None
             if "error" in result:
