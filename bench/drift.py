@@ -11,7 +11,8 @@ Then the drift job (the same function `vigil monitor drift` calls) judges each w
 - ``imdb`` (a domain the version never saw) → must be flagged.
 
 The scale run writes ``--scale-rows`` rows drawn from every sentence of the three domains (2 400 distinct texts,
-so the embedding sample really has to be embedded) and times the job cold (empty embedding cache) and warm.
+so the embedding sample really has to be embedded) and times the job three ways: the version's first run
+(nothing cached), the steady state (the reference's vectors cached, the window's texts new) and a repeat.
 Everything lands in a temporary VIGIL_HOME; only the MLflow server is shared. Results go to stdout and, with
 ``--out``, to a Markdown file.
 """
@@ -38,7 +39,8 @@ import pandas as pd
 
 from monitoring import records
 from monitoring.drift import DriftResult, run_drift
-from monitoring.reference import resolve_version
+from monitoring.embeddings import EmbeddingCache
+from monitoring.reference import cache_dir, resolve_version
 from monitoring.replay import TrainingSplit, held_out
 from monitoring.window import Window
 from training.data import load_sentiment
@@ -104,7 +106,7 @@ def detection(settings: Settings, version: str, split: TrainingSplit, windows: i
             write(settings, rows_for(texts, answers.loc[texts].reset_index(drop=True), start, timedelta(minutes=50),
                                      settings.sentiment_model_name, version))
             result = run_drift(settings, Window(start, start + timedelta(hours=1)), version=version,
-                               send_alerts=False, write_html=False)
+                               send_alerts=False, html="never")
             outcomes.append({"scenario": scenario, "window": i, "status": result.status.value,
                              "seconds": round(result.seconds, 2), **check_scores(result),
                              "drifted": ",".join(result.drifted)})
@@ -114,6 +116,7 @@ def detection(settings: Settings, version: str, split: TrainingSplit, windows: i
 
 
 def scale(settings: Settings, version: str, rows: int) -> dict[str, Any]:
+    """One window of ``rows`` rows, judged three ways: first run of the version, steady state, repeat."""
     predict = predictor(settings, version)
     everything, _ = load_sentiment()
     texts_all = everything["text"].tolist()
@@ -127,12 +130,23 @@ def scale(settings: Settings, version: str, rows: int) -> dict[str, Any]:
                              settings.sentiment_model_name, version))
     write_seconds = time.perf_counter() - began
     window = Window(start, start + timedelta(hours=1))
-    cold = run_drift(settings, window, version=version, send_alerts=False)
-    warm = run_drift(settings, window, version=version, send_alerts=False)
+    keep = {"status", "rows", "embedded_rows", "seconds", "timings"}
+    # First run of a version: the reference and the window's sample are both embedded.
+    first = run_drift(settings, window, version=version, send_alerts=False)
+    # Steady state: the reference's vectors are cached (every run after the version's first has them), the
+    # window's texts are new.
+    cache_file = settings.home / "monitoring" / "embeddings.sqlite"
+    cache_file.unlink()
+    reference = pd.read_parquet(cache_dir(settings, settings.sentiment_model_name, version) / "reference.parquet")
+    EmbeddingCache(cache_file).embed(reference["text"].astype(str).tolist())
+    steady = run_drift(settings, window, version=version, send_alerts=False)
+    # The same window again (overlapping windows of a schedule): every vector cached.
+    repeat = run_drift(settings, window, version=version, send_alerts=False)
     return {"rows": rows, "distinct_texts": len(set(texts)), "write_seconds": round(write_seconds, 1),
-            "cold": cold.model_dump(mode="json", include={"status", "rows", "embedded_rows", "seconds", "timings"}),
-            "warm": warm.model_dump(mode="json", include={"status", "rows", "embedded_rows", "seconds", "timings"}),
-            "verdict": cold.message}
+            "sample": settings.drift_embedding_sample,
+            "first": first.model_dump(mode="json", include=keep),
+            "steady": steady.model_dump(mode="json", include=keep),
+            "repeat": repeat.model_dump(mode="json", include=keep), "verdict": first.message}
 
 
 def rates(outcomes: list[dict]) -> dict[str, Any]:
@@ -148,7 +162,7 @@ def rates(outcomes: list[dict]) -> dict[str, Any]:
 
 
 def markdown(meta: dict[str, Any], outcomes: list[dict], summary: dict[str, Any] | None,
-             scaled: dict[str, Any] | None) -> str:
+             scales: list[dict[str, Any]]) -> str:
     lines = [f"# Drift job: detection and speed ({meta['date']})", "",
              f"Model `{meta['model']}` v{meta['version']} (trained on {meta['domains']}, seed {meta['seed']}); "
              f"{meta['machine']}; load average at start {meta['load']}. Command: `{meta['command']}`.", ""]
@@ -170,17 +184,18 @@ def markdown(meta: dict[str, Any], outcomes: list[dict], summary: dict[str, Any]
                          f"{part['predicted label share'].median():.3f} | {part['text descriptors'].median():.2f} | "
                          f"{auc.median():.3f} ({auc.min():.3f}–{auc.max():.3f}) |")
         lines += ["", f"Median job time per window: {frame['seconds'].median():.1f} s.", ""]
-    if scaled:
-        lines += ["## 100 000 rows", "",
+    for scaled in scales:
+        lines += [f"## {scaled['rows']:,} rows, embedding sample {scaled['sample']}", "",
                   f"{scaled['rows']} rows ({scaled['distinct_texts']} distinct texts) in one window, written in "
-                  f"{scaled['write_seconds']} s. Embedding sample {scaled['cold']['embedded_rows']} rows "
-                  f"(VIGIL_DRIFT_EMBEDDING_SAMPLE).", "",
-                  f"- **cold (empty embedding cache): {scaled['cold']['seconds']:.1f} s** — "
-                  + ", ".join(f"{k} {v:.1f}s" for k, v in scaled["cold"]["timings"].items()),
-                  f"- **warm (embeddings cached, e.g. the next overlapping window): "
-                  f"{scaled['warm']['seconds']:.1f} s** — "
-                  + ", ".join(f"{k} {v:.1f}s" for k, v in scaled["warm"]["timings"].items()),
-                  f"- verdict: {scaled['verdict']}", ""]
+                  f"{scaled['write_seconds']} s; {scaled['first']['embedded_rows']} rows embedded "
+                  "(VIGIL_DRIFT_EMBEDDING_SAMPLE).", ""]
+        for key, label in (("first", "first run of the version (reference and sample embedded)"),
+                           ("steady", "steady state (reference vectors cached, the window's texts new)"),
+                           ("repeat", "same window again (everything cached)")):
+            run = scaled[key]
+            lines.append(f"- **{label}: {run['seconds']:.1f} s** — "
+                         + ", ".join(f"{k} {v:.1f}s" for k, v in run["timings"].items()))
+        lines += [f"- verdict: {scaled['verdict']}", ""]
     return "\n".join(lines)
 
 
@@ -190,6 +205,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=10, help="windows per scenario")
     parser.add_argument("--window-rows", type=int, default=200)
     parser.add_argument("--scale-rows", type=int, default=100_000, help="0 skips the scale run")
+    parser.add_argument("--scale-samples", type=lambda v: [int(x) for x in v.split(",")], default=[2000],
+                        help="embedding sample sizes to time the scale run with, e.g. 2000,1000")
     parser.add_argument("--skip-detection", action="store_true")
     parser.add_argument("--out", type=Path, help="write the Markdown results here")
     args = parser.parse_args()
@@ -215,12 +232,14 @@ def main() -> None:
     summary = rates(outcomes) if outcomes else None
     if summary:
         print(json.dumps(summary), flush=True)
-    # A home of its own, so "cold" means it: no reference, no embedding cached by the detection windows.
-    scale_settings = settings.model_copy(update={"home": Path(tempfile.mkdtemp(prefix="vigil-bench-scale-"))})
-    scaled = scale(scale_settings, served.version, args.scale_rows) if args.scale_rows else None
-    if scaled:
-        print(json.dumps(scaled), flush=True)
-    text = markdown(meta, outcomes, summary, scaled)
+    scales = []
+    for sample in (args.scale_samples if args.scale_rows else []):
+        # A home of its own per run, so "first run" means it: nothing cached by the detection windows.
+        scale_settings = settings.model_copy(update={"home": Path(tempfile.mkdtemp(prefix="vigil-bench-scale-")),
+                                                     "drift_embedding_sample": sample})
+        scales.append(scale(scale_settings, served.version, args.scale_rows))
+        print(json.dumps(scales[-1]), flush=True)
+    text = markdown(meta, outcomes, summary, scales)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

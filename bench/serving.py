@@ -129,20 +129,20 @@ def in_process_ceiling(model_dir: Path, texts: list[str], seconds: float) -> lis
 
     from service.model_store import load_model_dir
 
-    torch.set_num_threads(os.cpu_count() or 1)
     classifier = load_model_dir(model_dir)
-    classifier.predict(texts[:8])
     rows = []
-    for batch in (1, 8, 16, 32, 64):
-        done = 0
-        started = time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            start = (done % len(texts))
-            chunk = (texts[start:] + texts)[:batch]
-            classifier.predict(chunk, batch_size=batch)
-            done += batch
-        elapsed = time.perf_counter() - started
-        rows.append({"batch": batch, "texts_per_second": round(done / elapsed, 1)})
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        classifier.predict(texts[:8])
+        for batch in (1, 8, 16, 32, 64):
+            done = 0
+            started = time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                start = done % len(texts)
+                classifier.predict(texts[start:start + batch] or texts[:batch], batch_size=batch)
+                done += batch
+            elapsed = time.perf_counter() - started
+            rows.append({"threads": threads, "batch": batch, "texts_per_second": round(done / elapsed, 1)})
     return rows
 
 

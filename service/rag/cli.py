@@ -85,13 +85,12 @@ def ingest(
 
 def _print_report(report: IngestReport) -> None:
     model = f" with {report.embedding_model.name} v{report.embedding_model.version}" if report.embedding_model else ""
-    console.print(f"[green]ingested[/] {report.documents} documents, {report.chunks} chunks{model} "
+    console.print(f"[green]ingested[/] {report.documents} documents, {report.chunks} chunks "
+                  f"({report.embedded} embedded{model}, {report.removed} stale removed, the rest unchanged) "
                   f"in {report.seconds:.1f} s; {report.skipped} skipped")
-    if report.errors:
-        table = Table("input", "not ingested because", title="skipped inputs", title_justify="left")
-        for error in report.errors:
-            table.add_row(escape(error.source), escape(error.error))
-        console.print(table)
+    for error in report.errors:
+        # One line per input, never cut: the path is what a person needs to fix it.
+        console.print(f"[yellow]skipped[/] {escape(error.source)}: {escape(error.error)}", soft_wrap=True)
 
 
 @app.command("stats")

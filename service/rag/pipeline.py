@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
 from opentelemetry import trace
 
 from monitoring import semconv
@@ -143,12 +142,12 @@ class RagPipeline:
             span.set_attribute(semconv.EMBEDDING_MODEL, self.embedder.name)
             span.set_attribute(semconv.EMBEDDING_MODEL_VERSION, self.embedder.version)
             span.set_attribute(semconv.GEN_AI_REQUEST_MODEL, self.generator.model)
-            hits, vector = self._retrieve(question, top_k)
+            hits = self._retrieve(question, top_k)
             with self._tracer.start_as_current_span(semconv.SPAN_RAG_GENERATE) as gen_span:
                 gen_span.set_attribute(semconv.GEN_AI_OPERATION_NAME, self.generator.operation)
                 gen_span.set_attribute(semconv.GEN_AI_SYSTEM, self.generator.system)
                 gen_span.set_attribute(semconv.GEN_AI_REQUEST_MODEL, self.generator.model)
-                generation = self.generator.generate(question, hits, vector)
+                generation = self.generator.generate(question, hits)
                 gen_span.set_attribute(semconv.GEN_AI_RESPONSE_MODEL, generation.response_model)
                 gen_span.set_attribute(semconv.GEN_AI_USAGE_INPUT_TOKENS, generation.usage.prompt_tokens)
                 gen_span.set_attribute(semconv.GEN_AI_USAGE_OUTPUT_TOKENS, generation.usage.completion_tokens)
@@ -158,8 +157,8 @@ class RagPipeline:
             span.set_attribute(semconv.GEN_AI_USAGE_OUTPUT_TOKENS, generation.usage.completion_tokens)
         return RagAnswer(
             answer=generation.answer,
-            citations=[Citation(id=h.id, document_id=h.document_id, title=h.title, score=h.score, text=h.text)
-                       for h in hits[:generation.contexts_used]],
+            citations=[Citation(id=h.id, document_id=h.document_id, title=h.title, score=h.score,
+                                similarity=h.similarity, text=h.text) for h in hits[:generation.contexts_used]],
             usage=generation.usage,
             generator=self.generator_info,
             embedding_model=self.embedding_model,
@@ -167,15 +166,14 @@ class RagPipeline:
 
     def retrieve(self, question: str, top_k: int) -> list[Hit]:
         """The ``top_k`` best chunks for ``question`` (traced as rag.embed + rag.retrieve); no generation."""
-        return self._retrieve(question, top_k)[0]
+        return self._retrieve(question, top_k)
 
-    def _retrieve(self, question: str, top_k: int) -> tuple[list[Hit], np.ndarray]:
+    def _retrieve(self, question: str, top_k: int) -> list[Hit]:
         with self._tracer.start_as_current_span(semconv.SPAN_RAG_EMBED) as span:
             span.set_attribute(semconv.GEN_AI_OPERATION_NAME, "embeddings")
             span.set_attribute(semconv.GEN_AI_REQUEST_MODEL, self.embedder.name)
             span.set_attribute(semconv.EMBEDDING_MODEL, self.embedder.name)
             span.set_attribute(semconv.EMBEDDING_MODEL_VERSION, self.embedder.version)
-            span.set_attribute(semconv.GEN_AI_USAGE_INPUT_TOKENS, self.embedder.count_tokens(question))
             vector = self.embedder.embed_one(question)
         with self._tracer.start_as_current_span(semconv.SPAN_RAG_RETRIEVE) as span:
             span.set_attribute(semconv.RETRIEVAL_STORE, self.store.kind)
@@ -184,7 +182,7 @@ class RagPipeline:
             hits = self.store.search(vector, question, top_k)
             span.set_attribute(semconv.RETRIEVAL_HIT_IDS, [h.id for h in hits])
             span.set_attribute(semconv.RETRIEVAL_HIT_SCORES, [h.score for h in hits])
-        return hits, vector
+        return hits
 
     def _traced_text(self, text: str) -> str:
         if self.settings.trace_raw_text:
@@ -218,26 +216,35 @@ class RagPipeline:
                 progress("chunk", done, len(unique))
         total = sum(len(chunks) for _, chunks in chunked)
         version = self.embedder.version
-        embedded = 0
+        done = embedded = removed = 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            if progress is not None:
+                progress("embed", done, total)
+
         for group in _groups(chunked, INGEST_BATCH_CHUNKS):
             batch = [chunk for _, chunks in group for chunk in chunks]
-
-            def advance(count: int) -> None:
-                nonlocal embedded
-                embedded += count
-                if progress is not None:
-                    progress("embed", embedded, total)
-
-            vectors = self.embedder.embed([c.text for c in batch], progress=advance)
-            self.store.replace_documents(batch, vectors, version, document_ids=[d.id for d, _ in group])
-        if chunked:
+            stored = self.store.stored_chunks([document.id for document, _ in group])
+            # An unchanged chunk keeps its id, vector and row: re-ingesting an unchanged corpus embeds nothing.
+            todo = [c for c in batch if c.id not in stored or not stored[c.id].matches(c, version)]
+            advance(len(batch) - len(todo))
+            if todo:
+                self.store.upsert(todo, self.embedder.embed([c.text for c in todo], progress=advance), version)
+            # New chunks are written before stale ones go, so a re-ingested document never vanishes from search.
+            removed += self.store.delete_ids(set(stored) - {c.id for c in batch})
+            embedded += len(todo)
+        if embedded or removed:
             self.store.flush()
         if progress is not None:
             progress("write", total, total)
-        report = IngestReport(documents=len(chunked), chunks=total, skipped=len(problems), errors=problems,
-                              seconds=round(time.perf_counter() - started, 3), embedding_model=self.embedding_model)
-        log.info("ingested %d documents (%d chunks) into %s/%s in %.1f s; %d skipped", report.documents,
-                 report.chunks, redact(self.store.target), self.store.collection, report.seconds, report.skipped)
+        report = IngestReport(documents=len(chunked), chunks=total, embedded=embedded, removed=removed,
+                              skipped=len(problems), errors=problems, seconds=round(time.perf_counter() - started, 3),
+                              embedding_model=self.embedding_model)
+        log.info("ingested %d documents (%d chunks, %d embedded, %d stale removed) into %s/%s in %.1f s; %d skipped",
+                 report.documents, report.chunks, embedded, removed, redact(self.store.target),
+                 self.store.collection, report.seconds, report.skipped)
         return report
 
     def delete(self, document_id: str) -> DeleteReport:

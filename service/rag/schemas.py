@@ -35,7 +35,9 @@ class IngestRequest(BaseModel):
 
 class IngestReport(BaseModel):
     documents: int = Field(description="Documents ingested (their old chunks replaced).")
-    chunks: int = Field(description="Chunks written for those documents.")
+    chunks: int = Field(description="Chunks those documents consist of now.")
+    embedded: int = Field(0, description="Chunks embedded and written; the rest were stored unchanged already.")
+    removed: int = Field(0, description="Stale chunks of re-ingested documents deleted.")
     skipped: int = Field(0, description="Inputs not ingested; each is named in errors.")
     errors: list[FileError] = Field(default_factory=list)
     seconds: float = 0.0
@@ -46,6 +48,8 @@ class IngestReport(BaseModel):
         return IngestReport(
             documents=self.documents + other.documents,
             chunks=self.chunks + other.chunks,
+            embedded=self.embedded + other.embedded,
+            removed=self.removed + other.removed,
             skipped=self.skipped + other.skipped,
             errors=[*self.errors, *other.errors],
             seconds=self.seconds + other.seconds,
@@ -59,7 +63,8 @@ class Citation(BaseModel):
     id: str
     document_id: str
     title: str
-    score: float = Field(description="Fusion (RRF) score in hybrid mode, cosine similarity in dense mode.")
+    score: float = Field(description="The ranking score: fusion (RRF) in hybrid mode, cosine in dense mode.")
+    similarity: float = Field(description="Cosine similarity of chunk and question (comparable over time).")
     text: str
 
 

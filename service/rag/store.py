@@ -48,6 +48,9 @@ MODEL_VERSION = "embedding_model_version"
 DENSE = "embedding"
 SPARSE = "sparse"
 OUTPUT_FIELDS = [DOCUMENT_ID, TITLE, SOURCE, TEXT, MODEL_VERSION]
+# Fused (RRF) scores only encode ranks; the chunk vectors come back too, so every hit also carries its cosine
+# similarity to the question, a score that means the same across modes and over time (retrieval-health drift).
+HYBRID_OUTPUT_FIELDS = [*OUTPUT_FIELDS, DENSE]
 
 # VARCHAR limits are bytes in Milvus; longer values are clipped on a character boundary.
 MAX_ID_BYTES = 64
@@ -82,13 +85,27 @@ ANALYZER = {"tokenizer": "standard", "filter": ["lowercase", {"type": "stop", "s
 
 
 @dataclass(frozen=True)
+class StoredChunk:
+    title: str
+    source: str
+    index: int
+    embedding_model_version: str
+
+    def matches(self, chunk: Chunk, embedding_model_version: str) -> bool:
+        """Whether re-writing ``chunk`` would change nothing (its id already pins document and text)."""
+        return self == StoredChunk(_clip(chunk.title, MAX_TITLE_BYTES), _clip(chunk.source, MAX_SOURCE_BYTES),
+                                   chunk.index, _clip(embedding_model_version, MAX_VERSION_BYTES))
+
+
+@dataclass(frozen=True)
 class Hit:
     id: str
     document_id: str
     title: str
     source: str
     text: str
-    score: float
+    score: float  # what the ranking used: RRF fusion score (hybrid) or cosine similarity (dense)
+    similarity: float  # cosine similarity of chunk and question, whatever the mode
     embedding_model_version: str
 
 
@@ -267,7 +284,10 @@ class MilvusStore:
                                          input_field_names=[TEXT], output_field_names=[SPARSE]))
             index.add_index(field_name=SPARSE, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         # Strong: a query right after an ingest through the service must see the new chunks on a Milvus server.
-        client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong")
+        client.create_collection(self.collection, schema=schema, consistency_level="Strong")
+        # The collection is empty, so there is nothing to wait for; waiting would poll an RPC (AllocTimestamp)
+        # that Milvus Lite lacks and logs an error for.
+        client.create_index(self.collection, index, sync=False)
         log.info("created Milvus collection %s at %s (hybrid=%s)", self.collection, redact(self.target),
                  self._want_hybrid)
 
@@ -283,16 +303,16 @@ class MilvusStore:
 
     # --- writes ------------------------------------------------------------------------------------------------
 
-    def replace_documents(self, chunks: Sequence[Chunk], vectors: np.ndarray, embedding_model_version: str,
-                          document_ids: Iterable[str] = ()) -> int:
-        """Make ``chunks`` the only chunks of their documents (and of ``document_ids``); returns chunks removed.
+    def stored_chunks(self, document_ids: Sequence[str]) -> dict[str, StoredChunk]:
+        """What the collection holds for these documents, by chunk id (no vectors, no text)."""
+        with self._errors():
+            return {str(row[ID]): StoredChunk(str(row[TITLE]), str(row[SOURCE]), int(row[CHUNK_INDEX]),
+                                              str(row[MODEL_VERSION]))
+                    for row in self._rows_of(document_ids, [ID, TITLE, SOURCE, CHUNK_INDEX, MODEL_VERSION])}
 
-        New chunks are upserted before stale ones are deleted, so a document being re-ingested never vanishes
-        from search halfway through.
-        """
+    def upsert(self, chunks: Sequence[Chunk], vectors: np.ndarray, embedding_model_version: str) -> None:
         if len(chunks) != len(vectors):
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
-        documents = sorted({c.document_id for c in chunks} | set(document_ids))
         rows = [{
             ID: c.id,
             DOCUMENT_ID: _clip(c.document_id, MAX_DOCUMENT_ID_BYTES),
@@ -304,34 +324,32 @@ class MilvusStore:
             DENSE: vector.tolist(),
         } for c, vector in zip(chunks, vectors, strict=True)]
         with self._errors():
-            existing = self._ids_of(documents)
             for begin in range(0, len(rows), WRITE_BATCH):
                 self.client.upsert(self.collection, rows[begin:begin + WRITE_BATCH])
-            stale = sorted(existing - {c.id for c in chunks})
-            for begin in range(0, len(stale), WRITE_BATCH):
-                self.client.delete(self.collection, ids=stale[begin:begin + WRITE_BATCH])
-        return len(stale)
+
+    def delete_ids(self, ids: Iterable[str]) -> int:
+        ordered = sorted(set(ids))
+        with self._errors():
+            for begin in range(0, len(ordered), WRITE_BATCH):
+                self.client.delete(self.collection, ids=ordered[begin:begin + WRITE_BATCH])
+        return len(ordered)
 
     def delete_document(self, document_id: str) -> int:
         """Delete every chunk of ``document_id``; returns how many there were."""
-        with self._errors():
-            ids = sorted(self._ids_of([document_id]))
-            if ids:
-                self.client.delete(self.collection, ids=ids)
-                self.client.flush(self.collection)
-        return len(ids)
+        removed = self.delete_ids(self.stored_chunks([document_id]))
+        if removed:
+            self.flush()
+        return removed
 
     def flush(self) -> None:
         """Seal the growing segment: Milvus Lite searches unflushed rows ~20× slower."""
         with self._errors():
             self.client.flush(self.collection)
 
-    def _ids_of(self, document_ids: Sequence[str]) -> set[str]:
-        ids: set[str] = set()
+    def _rows_of(self, document_ids: Sequence[str], fields: list[str]) -> Iterable[dict[str, Any]]:
         for begin in range(0, len(document_ids), WRITE_BATCH):
-            expression = f"{DOCUMENT_ID} in {_literal(document_ids[begin:begin + WRITE_BATCH])}"
-            ids.update(str(row[ID]) for row in self._query_all(expression, [ID]))
-        return ids
+            clipped = [_clip(d, MAX_DOCUMENT_ID_BYTES) for d in document_ids[begin:begin + WRITE_BATCH]]
+            yield from self._query_all(f"{DOCUMENT_ID} in {_literal(clipped)}", fields)
 
     def _query_all(self, expression: str, fields: list[str]) -> Iterable[dict[str, Any]]:
         expression = expression or f'{ID} != ""'
@@ -369,11 +387,11 @@ class MilvusStore:
                                      limit=candidates),
                 ]
                 results = self.client.hybrid_search(self.collection, requests, ranker=RRFRanker(RRF_K),
-                                                    limit=limit, output_fields=OUTPUT_FIELDS)
+                                                    limit=limit, output_fields=HYBRID_OUTPUT_FIELDS)
             else:
                 results = self.client.search(self.collection, data=[vector.tolist()], anns_field=DENSE,
                                              search_params=dense_param, limit=limit, output_fields=OUTPUT_FIELDS)
-        return [_hit(raw) for raw in results[0]] if results else []
+        return [_hit(raw, vector) for raw in results[0]] if results else []
 
     def stats(self) -> StoreStats:
         with self._errors():
@@ -408,15 +426,20 @@ def store_from_settings(settings: Settings, dimension: int = 384) -> MilvusStore
                        token=settings.milvus_token.get_secret_value(), dimension=dimension)
 
 
-def _hit(raw: Any) -> Hit:
+def _hit(raw: Any, question: np.ndarray) -> Hit:
     entity = raw.get("entity", {})
+    score = float(raw.get("distance", raw.get("score", 0.0)))
+    chunk_vector = entity.get(DENSE)
+    similarity = float(np.dot(np.asarray(chunk_vector, dtype=np.float32), question)) if chunk_vector is not None \
+        else score
     return Hit(
         id=str(raw.get("id", raw.get(ID))),
         document_id=str(entity.get(DOCUMENT_ID, "")),
         title=str(entity.get(TITLE, "")),
         source=str(entity.get(SOURCE, "")),
         text=str(entity.get(TEXT, "")),
-        score=float(raw.get("distance", raw.get("score", 0.0))),
+        score=score,
+        similarity=similarity,
         embedding_model_version=str(entity.get(MODEL_VERSION, "")),
     )
 
