@@ -138,8 +138,8 @@ def in_process_ceiling(model_dir: Path, texts: list[str], seconds: float) -> lis
             done = 0
             started = time.perf_counter()
             while time.perf_counter() - started < seconds:
-                start = done % len(texts)
-                classifier.predict(texts[start:start + batch] or texts[:batch], batch_size=batch)
+                start = done % (len(texts) - batch)
+                classifier.predict(texts[start:start + batch], batch_size=batch)
                 done += batch
             elapsed = time.perf_counter() - started
             rows.append({"threads": threads, "batch": batch, "texts_per_second": round(done / elapsed, 1)})
