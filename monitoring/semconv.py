@@ -43,3 +43,8 @@ GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
 GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
 GEN_AI_RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
+
+# --- resource -----------------------------------------------------------------------------------------------
+# `deployment.environment` is what most backends still index; `.name` is its current semantic-convention name.
+DEPLOYMENT_ENVIRONMENT = "deployment.environment"
+DEPLOYMENT_ENVIRONMENT_NAME = "deployment.environment.name"

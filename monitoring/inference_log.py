@@ -1,0 +1,262 @@
+"""The inference log's writer: requests hand rows to a bounded queue, one background thread writes them in batches.
+
+A request never waits on the database: :meth:`InferenceLogWriter.log` is a non-blocking ``put_nowait`` that drops
+(and counts) a row when the queue is full. The writer thread inserts with one ``executemany`` per batch, every
+``flush_seconds`` or ``batch_size`` rows, whichever comes first; :meth:`InferenceLogWriter.close` drains and writes
+everything queued, so a graceful shutdown loses nothing. Same code for SQLite (default) and PostgreSQL by URL.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import sqlalchemy as sa
+
+from monitoring.records import InferenceRecord, create_engine, inference_log
+from vigil.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from monitoring.metrics import VigilMetrics
+
+logger = logging.getLogger(__name__)
+
+Redaction = Literal["keep", "hash", "drop"]
+
+# A failed batch is retried this many times (the database may be restarting) before its rows are given up.
+WRITE_ATTEMPTS = 3
+RETRY_PAUSE_SECONDS = 1.0
+
+
+class _Stop:
+    """Wakes the writer when it is idle on an empty queue."""
+
+
+_STOP = _Stop()
+
+
+def redact(text: str | None, redaction: Redaction) -> str | None:
+    """Request text as the log keeps it: unchanged, its sha256 hex digest, or nothing."""
+    if text is None or redaction == "keep":
+        return text
+    if redaction == "hash":
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return None
+
+
+class InferenceLogWriter:
+    """Appends :class:`~monitoring.records.InferenceRecord` rows off the request path.
+
+    Thread-safe; :meth:`log` may be called from any thread or an event loop. :meth:`close` blocks up to its
+    timeout, so from asyncio call it through ``asyncio.to_thread``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 256,
+        flush_seconds: float = 0.5,
+        redaction: Redaction = "keep",
+    ) -> None:
+        if redaction not in ("keep", "hash", "drop"):
+            raise ValueError(f"redaction must be keep, hash or drop, not {redaction!r}")
+        self.url = url
+        self.redaction: Redaction = redaction
+        self._batch_size = max(1, batch_size)
+        self._flush_seconds = flush_seconds
+        self._queue: queue.Queue[InferenceRecord | _Stop] = queue.Queue(maxsize=queue_size)
+        # Held only around the closed check and put_nowait, so no row slips in after the final drain.
+        self._accepting = threading.Lock()
+        self._closed = False
+        self._written = 0
+        self._dropped = 0
+        self._counts = threading.Lock()
+        self._metrics_failed = False
+        self._thread = threading.Thread(target=self._run, name="vigil-inference-log", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> InferenceLogWriter:
+        """A writer for ``VIGIL_INFERENCE_LOG_*`` (SQLite under ``$VIGIL_HOME`` unless a URL is set)."""
+        settings = settings or get_settings()
+        return cls(
+            settings.inference_log_sqlalchemy_url,
+            queue_size=settings.inference_log_queue_size,
+            batch_size=settings.inference_log_batch_size,
+            flush_seconds=settings.inference_log_flush_seconds,
+            redaction=settings.inference_log_redaction,
+        )
+
+    # --- request path ------------------------------------------------------------------------------------
+
+    def log(self, record: InferenceRecord) -> bool:
+        """Queue ``record`` for writing without waiting; False when it was dropped (queue full or closed)."""
+        with self._accepting:
+            if self._closed:
+                reason = "closed"
+            else:
+                try:
+                    self._queue.put_nowait(record)
+                    return True
+                except queue.Full:
+                    reason = "queue_full"
+        self._count_dropped(1, reason)
+        return False
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop accepting rows, write everything queued, and wait up to ``timeout`` s; True when all is written."""
+        with self._accepting:
+            already = self._closed
+            self._closed = True
+        if not already:
+            # A full queue means the writer is busy; it sees the closed flag after its current batch.
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(_STOP)
+        self._thread.join(timeout)
+        finished = not self._thread.is_alive()
+        if not finished and not already:
+            logger.warning("inference log: %d rows still queued after %.1fs; they may be lost",
+                           self._queue.qsize(), timeout)
+        return finished
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    # --- writer thread -----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        engine = self._connect()
+        pending: list[dict[str, Any]] = []
+        flush_at = float("inf")
+        try:
+            while True:
+                wait = self._flush_seconds if not pending else max(0.0, flush_at - time.monotonic())
+                try:
+                    item = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    item = None
+                if isinstance(item, InferenceRecord):
+                    if not pending:
+                        flush_at = time.monotonic() + self._flush_seconds
+                    pending.append(self._row(item))
+                closing = self._closed
+                if pending and (closing or len(pending) >= self._batch_size or time.monotonic() >= flush_at):
+                    engine = self._write(engine, pending)
+                    pending = []
+                self._set_queue_depth()
+                if closing:
+                    break
+            # Closed: nothing new can arrive, so one drain takes every remaining row.
+            rest = [self._row(item) for item in self._drain() if isinstance(item, InferenceRecord)]
+            for start in range(0, len(rest), self._batch_size):
+                engine = self._write(engine, rest[start:start + self._batch_size])
+            self._set_queue_depth()
+        except Exception:  # a bug here must not take the process down, but it must be visible
+            logger.exception("inference-log writer stopped unexpectedly")
+        finally:
+            if engine is not None:
+                engine.dispose()
+
+    def _drain(self) -> list[InferenceRecord | _Stop]:
+        items: list[InferenceRecord | _Stop] = []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _row(self, record: InferenceRecord) -> dict[str, Any]:
+        row = record.model_dump()
+        row["input_text"] = redact(record.input_text, self.redaction)
+        return row
+
+    def _connect(self) -> sa.Engine | None:
+        error: Exception | None = None
+        # Two tries: workers starting together race to create the table, and the loser's second try succeeds.
+        for _ in range(2):
+            try:
+                url = sa.make_url(self.url)
+                if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+                    Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+                return create_engine(self.url)
+            except Exception as failure:
+                error = failure
+        # Retried at the next write: the database may come up after the service.
+        logger.warning("inference log: cannot open %s yet (%s)", _safe_url(self.url), error)
+        return None
+
+    def _write(self, engine: sa.Engine | None, rows: list[dict[str, Any]]) -> sa.Engine | None:
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            if engine is None:
+                engine = self._connect()
+            if engine is not None:
+                try:
+                    with engine.begin() as connection:
+                        connection.execute(inference_log.insert(), rows)
+                except Exception as error:
+                    logger.warning("inference log: writing %d rows failed (attempt %d/%d): %s",
+                                   len(rows), attempt, WRITE_ATTEMPTS, error)
+                else:
+                    self._count_written(len(rows))
+                    return engine
+            if attempt < WRITE_ATTEMPTS and not self._closed:
+                time.sleep(RETRY_PAUSE_SECONDS)
+        self._count_dropped(len(rows), "write_error")
+        logger.error("inference log: gave up on %d rows", len(rows))
+        return engine
+
+    # --- counters ----------------------------------------------------------------------------------------
+
+    def _count_written(self, count: int) -> None:
+        with self._counts:
+            self._written += count
+        self._metric(lambda m: m.inference_log_writes.inc(count))
+
+    def _count_dropped(self, count: int, reason: str) -> None:
+        with self._counts:
+            self._dropped += count
+        self._metric(lambda m: m.inference_log_drops.labels(reason=reason).inc(count))
+
+    def _set_queue_depth(self) -> None:
+        depth = self._queue.qsize()
+        self._metric(lambda m: m.inference_log_queue_depth.set(depth))
+
+    def _metric(self, update: Callable[[VigilMetrics], object]) -> None:
+        # The log's own counters stay exact; Prometheus is best effort and must never fail a request.
+        try:
+            from monitoring.metrics import get_metrics
+
+            update(get_metrics())
+        except Exception:
+            if not self._metrics_failed:
+                self._metrics_failed = True
+                logger.warning("inference log: metrics unavailable", exc_info=True)
+
+
+def _safe_url(url: str) -> str:
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<invalid url>"

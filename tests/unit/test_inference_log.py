@@ -1,0 +1,156 @@
+"""The inference-log writer against SQLite files in tmp_path."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from prometheus_client import REGISTRY
+
+from monitoring.inference_log import InferenceLogWriter
+from monitoring.records import InferenceRecord, read_frame
+from tests.conftest import wait_until
+from vigil.settings import Settings
+
+
+def record(index: int, text: str = "the battery lasts for days") -> InferenceRecord:
+    return InferenceRecord(
+        request_id=f"req-{index}", trace_id=f"{index:032x}", endpoint="/predict", protocol="rest",
+        kind="sentiment", model_name="sentiment", model_version="2", input_text=text, label="positive",
+        score=0.97, latency_ms=3.5,
+    )
+
+
+def rows(url: str) -> list[dict[str, object]]:
+    # A plain engine: the test reads, and must not race the writer to create the table.
+    if not Path(url.removeprefix("sqlite:///")).exists():
+        return []
+    engine = sa.create_engine(url)
+    try:
+        if not sa.inspect(engine).has_table("inference_log"):
+            return []
+        return read_frame(engine).to_dict("records")  # type: ignore[return-value]
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'log' / 'inference.db'}"
+
+
+def test_every_row_is_written_exactly_once(url: str) -> None:
+    writer = InferenceLogWriter(url, batch_size=64, flush_seconds=0.05)
+    assert all(writer.log(record(i)) for i in range(500))
+    assert writer.close(timeout=30)
+    written = rows(url)
+    assert sorted(r["request_id"] for r in written) == sorted(f"req-{i}" for i in range(500))
+    assert (writer.written, writer.dropped) == (500, 0)
+    first = next(r for r in written if r["request_id"] == "req-7")
+    assert (first["trace_id"], first["model_version"], first["label"]) == (f"{7:032x}", "2", "positive")
+
+
+def test_rows_are_flushed_on_time_without_close(url: str) -> None:
+    writer = InferenceLogWriter(url, batch_size=1000, flush_seconds=0.1)
+    for i in range(3):
+        writer.log(record(i))
+    wait_until(lambda: len(rows(url)) == 3, timeout=10, what="a timed flush")
+    writer.close()
+
+
+@pytest.mark.parametrize(("redaction", "expected"), [
+    ("keep", "the battery lasts for days"),
+    ("hash", hashlib.sha256(b"the battery lasts for days").hexdigest()),
+    ("drop", None),
+])
+def test_redaction(url: str, redaction: str, expected: str | None) -> None:
+    writer = InferenceLogWriter(url, redaction=redaction)  # type: ignore[arg-type]
+    writer.log(record(1))
+    writer.close()
+    (row,) = rows(url)
+    assert row["input_text"] == expected
+
+
+def test_close_writes_everything_queued(url: str) -> None:
+    # Neither size nor time would flush these: only close() does.
+    writer = InferenceLogWriter(url, batch_size=100_000, flush_seconds=3600)
+    for i in range(1000):
+        writer.log(record(i))
+    assert writer.close(timeout=30)
+    assert len(rows(url)) == 1000
+    assert writer.log(record(1001)) is False
+    assert writer.dropped == 1
+
+
+def test_a_full_queue_drops_and_counts_without_waiting(url: str) -> None:
+    drops_before = REGISTRY.get_sample_value("vigil_inference_log_drops_total", {"reason": "queue_full"}) or 0.0
+    writer = InferenceLogWriter(url, queue_size=5, batch_size=1, flush_seconds=0.05)
+    writer.log(record(0))
+    wait_until(lambda: writer.written == 1, timeout=10, what="the table to exist")
+    # Another connection holds the write lock, so the writer's next insert waits and the queue fills up.
+    blocker = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        writer.log(record(1))
+        wait_until(lambda: writer.queued == 0, timeout=10, what="the writer to take the row")
+        accepted = [writer.log(record(i)) for i in range(2, 7)]
+        refused = [writer.log(record(i)) for i in range(7, 17)]
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert accepted == [True] * 5
+    assert refused == [False] * 10
+    assert writer.close(timeout=30)
+    assert (writer.written, writer.dropped) == (7, 10)
+    assert len(rows(url)) == 7
+    drops_after = REGISTRY.get_sample_value("vigil_inference_log_drops_total", {"reason": "queue_full"})
+    assert drops_after == drops_before + 10
+
+
+def test_threads_and_event_loops_log_concurrently(url: str) -> None:
+    writer = InferenceLogWriter(url, batch_size=50, flush_seconds=0.05)
+
+    def from_thread(offset: int) -> None:
+        for i in range(200):
+            writer.log(record(offset + i))
+
+    async def from_loop() -> None:
+        for i in range(200):
+            assert writer.log(record(10_000 + i))
+            await asyncio.sleep(0)
+
+    threads = [threading.Thread(target=from_thread, args=(n * 1000,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    asyncio.run(from_loop())
+    for thread in threads:
+        thread.join()
+    assert writer.close(timeout=30)
+    ids = [r["request_id"] for r in rows(url)]
+    assert len(ids) == len(set(ids)) == 1000
+
+
+def test_from_settings_writes_under_vigil_home(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, home=tmp_path / "home", inference_log_redaction="drop")  # type: ignore[call-arg]
+    writer = InferenceLogWriter.from_settings(settings)
+    assert writer.redaction == "drop"
+    writer.log(record(1))
+    writer.close()
+    assert (tmp_path / "home" / "inference_log.db").exists()
+    (row,) = rows(settings.inference_log_sqlalchemy_url)
+    assert row["input_text"] is None
+
+
+def test_an_unreachable_database_never_blocks_logging(tmp_path: Path) -> None:
+    # A directory where the database file should be: every connection fails, log() still answers at once.
+    (tmp_path / "db").mkdir()
+    writer = InferenceLogWriter(f"sqlite:///{tmp_path / 'db'}", queue_size=10, flush_seconds=0.05)
+    assert writer.log(record(1)) is True
+    writer.close(timeout=30)
+    assert writer.written == 0
+    assert writer.dropped == 1

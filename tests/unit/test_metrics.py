@@ -1,0 +1,99 @@
+"""Vigil's Prometheus metrics: names, laziness, and the multiprocess files BentoML's /metrics reads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitoring.metrics import VigilMetrics, get_metrics
+from tests.conftest import REPO_ROOT
+
+EXPECTED = {
+    # name as exposed: (type, label names)
+    "vigil_predictions_total": ("counter", {"model", "version", "label"}),
+    "vigil_model_loads_total": ("counter", {"model", "version", "outcome"}),
+    "vigil_model_swaps_total": ("counter", {"model"}),
+    "vigil_batch_size": ("histogram", set()),
+    "vigil_inference_log_queue_depth": ("gauge", set()),
+    "vigil_inference_log_writes_total": ("counter", set()),
+    "vigil_inference_log_drops_total": ("counter", {"reason"}),
+    "vigil_span_export_failures_total": ("counter", {"exporter"}),
+    "vigil_spans_dropped_total": ("counter", {"exporter"}),
+    "vigil_rag_prompt_tokens_total": ("counter", {"generator", "model"}),
+    "vigil_rag_completion_tokens_total": ("counter", {"generator", "model"}),
+    "vigil_rag_retrieval_seconds": ("histogram", set()),
+    "vigil_requests_rejected_total": ("counter", {"reason"}),
+}
+
+
+def exposed(registry: CollectorRegistry) -> dict[str, tuple[str, set[str]]]:
+    found = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        if family.name.endswith("_created"):  # prometheus_client's creation timestamps, not ours
+            continue
+        suffix = "_total" if family.type == "counter" else ""
+        labels = {key for sample in family.samples for key in sample.labels if key != "le"}
+        found[family.name + suffix] = (family.type, labels)
+    return found
+
+
+def test_every_metric_has_its_conventional_name_type_and_labels() -> None:
+    registry = CollectorRegistry()
+    metrics = VigilMetrics.create(registry)
+    metrics.predictions.labels(model="sentiment", version="2", label="positive").inc()
+    metrics.model_loads.labels(model="sentiment", version="2", outcome="success").inc()
+    metrics.model_swaps.labels(model="sentiment").inc()
+    metrics.batch_size.observe(8)
+    metrics.inference_log_queue_depth.set(3)
+    metrics.inference_log_writes.inc(5)
+    metrics.inference_log_drops.labels(reason="queue_full").inc()
+    metrics.span_export_failures.labels(exporter="mlflow").inc()
+    metrics.spans_dropped.labels(exporter="mlflow").inc()
+    metrics.rag_prompt_tokens.labels(generator="extractive", model="extractive").inc(120)
+    metrics.rag_completion_tokens.labels(generator="extractive", model="extractive").inc(30)
+    metrics.rag_retrieval_seconds.observe(0.004)
+    metrics.requests_rejected.labels(reason="too_many_texts").inc()
+    assert exposed(registry) == EXPECTED
+    assert registry.get_sample_value(
+        "vigil_predictions_total", {"model": "sentiment", "version": "2", "label": "positive"}
+    ) == 1.0
+
+
+def test_process_metrics_are_created_once() -> None:
+    assert get_metrics() is get_metrics()
+
+
+def test_nothing_is_created_at_import_and_bentoml_metrics_endpoint_sees_the_series(tmp_path: Path) -> None:
+    # A `bentoml serve` worker: PROMETHEUS_MULTIPROC_DIR is set before the worker starts, and /metrics is
+    # BentoML's PrometheusClient aggregating every worker's files.
+    script = textwrap.dedent("""
+        import sys
+        import monitoring.metrics
+        assert "prometheus_client" not in sys.modules, "metrics module imported prometheus_client eagerly"
+        metrics = monitoring.metrics.get_metrics()
+        metrics.predictions.labels(model="sentiment", version="3", label="negative").inc(2)
+        metrics.inference_log_queue_depth.set(4)
+        metrics.batch_size.observe(16)
+
+        from bentoml._internal.server.metrics.prometheus import PrometheusClient
+        client = PrometheusClient(multiproc=True)
+        client.registry  # binds the client to this process, as BentoML's server does
+        sys.stdout.write(client.generate_latest().decode())
+    """)
+    multiproc_dir = tmp_path / "prometheus"
+    multiproc_dir.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir), "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    families = {f.name: f for f in text_string_to_metric_families(result.stdout)}
+    (prediction,) = families["vigil_predictions"].samples
+    assert prediction.labels == {"model": "sentiment", "version": "3", "label": "negative"}
+    assert prediction.value == 2.0
+    assert [s.value for s in families["vigil_inference_log_queue_depth"].samples] == [4.0]
+    assert any(s.name == "vigil_batch_size_count" and s.value == 1.0 for s in families["vigil_batch_size"].samples)
