@@ -73,7 +73,9 @@ def up(settings: Settings, console: Console, serve: bool = True, evidently_ui: b
         console.print(f"MLflow: {state.uri if state else settings.mlflow_tracking_uri}")
         stack.vigil("train", "embedder", "--if-missing")
         stack.vigil("train", "sentiment", "--if-missing")
-        stack.vigil("rag", "ingest", str(REPO_DATA / "rag" / "corpus.jsonl"), "--if-empty")
+        if settings.milvus_uri or not Path(settings.milvus_target).exists():
+            # First start (or a Milvus server, where re-ingesting is idempotent): fill the collection.
+            stack.vigil("rag", "ingest", str(REPO_DATA / "rag" / "corpus.jsonl"))
         if evidently_ui:
             stack.spawn(["monitor", "ui"], "evidently-ui.log")
             console.print(f"Evidently UI: http://127.0.0.1:{settings.evidently_ui_port} "
