@@ -120,7 +120,8 @@ class ServingTelemetry:
                 protocol="grpc" if protocol == "grpc" else "rest", kind="rag", model_name=embedder["name"],
                 model_version=embedder["version"], input_text=question, latency_ms=latency_ms,
                 retrieved_ids=[c["id"] for c in answer["citations"]],
-                retrieved_scores=[float(c["score"]) for c in answer["citations"]],
+                # Cosine similarity, not the rank-fusion score: it is what retrieval-health monitoring compares.
+                retrieved_scores=[float(c.get("similarity", c["score"])) for c in answer["citations"]],
                 prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
                 total_tokens=usage["total_tokens"], generator=generator["name"], generator_model=generator["model"],
             ))

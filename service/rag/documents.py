@@ -92,7 +92,7 @@ def _read_jsonl(path: Path, raw: str) -> ReadResult:
         try:
             result.documents.append(Document(
                 id=str(record.get("id", "")), title=str(record.get("title") or ""),
-                text=str(record.get("text") or "").strip(), source=str(record.get("source") or path),
+                text=str(record.get("text") or "").strip(), source=str(record.get("source") or _source(path)),
             ))
         except ValidationError as exc:
             result.errors.append(FileError(source=where, error=_validation_message(exc)))
@@ -115,9 +115,15 @@ def _markdown(raw: str) -> tuple[str, str]:
 
 def _one(path: Path, doc_id: str, title: str, text: str) -> ReadResult:
     try:
-        return ReadResult(documents=[Document(id=doc_id, title=title, text=text, source=str(path))])
+        return ReadResult(documents=[Document(id=doc_id, title=title, text=text, source=_source(path))])
     except ValidationError as exc:
         return _failed(path, _validation_message(exc))
+
+
+def _source(path: Path) -> str:
+    """The absolute path: the same file read from another working directory is the same source, so an
+    unchanged re-ingest finds its chunks unchanged."""
+    return str(path.resolve())
 
 
 def _failed(path: Path, error: str) -> ReadResult:

@@ -1,0 +1,105 @@
+"""Chunking on sentence boundaries, sized in real MiniLM tokens, with content-derived ids; no servers."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from service.rag.chunking import MAX_CONTENT_TOKENS, chunk_document, chunk_id, split_sentences
+from service.rag.embedder import TextEmbedder
+from service.rag.schemas import Document
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> TextEmbedder:
+    # Only the tokenizer is read by chunking; the weights are never loaded here.
+    return TextEmbedder()
+
+
+def numbered_sentences(count: int) -> str:
+    return " ".join(f"Sentence number {i} talks about the river Rhine and its {i} bridges." for i in range(count))
+
+
+def test_sentences_split_on_terminal_punctuation_but_not_on_abbreviations() -> None:
+    text = ("The U.S. Army landed in 1944. Dr. Smith said so! Did it rain? "
+            "It did.\n\nA new paragraph starts here")
+    assert split_sentences(text) == [
+        "The U.S. Army landed in 1944.",
+        "Dr. Smith said so!",
+        "Did it rain?",
+        "It did.",
+        "A new paragraph starts here",
+    ]
+
+
+def test_sentence_followed_by_lower_case_is_not_split() -> None:
+    assert split_sentences("He paid 3.5 million e.g. for art. then left.") == [
+        "He paid 3.5 million e.g. for art. then left."
+    ]
+
+
+def test_chunks_respect_the_token_budget_and_end_on_sentences(tokenizer: TextEmbedder) -> None:
+    document = Document(id="rhine", title="Rhine", text=numbered_sentences(30), source="rhine.txt")
+    chunks = chunk_document(document, tokenizer, chunk_tokens=64, overlap_tokens=0)
+    assert len(chunks) > 3
+    for chunk in chunks:
+        assert tokenizer.count_tokens(chunk.text) <= 64
+        assert chunk.text.endswith("bridges.")
+        assert chunk.text in document.text  # a verbatim slice of the document
+        assert (chunk.document_id, chunk.title, chunk.source) == ("rhine", "Rhine", "rhine.txt")
+    # Without overlap the chunks cover the text exactly once.
+    assert " ".join(c.text for c in chunks) == document.text
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+
+
+def test_neighbouring_chunks_share_whole_sentences_up_to_the_overlap(tokenizer: TextEmbedder) -> None:
+    document = Document(id="rhine", text=numbered_sentences(30))
+    chunks = chunk_document(document, tokenizer, chunk_tokens=64, overlap_tokens=20)
+    sentence_tokens = tokenizer.count_tokens(split_sentences(document.text)[0])
+    assert sentence_tokens <= 20  # one sentence fits in the overlap
+    for previous, following in itertools.pairwise(chunks):
+        last_sentence = split_sentences(previous.text)[-1]
+        assert following.text.startswith(last_sentence)
+        assert tokenizer.count_tokens(following.text) <= 64
+
+
+def test_a_sentence_longer_than_a_chunk_is_cut_between_words(tokenizer: TextEmbedder) -> None:
+    words = " ".join(f"word{i}" for i in range(400))
+    document = Document(id="long", text=f"Short start. {words}. Short end.")
+    chunks = chunk_document(document, tokenizer, chunk_tokens=50, overlap_tokens=10)
+    assert len(chunks) > 5
+    for chunk in chunks:
+        assert tokenizer.count_tokens(chunk.text) <= 50
+        assert not chunk.text.startswith(("#", " ")) and chunk.text == chunk.text.strip()
+    pieces = [c.text for c in chunks if c.text.startswith("word")]
+    assert all(p.split()[0].startswith("word") and p.split()[0][4:].isdigit() for p in pieces)
+
+
+def test_chunk_size_never_exceeds_the_encoder_window(tokenizer: TextEmbedder) -> None:
+    document = Document(id="big", text=numbered_sentences(80))
+    for chunk in chunk_document(document, tokenizer, chunk_tokens=256, overlap_tokens=0):
+        assert tokenizer.count_tokens(chunk.text) <= MAX_CONTENT_TOKENS
+
+
+def test_ids_come_from_document_id_and_content(tokenizer: TextEmbedder) -> None:
+    text = numbered_sentences(20)
+    first = chunk_document(Document(id="a", text=text), tokenizer, 64, 16)
+    again = chunk_document(Document(id="a", text=text, title="another title"), tokenizer, 64, 16)
+    other_doc = chunk_document(Document(id="b", text=text), tokenizer, 64, 16)
+    assert [c.id for c in first] == [c.id for c in again]
+    assert not {c.id for c in first} & {c.id for c in other_doc}
+    assert first[0].id == chunk_id("a", first[0].text)
+    assert len({c.id for c in first}) == len(first)
+
+    edited = text.replace("Sentence number 19", "Sentence number nineteen")
+    changed = chunk_document(Document(id="a", text=edited), tokenizer, 64, 16)
+    assert [c.id for c in changed][:-1] == [c.id for c in first][:-1]
+    assert changed[-1].id != first[-1].id
+
+
+def test_repeated_passages_in_one_document_yield_one_chunk(tokenizer: TextEmbedder) -> None:
+    paragraph = "The same paragraph again. It repeats word for word."
+    document = Document(id="dup", text=f"{paragraph}\n\n{paragraph}\n\n{paragraph}")
+    chunks = chunk_document(document, tokenizer, chunk_tokens=tokenizer.count_tokens(paragraph), overlap_tokens=0)
+    assert [c.text for c in chunks] == [paragraph]
