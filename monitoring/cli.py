@@ -1,7 +1,390 @@
-"""`vigil monitor …`: Evidently drift and token-usage jobs, dashboards, alerts."""
+"""`vigil monitor …`: Evidently drift and token-usage jobs, dashboards, the Evidently UI, alerts, scheduling.
+
+The jobs exit 0 (all clear), 1 (drift, or a budget exceeded) and 2 (too little data, or an error), so cron, CI and
+Kubernetes can act on them. Errors are exit 2, never 1, so that "drift" keeps meaning drift.
+"""
 
 from __future__ import annotations
 
-import typer
+import logging
+import os
+import sys
+import time
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vigil.errors import VigilError
+from vigil.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from monitoring.drift import DriftResult
+    from monitoring.tokens import TokenResult
+    from monitoring.window import Window
+    from monitoring.workspace import HtmlPolicy
+
+logger = logging.getLogger(__name__)
+console = Console()
 app = typer.Typer(help="Drift and token-usage monitoring with Evidently.", no_args_is_help=True)
+
+EXIT_ERROR = 2
+JOBS = ("drift", "tokens")
+
+
+class ModelKind(StrEnum):
+    sentiment = "sentiment"
+
+
+class Domain(StrEnum):
+    amazon = "amazon"
+    imdb = "imdb"
+    yelp = "yelp"
+
+
+def _quiet_libraries() -> None:
+    # Vigil runs offline: no usage telemetry from Evidently.
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def _usage_error(message: str) -> typer.Exit:
+    # Printed and exit 2 here rather than typer.BadParameter: the job's exit code must not depend on how the
+    # caller's entry point renders click's exceptions.
+    console.print(f"[red]usage error:[/] {message}", highlight=False)
+    return typer.Exit(EXIT_ERROR)
+
+
+def _window(since: str | None, until: str | None, last: str | None, default_last: str) -> Window:
+    from monitoring.window import resolve_window
+
+    try:
+        return resolve_window(since, until, last, default_last=default_last)
+    except ValueError as error:
+        raise _usage_error(str(error)) from None
+
+
+def _fail(error: BaseException) -> typer.Exit:
+    """Report ``error`` and return exit 2: a failed job must never read as "drift" (1)."""
+    if isinstance(error, VigilError):
+        console.print(f"[red]error:[/] {error}", highlight=False)
+    else:
+        logger.debug("monitoring job failed", exc_info=error)
+        console.print(f"[red]error:[/] {type(error).__name__}: {error}", highlight=False)
+    return typer.Exit(EXIT_ERROR)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2e}" if value and abs(value) < 10 ** -digits else f"{value:.{digits}f}"
+
+
+# --- drift ---------------------------------------------------------------------------------------------------
+
+
+def run_drift_job(settings: Settings, window: Window, version: str | None, min_rows: int | None,
+                  html: HtmlPolicy = "always") -> DriftResult:
+    from monitoring.drift import run_drift
+
+    return run_drift(settings, window, version=version, min_rows=min_rows, html=html)
+
+
+def print_drift(result: DriftResult) -> None:
+    from monitoring.drift import DriftStatus
+
+    title = (f"{result.model_name} v{result.model_version} · {result.window_start:%Y-%m-%d %H:%M} → "
+             f"{result.window_end:%Y-%m-%d %H:%M} UTC · {result.rows} rows")
+    if result.status is DriftStatus.INSUFFICIENT:
+        console.print(f"[yellow]too few rows[/] — {result.message}", highlight=False)
+        return
+    subtitle = (f"{result.text_rows} with text, {result.redacted_rows} redacted, "
+                f"{result.embedded_rows} embedded")
+    table = Table("check", "verdict", "score", "threshold", "method", "detail", title=title, caption=subtitle)
+    for check in result.checks:
+        if check.drifted is None:
+            verdict = "[dim]not evaluated[/]"
+        elif check.drifted:
+            verdict = "[red]drift[/]" if check.votes else "[yellow]shifted (info)[/]"
+        else:
+            verdict = "[green]ok[/]"
+        table.add_row(check.name, verdict, _fmt(check.score), _fmt(check.threshold), check.method, check.detail)
+    console.print(table)
+    colour = "red" if result.status is DriftStatus.DRIFT else "green"
+    console.print(f"[{colour}]{result.message}[/]", highlight=False)
+    console.print(f"snapshot {result.snapshot_id} in project '{result.project}': {result.snapshot_location}",
+                  highlight=False)
+    if result.report:
+        console.print(f"report: {result.report}", highlight=False)
+    if result.alert_delivered is not None:
+        console.print("alert: " + ("delivered" if result.alert_delivered else "[yellow]webhook failed (logged)[/]"))
+
+
+@app.command("drift")
+def drift_command(
+    model: ModelKind = typer.Option(ModelKind.sentiment, "--model", help="Which model to watch."),
+    version: str | None = typer.Option(None, "--version", help="Version to judge (default: the one the serving "
+                                       "alias, VIGIL_SERVE_ALIAS, points at)."),
+    since: str | None = typer.Option(None, "--since", help="Window start: ISO time, or a duration ago (2h)."),
+    until: str | None = typer.Option(None, "--until", help="Window end (default now)."),
+    last: str | None = typer.Option(None, "--last", help="Window length, e.g. 1h (default 1h, ending now)."),
+    min_rows: int | None = typer.Option(None, "--min-rows", min=1, help="Fewest rows for a verdict "
+                                        "(default VIGIL_DRIFT_MIN_ROWS)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
+) -> None:
+    """Drift of the served model's traffic against its training reference; exit 0 ok, 1 drift, 2 no verdict."""
+    _quiet_libraries()
+    window = _window(since, until, last, "1h")
+    settings = get_settings()
+    try:
+        with console.status(f"drift job for {model.value} …"):
+            result = run_drift_job(settings, window, version, min_rows)
+    except Exception as error:
+        raise _fail(error) from None
+    if as_json:
+        console.print_json(result.model_dump_json())
+    else:
+        print_drift(result)
+    raise typer.Exit(result.exit_code)
+
+
+# --- tokens --------------------------------------------------------------------------------------------------
+
+
+def print_tokens(result: TokenResult) -> None:
+    from monitoring.tokens import TokenStatus
+
+    if result.status is TokenStatus.INSUFFICIENT:
+        console.print(f"[yellow]no data[/] — {result.message}", highlight=False)
+        return
+    title = (f"RAG usage · {result.window_start:%Y-%m-%d %H:%M} → {result.window_end:%Y-%m-%d %H:%M} UTC · "
+             f"{result.queries} queries")
+    table = Table("generator", "model", "queries", "prompt", "completion", "total", "price/1k", "cost", title=title)
+    for usage in result.by_generator:
+        table.add_row(usage.generator, usage.generator_model, str(usage.queries), str(usage.prompt_tokens),
+                      str(usage.completion_tokens), str(usage.total_tokens),
+                      "[yellow]no price[/]" if usage.price_per_1k is None else f"{usage.price_per_1k:g}",
+                      "-" if usage.cost is None else f"{usage.cost:.4f}")
+    table.add_row("[b]all[/]", "", str(result.queries), str(result.prompt_tokens), str(result.completion_tokens),
+                  str(result.total_tokens), "", f"{result.cost:.4f}")
+    console.print(table)
+    console.print(f"tokens per query: p50 {_fmt(result.p50_tokens, 0)}, p95 {_fmt(result.p95_tokens, 0)}")
+    budget = Table("day (UTC)", "tokens", "budget", "status", title="daily budget")
+    for day in result.days:
+        status = "[red]exceeded[/]" if day.exceeded else ("[dim]off[/]" if not day.budget else "[green]ok[/]")
+        budget.add_row(day.day.isoformat(), str(day.total_tokens), str(day.budget or "-"), status)
+    console.print(budget)
+    health = result.retrieval
+    if health is not None:
+        verdict = ("[dim]not compared[/]" if health.drifted is None
+                   else "[red]drift[/]" if health.drifted else "[green]ok[/]")
+        console.print(f"retrieval top-1 score: mean {_fmt(health.top1_mean)} "
+                      f"(baseline {_fmt(health.baseline_top1_mean)}, {health.baseline_rows} queries) · {verdict} · "
+                      f"{health.method} {_fmt(health.drift_score)} · {health.detail}", highlight=False)
+    colour = "red" if result.status is TokenStatus.ALERT else "green"
+    console.print(f"[{colour}]{result.message}[/]", highlight=False)
+    console.print(f"snapshot {result.snapshot_id} in project '{result.project}': {result.snapshot_location}",
+                  highlight=False)
+    if result.report:
+        console.print(f"report: {result.report}", highlight=False)
+    for delivered in result.alerts_delivered:
+        console.print("alert: " + ("delivered" if delivered else "[yellow]webhook failed (logged)[/]"))
+
+
+def run_tokens_job(settings: Settings, window: Window, min_rows: int | None, rebaseline: bool,
+                   html: HtmlPolicy = "always") -> TokenResult:
+    from monitoring.tokens import run_tokens
+
+    return run_tokens(settings, window, min_rows=min_rows, rebaseline=rebaseline, html=html)
+
+
+@app.command("tokens")
+def tokens_command(
+    since: str | None = typer.Option(None, "--since", help="Window start: ISO time, or a duration ago (2h)."),
+    until: str | None = typer.Option(None, "--until", help="Window end (default now)."),
+    last: str | None = typer.Option(None, "--last", help="Window length (default 24h, ending now)."),
+    min_rows: int | None = typer.Option(None, "--min-rows", min=1, help="Fewest scored queries to compare or "
+                                        "establish the retrieval baseline (default VIGIL_DRIFT_MIN_ROWS)."),
+    rebaseline: bool = typer.Option(False, "--rebaseline", help="Make this window the retrieval baseline."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of tables."),
+) -> None:
+    """RAG token usage, cost, daily budget and retrieval health; exit 0 ok, 1 alert, 2 no data or error."""
+    _quiet_libraries()
+    window = _window(since, until, last, "24h")
+    try:
+        result = run_tokens_job(get_settings(), window, min_rows, rebaseline)
+    except Exception as error:
+        raise _fail(error) from None
+    if as_json:
+        console.print_json(result.model_dump_json())
+    else:
+        print_tokens(result)
+    raise typer.Exit(result.exit_code)
+
+
+# --- dashboards and UI ---------------------------------------------------------------------------------------
+
+
+@app.command("dashboards")
+def dashboards_command() -> None:
+    """Create or update the Evidently UI projects `sentiment` and `rag` and their dashboard panels."""
+    from monitoring.dashboards import ensure_dashboards
+
+    _quiet_libraries()
+    settings = get_settings()
+    try:
+        made = ensure_dashboards(settings)
+    except Exception as error:
+        raise _fail(error) from None
+    where = settings.evidently_url or str(settings.evidently_workspace_path)
+    for info in made:
+        console.print(f"[green]{info.project}[/] ({info.project_id}): tabs {', '.join(info.tabs)}; "
+                      f"{len(info.panels)} panels", highlight=False)
+    console.print(f"workspace: {where}", highlight=False)
+
+
+@app.command("ui")
+def ui_command(
+    port: int | None = typer.Option(None, "--port", help="Port (default VIGIL_EVIDENTLY_UI_PORT)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; 0.0.0.0 to expose it."),
+) -> None:
+    """Run `evidently ui` on the workspace in the foreground (Ctrl-C stops it); dashboards are set up first."""
+    from monitoring.dashboards import ensure_dashboards
+
+    _quiet_libraries()
+    settings = get_settings()
+    if settings.evidently_url:
+        console.print(f"snapshots go to the remote Evidently UI at {settings.evidently_url}; open it there "
+                      "(unset VIGIL_EVIDENTLY_URL to serve the local workspace).", highlight=False)
+        raise typer.Exit(0)
+    try:
+        ensure_dashboards(settings)
+    except Exception as error:
+        raise _fail(error) from None
+    port = port or settings.evidently_ui_port
+    workspace = str(settings.evidently_workspace_path.resolve())
+    console.print(f"Evidently UI on http://{host}:{port} (workspace {workspace}); Ctrl-C stops it.",
+                  highlight=False)
+    sys.stdout.flush()
+    # exec, not a child process: signals (Ctrl-C, SIGTERM from a supervisor) reach the server itself.
+    os.execve(sys.executable, [sys.executable, "-m", "evidently.cli", "ui", "--workspace", workspace,
+                               "--host", host, "--port", str(port)], {**os.environ, "DO_NOT_TRACK": "1"})
+
+
+# --- schedule ------------------------------------------------------------------------------------------------
+
+
+def _parse_jobs(jobs: str) -> list[str]:
+    chosen = [job.strip() for job in jobs.split(",") if job.strip()]
+    unknown = sorted(set(chosen) - set(JOBS))
+    if unknown or not chosen:
+        raise _usage_error(f"unknown job(s) {unknown}; choose from {', '.join(JOBS)}")
+    return chosen
+
+
+def run_once(jobs: list[str], drift_window: str, tokens_window: str) -> dict[str, int]:
+    """Each job once, over the window ending now; an exception is that job's exit 2, never the schedule's end."""
+    from monitoring.window import resolve_window
+
+    settings = get_settings()
+    codes: dict[str, int] = {}
+    for job in jobs:
+        started = time.perf_counter()
+        try:
+            if job == "drift":
+                # HTML files only for windows that alert: ~4 MB each, 96 a day at 15 minutes.
+                drift = run_drift_job(settings, resolve_window(last=drift_window), None, None, "on_alert")
+                codes[job], summary = drift.exit_code, drift.message
+            else:
+                usage = run_tokens_job(settings, resolve_window(last=tokens_window), None, False, "on_alert")
+                codes[job], summary = usage.exit_code, usage.message
+        except Exception as error:
+            logger.debug("%s job failed", job, exc_info=error)
+            codes[job], summary = EXIT_ERROR, f"error: {type(error).__name__}: {error}"
+        colour = {0: "green", 1: "red"}.get(codes[job], "yellow")
+        console.print(f"{datetime.now():%H:%M:%S} [{colour}]{job} → {codes[job]}[/] "
+                      f"({time.perf_counter() - started:.1f}s) {summary}", highlight=False)
+    return codes
+
+
+@app.command("schedule")
+def schedule_command(
+    every: str = typer.Option("15m", "--every", help="Interval between runs, e.g. 15m, 1h."),
+    jobs: str = typer.Option("drift,tokens", "--jobs", help="Comma-separated: drift, tokens."),
+    drift_window: str = typer.Option("1h", "--drift-window", help="Window of each drift run, ending now."),
+    tokens_window: str = typer.Option("24h", "--tokens-window", help="Window of each tokens run, ending now."),
+    runs: int = typer.Option(0, "--runs", min=0, help="Stop after N rounds (0: until Ctrl-C)."),
+) -> None:
+    """Run the jobs every interval until stopped (Ctrl-C); a failing job is reported and retried next round."""
+    from monitoring.dashboards import ensure_dashboards
+    from monitoring.window import parse_duration
+
+    _quiet_libraries()
+    chosen = _parse_jobs(jobs)
+    try:
+        interval = parse_duration(every).total_seconds()
+        parse_duration(drift_window), parse_duration(tokens_window)
+    except ValueError as error:
+        raise _usage_error(str(error)) from None
+    try:
+        ensure_dashboards(get_settings())
+    except Exception as error:
+        logger.warning("dashboards not set up (%s); the jobs run anyway", error)
+    console.print(f"running {', '.join(chosen)} every {every}; Ctrl-C stops.", highlight=False)
+    done = 0
+    try:
+        while True:
+            started = time.monotonic()
+            run_once(chosen, drift_window, tokens_window)
+            done += 1
+            if runs and done >= runs:
+                break
+            # Fixed-rate ticks: a slow run shortens the pause instead of shifting every later run.
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        console.print(f"stopped after {done} round(s).")
+    raise typer.Exit(0)
+
+
+# --- replay --------------------------------------------------------------------------------------------------
+
+
+@app.command("replay")
+def replay_command(
+    domain: Domain = typer.Option(..., "--domain", help="Whose held-out sentences to send."),
+    n: int = typer.Option(200, "--n", min=1, help="How many requests."),
+    endpoint: str | None = typer.Option(None, "--endpoint", help="Service base URL (default "
+                                        "http://127.0.0.1:$VIGIL_HTTP_PORT)."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, max=64, help="Requests in flight."),
+    seed: int | None = typer.Option(None, "--seed", help="Sampling seed (default: a fresh sample each time)."),
+) -> None:
+    """Send held-out sentences to a running service's /predict; exit 0 all answered, 1 some failed, 2 none."""
+    from rich.progress import Progress
+
+    from monitoring.replay import choose, held_out, replay, training_split
+
+    settings = get_settings()
+    endpoint = endpoint or f"http://127.0.0.1:{settings.http_port}"
+    try:
+        split = training_split(settings)
+        pool = held_out(domain.value, split)
+    except Exception as error:
+        raise _fail(error) from None
+    trained = ",".join(split.domains)
+    origin = f"v{split.version}" if split.version else "an assumed split (MLflow unreachable)"
+    console.print(f"{len(pool)} held-out {domain.value} sentences (training split of {origin}: {trained}, "
+                  f"seed {split.seed}); sending {n} to {endpoint}/predict", highlight=False)
+    texts = choose(pool, n, seed)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("replaying", total=n)
+        result = replay(texts, endpoint, concurrency=concurrency,
+                        on_done=lambda done: progress.update(task, completed=done))
+    labels = ", ".join(f"{label} {count}" for label, count in result.labels.most_common()) or "-"
+    served = ", ".join(f"{who} ({count})" for who, count in result.served_by.most_common()) or "-"
+    console.print(f"sent {result.sent}: {result.ok} answered, {result.failed} failed · labels: {labels} · "
+                  f"served by: {served}", highlight=False)
+    if result.errors:
+        console.print("errors: " + ", ".join(f"{e} ×{c}" for e, c in result.errors.most_common()), highlight=False)
+    raise typer.Exit(result.exit_code)

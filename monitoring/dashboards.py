@@ -1,0 +1,139 @@
+"""The Evidently UI dashboards of the projects the jobs write to (``sentiment`` and ``rag``).
+
+Panels plot the metrics the jobs put in their snapshots, one point per job run. Panel and tab ids are derived from
+their titles, so running ``vigil monitor dashboards`` again rewrites the same panels instead of adding copies.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from monitoring import drift, tokens
+from monitoring.workspace import ensure_project, open_workspace
+from vigil.settings import Settings
+from vigil.text_features import FEATURE_COLUMNS
+
+if TYPE_CHECKING:
+    from evidently.sdk.models import DashboardModel, DashboardPanelPlot, PanelMetric
+
+_NAMESPACE = uuid.UUID("5b0f3c2e-8f7a-4c1e-9d59-7a1c0e4b6f10")
+_METRIC = "evidently:metric_v2:"
+
+
+@dataclass(frozen=True)
+class DashboardInfo:
+    project: str
+    project_id: str
+    tabs: list[str]
+    panels: list[str]
+
+
+def _id(*parts: str) -> uuid.UUID:
+    return uuid.uuid5(_NAMESPACE, "/".join(parts))
+
+
+def _series(metric: str, legend: str, **labels: str) -> PanelMetric:
+    from evidently.sdk.models import PanelMetric
+
+    return PanelMetric(legend=legend, metric=_METRIC + metric, metric_labels=labels)
+
+
+def _panel(project: str, title: str, kind: str, values: list[PanelMetric], *, subtitle: str = "",
+           size: str = "half", aggregation: str = "last") -> DashboardPanelPlot:
+    from evidently.sdk.models import DashboardPanelPlot
+
+    params: dict[str, object] = {"plot_type": kind}
+    if kind == "counter":
+        params["aggregation"] = aggregation
+    if kind == "bar":
+        params["is_stacked"] = False
+    return DashboardPanelPlot(id=_id(project, title), title=title, subtitle=subtitle or None, size=size,
+                              values=values, plot_params=params)
+
+
+def sentiment_dashboard(labels: tuple[str, ...] = ("negative", "positive")) -> DashboardModel:
+    """Drift of the served sentiment model: descriptors, embeddings, predictions."""
+    p = drift.PROJECT
+    label_column, score_column = drift.LABEL_COLUMN, drift.SCORE_COLUMN
+    overview = [
+        _panel(p, "Rows in the last window", "counter", [_series("RowCount", "rows")]),
+        _panel(p, "Share of drifted descriptors (last window)", "counter",
+               [_series("DriftedColumnsCount", "share", value_type="share")]),
+        _panel(p, "Drift share over time", "line", [_series("DriftedColumnsCount", "share of drifted descriptors",
+                                                            value_type="share")],
+               subtitle=f"drift when ≥ {drift.DESCRIPTOR_DRIFT_SHARE:.0%} of the text descriptors drift",
+               size="full"),
+        _panel(p, "Embedding drift score", "line", [_series("EmbeddingsDrift", "ROC AUC")],
+               subtitle=f"domain classifier on MiniLM embeddings; drift above {drift.EMBEDDING_AUC_THRESHOLD}"),
+        _panel(p, "Drifted descriptors", "bar", [_series("DriftedColumnsCount", "drifted descriptors",
+                                                         value_type="count")],
+               subtitle=f"of {len(FEATURE_COLUMNS)} text descriptors"),
+        _panel(p, "Descriptor drift scores", "line",
+               [_series("ValueDrift", column, column=column) for column in FEATURE_COLUMNS],
+               subtitle="K-S p-value (< 0.05 = drift) up to 1000 rows, Wasserstein distance (> 0.1) above",
+               size="full"),
+    ]
+    predictions = [
+        _panel(p, "Prediction label share", "line",
+               [_series("CategoryCount", label, column=label_column, categories=str([label]), value_type="share")
+                for label in labels], size="full"),
+        _panel(p, "Prediction drift scores", "line",
+               [_series("ValueDrift", "label", column=label_column),
+                _series("ValueDrift", "score", column=score_column)],
+               subtitle=f"label share: PSI (> {drift.LABEL_PSI_THRESHOLD} = drift); score: informational"),
+        _panel(p, "Mean prediction score", "line", [_series("MeanValue", "mean score", column=score_column)]),
+        _panel(p, "Mean text length", "line",
+               [_series("MeanValue", "characters", column="text_length"),
+                _series("MeanValue", "words", column="word_count")]),
+    ]
+    return _one_tab(p, "Sentiment drift", overview + predictions)
+
+
+def rag_dashboard() -> DashboardModel:
+    """Token usage, cost and retrieval health of the RAG pipeline."""
+    p = tokens.PROJECT
+    top1 = tokens.TOP1_COLUMN
+    usage = [
+        _panel(p, "Queries (last window)", "counter", [_series("RowCount", "queries")]),
+        _panel(p, "Tokens (last window)", "counter", [_series("SumValue", "tokens", column="total_tokens")]),
+        _panel(p, "Tokens per day", "bar",
+               [_series("SumValue", "prompt", column="prompt_tokens"),
+                _series("SumValue", "completion", column="completion_tokens"),
+                _series("SumValue", "total", column="total_tokens")],
+               subtitle="one bar per job run; with the default --last 24h that is tokens per day", size="full"),
+        _panel(p, "Tokens per query p95", "line",
+               [_series("QuantileValue", "p95", column="total_tokens", quantile="0.95"),
+                _series("QuantileValue", "p50", column="total_tokens", quantile="0.5")]),
+        _panel(p, "Estimated cost", "line", [_series("SumValue", "cost", column=tokens.COST_COLUMN)],
+               subtitle="tokens × VIGIL_TOKEN_PRICES_PER_1K"),
+    ]
+    retrieval = [
+        _panel(p, "Top-1 retrieval score", "line",
+               [_series("MeanValue", "mean", column=top1), _series("QuantileValue", "median", column=top1,
+                                                                   quantile="0.5")], size="full"),
+        _panel(p, "Top-1 score drift vs baseline", "line", [_series("ValueDrift", "drift score", column=top1)],
+               subtitle="against the stored baseline window", size="full"),
+    ]
+    return _one_tab(p, "RAG usage and retrieval", usage + retrieval)
+
+
+def _one_tab(project: str, title: str, panels: list[DashboardPanelPlot]) -> DashboardModel:
+    # One tab: the Evidently OSS UI refuses dashboards with several ("not supported in Evidently OSS").
+    from evidently.sdk.models import DashboardModel, DashboardTabModel
+
+    tab = DashboardTabModel(id=_id(project, "tab", title), title=title, panels=[panel.id for panel in panels])
+    return DashboardModel(tabs=[tab], panels=panels)
+
+
+def ensure_dashboards(settings: Settings) -> list[DashboardInfo]:
+    """Create the projects when missing and (re)write their dashboards; idempotent."""
+    workspace = open_workspace(settings)
+    made: list[DashboardInfo] = []
+    for name, model in ((drift.PROJECT, sentiment_dashboard()), (tokens.PROJECT, rag_dashboard())):
+        project = ensure_project(workspace, name)
+        workspace.save_dashboard(project.id, model)
+        made.append(DashboardInfo(name, str(project.id), [str(t.title) for t in model.tabs],
+                                  [panel.title for panel in model.panels]))
+    return made

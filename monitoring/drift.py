@@ -1,0 +1,397 @@
+"""The sentiment drift job: the served version's inference-log rows in a window against its training reference.
+
+Three comparisons, each an Evidently 0.7 report on its own dataset, combined into one snapshot per window:
+
+- **predictions** (every row): the label share and the score distribution (``ValueDrift``, ``CategoryCount``);
+- **descriptors** (rows whose text was logged): length, word count, … from :mod:`vigil.text_features`,
+  ``ValueDrift`` per descriptor and ``DriftedColumnsCount`` over them;
+- **embeddings** (a sample of those rows, ``VIGIL_DRIFT_EMBEDDING_SAMPLE``): ``EmbeddingsDrift`` used explicitly
+  — ``DataDriftPreset(embeddings=...)`` silently ignores embeddings — on text-embedder (MiniLM) vectors of the
+  served texts and of the reference texts. The reference's own ``embedding`` column holds the *fine-tuned*
+  classifier's vectors, which are tuned on those very texts; comparing them with anything else would show drift
+  that is only training.
+
+The verdict is *drift* when the descriptors drift as a set (at least half of them, Evidently's dataset-drift rule),
+when the embeddings drift, or when the predicted label share shifts (PSI). The score distribution is reported but
+not voted: the reference scores come from the training texts, on which the classifier is more confident than on
+any unseen text, so it would flag every window.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+from threadpoolctl import threadpool_limits
+
+from monitoring import records
+from monitoring.alerts import Alert, send_alert
+from monitoring.embeddings import EmbeddingCache, embedder_id
+from monitoring.reference import ServedVersion, load_reference, resolve_version
+from monitoring.window import Window
+from monitoring.workspace import HtmlPolicy, SavedSnapshot, combine, report_path, save_snapshot
+from vigil.settings import Settings
+from vigil.text_features import FEATURE_COLUMNS, describe
+
+if TYPE_CHECKING:
+    from evidently.core.report import Snapshot
+
+logger = logging.getLogger(__name__)
+
+PROJECT = "sentiment"
+EMBEDDINGS_NAME = "text_embedder"
+# Domain-classifier ROC AUC above which the embeddings count as drifted. Evidently's default (0.55) flags any
+# change of mix: a window of amazon-only reviews against an amazon+yelp reference scores ~0.70, because a
+# sub-population that is half the reference can reach 1 - 0.5/2 = 0.75 at most. Above 0.8 the window holds text
+# the reference does not cover (imdb scores ~0.97). Measured in bench/RESULTS_drift.md.
+EMBEDDING_AUC_THRESHOLD = 0.8
+# Evidently's dataset-drift rule: the descriptors drift as a set when at least this share of them drifts.
+DESCRIPTOR_DRIFT_SHARE = 0.5
+# Label share is judged by effect size (PSI), not by a p-value: a 5 % test would raise a false alarm every 20
+# windows, i.e. several a day on a 15-minute schedule. PSI > 0.2 is the usual "significant shift"; from a 50/50
+# reference that is a share beyond about 72/28.
+LABEL_PSI_THRESHOLD = 0.2
+LABEL_COLUMN = "prediction"
+SCORE_COLUMN = "score"
+# The inference log's "hash" redaction stores a hex digest (sha256 today); "drop" stores nothing.
+_DIGEST = re.compile(r"^(?:[a-z0-9-]+:)?[0-9a-f]{32,128}$")
+
+
+class DriftStatus(StrEnum):
+    NO_DRIFT = "no_drift"
+    DRIFT = "drift"
+    INSUFFICIENT = "insufficient_data"  # too little data for a verdict; errors raise, and the CLI exits 2
+
+    @property
+    def exit_code(self) -> int:
+        return {"no_drift": 0, "drift": 1}.get(self.value, 2)
+
+
+class Check(BaseModel):
+    """One line of the verdict: a comparison, whether it drifted (None: not evaluated), and why."""
+
+    name: str
+    drifted: bool | None
+    score: float | None = None
+    threshold: float | None = None
+    method: str = ""
+    votes: bool = Field(True, description="whether this check can make the verdict 'drift'")
+    detail: str = ""
+
+
+class DriftResult(BaseModel):
+    """What one run of the drift job found; the CLI prints it and ``--json`` emits it as is."""
+
+    status: DriftStatus
+    message: str
+    model_name: str
+    model_version: str
+    window_start: datetime
+    window_end: datetime
+    rows: int = 0
+    text_rows: int = 0
+    redacted_rows: int = 0
+    embedded_rows: int = 0
+    checks: list[Check] = Field(default_factory=list)
+    drifted: list[str] = Field(default_factory=list, description="descriptors and checks that drifted")
+    project: str = PROJECT
+    snapshot_id: str | None = None
+    snapshot_location: str | None = None
+    report: str | None = None
+    alert_delivered: bool | None = None
+    seconds: float = 0.0
+    timings: dict[str, float] = Field(default_factory=dict, description="seconds per phase")
+
+    @property
+    def exit_code(self) -> int:
+        return self.status.exit_code
+
+
+def usable_text(value: object) -> bool:
+    """Whether a logged ``input_text`` is the text itself, not a redaction (None, empty, or a hex digest)."""
+    if not isinstance(value, str) or not value.strip():
+        return False
+    return _DIGEST.match(value.strip()) is None
+
+
+def describe_texts(texts: Sequence[str]) -> pd.DataFrame:
+    """Descriptor columns for ``texts``, each distinct text described once (served traffic repeats itself)."""
+    unique = list(dict.fromkeys(texts))
+    table = pd.DataFrame([describe(t) for t in unique], columns=list(FEATURE_COLUMNS), index=unique)
+    return table.loc[list(texts)].reset_index(drop=True)
+
+
+def run_drift(
+    settings: Settings,
+    window: Window,
+    *,
+    version: str | None = None,
+    min_rows: int | None = None,
+    project: str = PROJECT,
+    send_alerts: bool = True,
+    html: HtmlPolicy = "always",
+) -> DriftResult:
+    """Run the drift job for ``settings.sentiment_model_name`` over ``window``; never raises for bad data.
+
+    ``html``: when to write the standalone HTML report (~4 MB each; the snapshot in the workspace holds the same
+    report, so a schedule writes files only for windows that drifted).
+    """
+    clock = _Clock()
+    model_name = settings.sentiment_model_name
+    min_rows = settings.drift_min_rows if min_rows is None else min_rows
+    served, client = resolve_version(settings, model_name, version)
+    base = {"model_name": model_name, "model_version": served.version, "window_start": window.since,
+            "window_end": window.until, "project": project}
+
+    engine = records.create_engine(settings.inference_log_sqlalchemy_url)
+    try:
+        rows = records.read_frame(engine, kind="sentiment", model_name=model_name, model_version=served.version,
+                                  since=window.since, until=window.until)
+    finally:
+        engine.dispose()
+    rows = rows[rows["label"].notna()].reset_index(drop=True) if len(rows) else rows
+    clock.lap("read rows")
+    if len(rows) < min_rows:
+        return DriftResult(
+            status=DriftStatus.INSUFFICIENT, rows=len(rows), seconds=clock.total(), timings=clock.laps,
+            message=f"too few rows for a verdict: {len(rows)} of {model_name} v{served.version} in the window, "
+                    f"{min_rows} needed (--min-rows). No drift verdict.",
+            **base,
+        )
+
+    reference = load_reference(settings, served, client)
+    clock.lap("load reference")
+    text_mask = rows["input_text"].map(usable_text)
+    texts = rows.loc[text_mask, "input_text"].astype(str).tolist()
+    result = DriftResult(status=DriftStatus.NO_DRIFT, message="", rows=len(rows), text_rows=len(texts),
+                         redacted_rows=int((~text_mask).sum()), **base)
+    meta = _metadata(served, window, result)
+    tags = ["drift", f"model:{model_name}", f"version:{served.version}"]
+
+    parts = [_prediction_report(rows, reference, window, meta, tags)]
+    clock.lap("prediction drift")
+    if len(texts) >= min_rows:
+        parts.append(_descriptor_report(texts, reference, window, meta, tags))
+        clock.lap("descriptor drift")
+        sample = _sample(texts, settings.drift_embedding_sample, settings.seed)
+        result.embedded_rows = len(sample)
+        cache = EmbeddingCache(settings.home / "monitoring" / "embeddings.sqlite")
+        reference_texts = _sample(reference["text"].astype(str).tolist(), settings.drift_embedding_sample,
+                                  settings.seed)
+        vectors = cache.embed(reference_texts), cache.embed(sample)
+        clock.lap("embed texts")
+        parts.append(_embedding_report(*vectors, window, meta, tags))
+        clock.lap("embedding drift")
+    results = [found for part in parts for found in _results(part)]
+    result.checks = _checks(results, result, min_rows)
+    result.drifted = _drifted(results, result.checks)
+    drifted = any(check.drifted and check.votes for check in result.checks)
+    result.status = DriftStatus.DRIFT if drifted else DriftStatus.NO_DRIFT
+    result.message = _message(result)
+    # The verdict goes into the snapshot too, so the UI can filter and count by it.
+    snapshot = combine(parts, {"verdict": result.status.value, "drifted": ",".join(result.drifted)})
+
+    saved = save_snapshot(settings, project, snapshot)
+    result.snapshot_id, result.snapshot_location = saved.snapshot_id, saved.location
+    clock.lap("save snapshot")
+    if html == "always" or (html == "on_alert" and drifted):
+        path = report_path(settings, f"drift-{model_name}-v{served.version}-{window.slug()}.html")
+        snapshot.save_html(str(path))
+        result.report = str(path)
+        clock.lap("write html")
+    if drifted and send_alerts and settings.alert_webhook:
+        result.alert_delivered = send_alert(_alert(result, saved), settings.alert_webhook)
+    result.seconds, result.timings = clock.total(), clock.laps
+    return result
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 3)
+        self.last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def _metadata(served: ServedVersion, window: Window, result: DriftResult) -> dict[str, Any]:
+    return {
+        "job": "drift", "model_name": served.model_name, "model_version": served.version,
+        "model_alias": served.alias or "", "reference_run_id": served.run_id,
+        "window_start": window.since.isoformat(), "window_end": window.until.isoformat(),
+        "rows": str(result.rows), "text_rows": str(result.text_rows), "redacted_rows": str(result.redacted_rows),
+        "embedder": embedder_id(),
+    }
+
+
+def _run(metrics: list[Any], current: pd.DataFrame, reference: pd.DataFrame, definition: Any, window: Window,
+         meta: dict[str, Any], tags: list[str]) -> Snapshot:
+    from evidently import Dataset, Report
+
+    report = Report(metrics, include_tests=True)
+    return report.run(
+        Dataset.from_pandas(current, data_definition=definition),
+        Dataset.from_pandas(reference, data_definition=definition),
+        timestamp=window.until.replace(tzinfo=None), metadata=dict(meta), tags=list(tags),
+    )
+
+
+def _prediction_report(rows: pd.DataFrame, reference: pd.DataFrame, window: Window, meta: dict[str, Any],
+                       tags: list[str]) -> Snapshot:
+    from evidently import DataDefinition
+    from evidently.metrics import CategoryCount, MeanValue, RowCount, ValueDrift
+
+    columns = [LABEL_COLUMN, SCORE_COLUMN]
+    current = pd.DataFrame({LABEL_COLUMN: rows["label"].astype(str), SCORE_COLUMN: rows["score"].astype(float)})
+    labels = sorted(set(reference[LABEL_COLUMN].astype(str)) | set(current[LABEL_COLUMN]))
+    # tests=[] on the descriptive metrics: their default tests ("row count equals the reference's ± 10 %") are
+    # not verdicts and would only fill the report's test summary with failures.
+    metrics: list[Any] = [RowCount(tests=[]),
+                          ValueDrift(column=LABEL_COLUMN, method="psi", threshold=LABEL_PSI_THRESHOLD),
+                          ValueDrift(column=SCORE_COLUMN), MeanValue(column=SCORE_COLUMN, tests=[])]
+    metrics += [CategoryCount(column=LABEL_COLUMN, categories=[label], tests=[]) for label in labels]
+    definition = DataDefinition(categorical_columns=[LABEL_COLUMN], numerical_columns=[SCORE_COLUMN])
+    return _run(metrics, current, reference[columns].astype({LABEL_COLUMN: str, SCORE_COLUMN: float}), definition,
+                window, meta, tags)
+
+
+def _descriptor_report(texts: list[str], reference: pd.DataFrame, window: Window, meta: dict[str, Any],
+                       tags: list[str]) -> Snapshot:
+    from evidently import DataDefinition
+    from evidently.metrics import DriftedColumnsCount, MeanValue, ValueDrift
+
+    columns = list(FEATURE_COLUMNS)
+    # The reference's stored descriptors are recomputed from its texts so both sides come from today's code.
+    reference_descriptors = describe_texts(reference["text"].astype(str).tolist())
+    metrics: list[Any] = [DriftedColumnsCount(columns=columns, drift_share=DESCRIPTOR_DRIFT_SHARE)]
+    metrics += [ValueDrift(column=column) for column in columns]
+    metrics += [MeanValue(column=column, tests=[]) for column in ("text_length", "word_count")]
+    return _run(metrics, describe_texts(texts), reference_descriptors, DataDefinition(numerical_columns=columns),
+                window, meta, tags)
+
+
+def _embedding_report(reference_vectors: np.ndarray, current_vectors: np.ndarray, window: Window,
+                      meta: dict[str, Any], tags: list[str]) -> Snapshot:
+    from evidently import DataDefinition
+    from evidently.metrics import EmbeddingsDrift
+    from evidently.metrics.embeddings import ModelDriftMethod
+    from evidently.tests import lte
+
+    columns = [f"e{i:03d}" for i in range(reference_vectors.shape[1])]
+    metric = EmbeddingsDrift(embeddings_name=EMBEDDINGS_NAME,
+                             drift_method=ModelDriftMethod(threshold=EMBEDDING_AUC_THRESHOLD),
+                             tests=[lte(EMBEDDING_AUC_THRESHOLD)])
+    definition = DataDefinition(numerical_columns=columns, embeddings={EMBEDDINGS_NAME: columns})
+    # The metric draws its widget with t-SNE, whose OpenMP threads spin-wait when the cores are busy (the job
+    # shares its machine with the service): one thread made it 4× faster at load 9 on 2 cores (38 s → 10 s).
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return _run([metric], pd.DataFrame(current_vectors, columns=columns),
+                    pd.DataFrame(reference_vectors, columns=columns), definition, window, meta, tags)
+
+
+def _sample(texts: list[str], size: int, seed: int) -> list[str]:
+    if len(texts) <= size:
+        return texts
+    chosen = np.random.default_rng(seed).choice(len(texts), size=size, replace=False)
+    return [texts[i] for i in sorted(chosen)]
+
+
+Results = list[tuple[dict[str, Any], Any]]  # (metric params, metric result) of every metric of a report
+
+
+def _results(snapshot: Snapshot) -> Results:
+    return [(result.metric_value_location.metric.params, result) for result in snapshot.metric_results.values()
+            if result.metric_value_location is not None]
+
+
+def _failed(result: Any) -> bool:
+    from evidently.legacy.tests.base_test import TestStatus
+
+    return any(test.status == TestStatus.FAIL for test in result.tests)
+
+
+def _value_drift(results: Results, column: str) -> tuple[dict[str, Any], Any] | None:
+    for params, result in results:
+        if params.get("type", "").endswith(":ValueDrift") and params.get("column") == column:
+            return params, result
+    return None
+
+
+def _checks(results: Results, result: DriftResult, min_rows: int) -> list[Check]:
+    checks: list[Check] = []
+    for column, name, votes in ((LABEL_COLUMN, "predicted label share", True),
+                                (SCORE_COLUMN, "prediction score", False)):
+        found = _value_drift(results, column)
+        if found:
+            params, value = found
+            checks.append(Check(name=name, drifted=_failed(value), score=float(value.value),
+                                threshold=_float(params.get("threshold")), method=str(params.get("method", "")),
+                                votes=votes, detail=f"{result.rows} rows"
+                                + ("" if votes else "; informational: reference scores are on training texts")))
+    skipped = (f"not evaluated: {result.text_rows} of {result.rows} rows carry usable text "
+               f"({result.redacted_rows} redacted by hash/drop or empty), {min_rows} needed")
+    descriptors = next(((p, r) for p, r in results if p.get("type", "").endswith(":DriftedColumnsCount")),
+                       None)
+    if descriptors:
+        _, count = descriptors
+        drifted_columns = [c for c in FEATURE_COLUMNS if (found := _value_drift(results, c)) and _failed(found[1])]
+        checks.append(Check(name="text descriptors", drifted=_failed(count), score=float(count.share.value),
+                            threshold=DESCRIPTOR_DRIFT_SHARE, method="share of drifted descriptors",
+                            detail=", ".join(drifted_columns) or "none drifted"))
+    else:
+        checks.append(Check(name="text descriptors", drifted=None, detail=skipped))
+    embeddings = next(((p, r) for p, r in results if p.get("type", "").endswith(":EmbeddingsDrift")), None)
+    if embeddings:
+        _, value = embeddings
+        checks.append(Check(name="text embeddings", drifted=_failed(value), score=float(value.value),
+                            threshold=EMBEDDING_AUC_THRESHOLD, method="domain classifier ROC AUC",
+                            detail=f"{result.embedded_rows} sampled rows vs reference, MiniLM"))
+    else:
+        checks.append(Check(name="text embeddings", drifted=None, detail=skipped))
+    return checks
+
+
+def _drifted(results: Results, checks: list[Check]) -> list[str]:
+    names = [check.name for check in checks if check.drifted]
+    names += [f"descriptor:{c}" for c in FEATURE_COLUMNS if (found := _value_drift(results, c)) and _failed(found[1])]
+    return names
+
+
+def _float(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _message(result: DriftResult) -> str:
+    subject = f"{result.model_name} v{result.model_version}, {result.rows} rows"
+    skipped = [c.name for c in result.checks if c.drifted is None]
+    partial = f" ({', '.join(skipped)} not evaluated: text redacted)" if skipped else ""
+    if result.status is DriftStatus.DRIFT:
+        voted = [c.name for c in result.checks if c.drifted and c.votes]
+        return f"drift detected in {subject}: {', '.join(voted)}{partial}"
+    return f"no drift in {subject}{partial}"
+
+
+def _alert(result: DriftResult, saved: SavedSnapshot) -> Alert:
+    details: dict[str, float | int | str] = {"rows": result.rows, "text_rows": result.text_rows}
+    for check in result.checks:
+        if check.score is not None:
+            details[check.name] = round(check.score, 4)
+    return Alert(kind="drift", summary=result.message, drifted=result.drifted, window_start=result.window_start,
+                 window_end=result.window_end, model_name=result.model_name, model_version=result.model_version,
+                 project=saved.project, snapshot_id=saved.snapshot_id, report=result.report, details=details)
