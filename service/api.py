@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from importlib.metadata import version as package_version
 from typing import Any
 
+import aiohttp
 import bentoml
 import orjson
 from bentoml.exceptions import BentoMLException
@@ -140,7 +141,12 @@ class Vigil:
 
     async def _call_model(self, texts: list[str]) -> list[Any]:
         try:
-            return list(await self.model.to_async.predict(texts=texts))
+            try:
+                return list(await self.model.to_async.predict(texts=texts))
+            except aiohttp.ClientConnectionError:
+                # A pooled connection to the model service closed under us (seen under load); predicting is
+                # idempotent, so one retry on a fresh connection.
+                return list(await self.model.to_async.predict(texts=texts))
         except BentoMLException as error:
             if int(error.error_code) != 503:
                 raise

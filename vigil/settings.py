@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     evidently_url: str = Field("", description="Remote Evidently UI URL; when set, snapshots go there.")
     evidently_ui_port: int = Field(8000, ge=1, le=65535, description="Port of `vigil monitor ui`.")
     drift_min_rows: int = Field(100, ge=1, description="Fewest rows a drift verdict needs.")
-    drift_embedding_sample: int = Field(2000, ge=10, description="Rows sampled for embedding drift.")
+    drift_embedding_sample: int = Field(1000, ge=10, description="Rows sampled for embedding drift.")
     alert_webhook: str = Field("", description="URL that receives JSON alerts.")
     token_budget_daily: int = Field(1_000_000, ge=0, description="Daily RAG token budget; 0 disables the alert.")
     token_prices_per_1k: dict[str, float] = Field(
