@@ -51,7 +51,7 @@ EMBEDDINGS_NAME = "text_embedder"
 # Domain-classifier ROC AUC above which the embeddings count as drifted. Evidently's default (0.55) flags any
 # change of mix: a window of amazon-only reviews against an amazon+yelp reference scores ~0.70, because a
 # sub-population that is half the reference can reach 1 - 0.5/2 = 0.75 at most. Above 0.8 the window holds text
-# the reference does not cover (imdb scores ~0.97). Measured in bench/RESULTS_drift.md.
+# the reference does not cover (imdb scores ~0.97). Measured in bench/RESULTS.md (drift section).
 EMBEDDING_AUC_THRESHOLD = 0.8
 # Evidently's dataset-drift rule: the descriptors drift as a set when at least this share of them drifts.
 DESCRIPTOR_DRIFT_SHARE = 0.5
