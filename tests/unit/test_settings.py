@@ -6,7 +6,11 @@ from vigil.settings import Settings, get_settings
 
 
 def test_defaults_are_the_documented_contract(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    import os
+
+    # Integration fixtures of the same session export VIGIL_HOME and friends; defaults are about their absence.
+    for variable in [v for v in os.environ if v.startswith("VIGIL_")] + ["MLFLOW_TRACKING_URI"]:
+        monkeypatch.delenv(variable, raising=False)
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert (settings.mlflow_port, settings.http_port, settings.grpc_port) == (5000, 3000, 50051)
     assert str(settings.home) == ".vigil"
