@@ -1,8 +1,4 @@
-"""`vigil eval …`: score the classifier, compare versions under the promotion policy.
-
-`vigil eval rag` joins here once the RAG pipeline lands: its scoring belongs in ``evaluations/rag.py`` beside
-``sentiment.py``, reusing ``tracking`` (runs in `evaluations`), ``progress`` and the JSON-report pattern.
-"""
+"""`vigil eval …`: score the classifier, compare versions under the promotion policy, measure the RAG pipeline."""
 
 from __future__ import annotations
 
@@ -159,3 +155,55 @@ def eval_compare(
         _write_json(comparison, json_out)
     if not comparison.passed:
         raise typer.Exit(1)
+
+
+@app.command("rag")
+def eval_rag(
+    dataset: Path = typer.Option(
+        Path("data/rag/qa.jsonl"), "--dataset", help="QA pairs: JSONL of id, question, answers, passage_ids."
+    ),
+    endpoint: str | None = typer.Option(
+        None, "--endpoint", help="Evaluate a running Vigil at URL (POST URL/rag/query) instead of this process."
+    ),
+    k: int = typer.Option(5, "--k", min=1, max=50, help="Chunks retrieved and read per question (top_k)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Ask at most N questions (a seeded sample)."),
+    json_out: str | None = typer.Option(None, "--json", help="Also write the report as JSON to OUT ('-': stdout)."),
+) -> None:
+    """Passage recall@k, MRR, nDCG@k, answer containment and F1, groundedness, tokens and latency per question.
+
+    Logged to MLflow `evaluations`; with LANGSMITH_API_KEY set, also to LangSmith as a dataset and an experiment.
+    """
+    from evaluations.progress import progress_bars
+    from evaluations.rag import evaluate_rag
+    from vigil import registry
+
+    client = registry.connect()
+    with progress_bars(progress_console, transient=True) as progress:
+        report = evaluate_rag(client, dataset, endpoint=endpoint, k=k, limit=limit, progress=progress)
+    if json_out != "-":
+        metrics = report.metrics
+        where = report.endpoint or "in process"
+        table = Table("metric", "value", title=f"RAG on {report.dataset.name} ({metrics.questions} questions, "
+                                               f"k={report.k}, {where})")
+        for rank, recall in metrics.recall.items():
+            table.add_row(f"passage recall@{rank}", _number(recall))
+        table.add_row(f"MRR@{report.k}", _number(metrics.mrr))
+        for rank, ndcg in metrics.ndcg.items():
+            table.add_row(f"nDCG@{rank}", _number(ndcg))
+        table.add_row("answer containment", _number(metrics.answer_containment))
+        table.add_row("answer token F1", _number(metrics.token_f1))
+        table.add_row("groundedness", f"{_number(metrics.groundedness)} ({metrics.grounded_questions} answers judged)")
+        for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            stats = getattr(metrics, name)
+            table.add_row(f"{name.replace('_', ' ')} mean / p95", f"{stats.mean:.1f} / {stats.p95:.1f}")
+        table.add_row("latency p50 / p95", f"{metrics.latency_ms.p50:.1f} / {metrics.latency_ms.p95:.1f} ms")
+        console.print(table)
+        console.print(f"generator {report.generator} ({report.generator_model}) · embedder {report.embedder.name} "
+                      f"v{report.embedder.version} · data fingerprint {report.dataset.fingerprint}")
+        if report.langsmith is not None and report.langsmith.status != "skipped":
+            colour = "green" if report.langsmith.status == "logged" else "yellow"
+            console.print(f"[{colour}]LangSmith {report.langsmith.status}[/]: {report.langsmith.message}",
+                          soft_wrap=True)
+        console.print(_run_link(client, report.run_id))
+    if json_out:
+        _write_json(report, json_out)

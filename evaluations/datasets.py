@@ -1,4 +1,4 @@
-"""The rows an evaluation scores: the held-out test split, a whole domain, or a file.
+"""The rows an evaluation scores: the held-out test split, a whole domain, or a file; for RAG, QA pairs.
 
 `test` is rebuilt exactly as training built it — the same loader, limit and seeded split — from the parameters the
 version's training run logged, so a version is scored on sentences it never saw. Two versions trained alike share
@@ -8,6 +8,7 @@ splits minus every sentence either of them trained or validated on: the rows hel
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from vigil.settings import get_settings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+    from service.rag.evaluation import QAItem
 
 logger = logging.getLogger(__name__)
 
@@ -159,3 +162,46 @@ def _limited(frame: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
     except ValueError:
         # Too few rows per (domain, label) to stratify, e.g. a tiny file: a plain seeded sample is the best left.
         return frame.sample(n=limit, random_state=seed).reset_index(drop=True)
+
+
+@dataclass
+class QAData:
+    """Question/answer pairs with gold passages (``data/rag/qa.jsonl``), the ones a RAG evaluation asks."""
+
+    path: Path
+    items: list[QAItem]
+    description: str
+
+    @property
+    def fingerprint(self) -> str:
+        """A content hash of the questions asked (order-independent), like :func:`training.data.fingerprint`."""
+        digest = hashlib.sha256()
+        for line in sorted(item.model_dump_json() for item in self.items):
+            digest.update(line.encode("utf-8"))
+            digest.update(b"\n")
+        return digest.hexdigest()[:16]
+
+    @property
+    def documents(self) -> list[str]:
+        """The documents the gold passages belong to (``Super_Bowl_50_p000`` → ``Super_Bowl_50``)."""
+        return sorted({pid.rsplit("_p", 1)[0] for item in self.items for pid in item.passage_ids})
+
+
+def resolve_qa(path: Path, limit: int | None = None, seed: int | None = None) -> QAData:
+    """The QA pairs of a JSONL file (id, question, answers, passage_ids); a seeded sample of ``limit`` of them."""
+    from pydantic import ValidationError
+
+    from service.rag.evaluation import load_qa
+
+    if not path.is_file():
+        raise VigilError(f"no QA file {path}; --dataset takes a JSONL file of id, question, answers, passage_ids.")
+    seed = get_settings().seed if seed is None else seed
+    try:
+        items = load_qa(path, sample=limit, seed=seed)
+    except (ValidationError, ValueError) as error:
+        raise VigilError(f"{path} is not a QA file of id, question, answers, passage_ids lines: {error}") from None
+    if not items:
+        raise VigilError(f"{path} holds no questions.")
+    description = f"{path} ({len(items)} questions"
+    description += f", a sample of {limit} with seed {seed})" if limit and len(items) == limit else ")"
+    return QAData(path, items, description)

@@ -97,3 +97,67 @@ class Comparison(BaseModel):
     @property
     def refusals(self) -> list[str]:
         return [rule.reason for rule in self.rules if not rule.passed]
+
+
+class RagQuestionResult(BaseModel):
+    """One question of a RAG evaluation: what came back and how each evaluator scored it."""
+
+    id: str
+    question: str
+    gold_answers: list[str]
+    gold_passages: list[str]
+    answer: str
+    passages: list[str] = Field(description="passage ids of the cited chunks, ranked, each once")
+    first_relevant_rank: int | None = Field(description="rank of the first gold passage in `passages`")
+    scores: dict[str, float | None] = Field(description="evaluator → score (None: nothing to judge)")
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    latency_ms: float
+
+
+class Distribution(BaseModel):
+    mean: float
+    p50: float
+    p95: float
+
+
+class RagMetrics(BaseModel):
+    questions: int
+    k: int = Field(description="chunks retrieved and read per question (top_k)")
+    recall: dict[int, float] = Field(description="k → share of questions with a gold passage in the first k")
+    mrr: float = Field(description="mean reciprocal rank of the first gold passage within the first k")
+    ndcg: dict[int, float] = Field(description="k → mean nDCG@k, binary relevance")
+    answer_containment: float = Field(description="share of answers containing a gold answer (SQuAD-normalised)")
+    token_f1: float = Field(description="mean SQuAD token F1 against the best-matching gold answer")
+    groundedness: float | None = Field(
+        description="mean over questions of the share of answer sentences found in the context they cite"
+    )
+    grounded_questions: int = Field(description="questions whose answer had a sentence to judge")
+    prompt_tokens: Distribution
+    completion_tokens: Distribution
+    total_tokens: Distribution
+    latency_ms: Distribution = Field(description="per question, end to end as the caller saw it")
+
+
+class LangSmithOutcome(BaseModel):
+    status: Literal["logged", "failed", "skipped"]
+    message: str
+    dataset: str | None = None
+    experiment: str | None = None
+    url: str | None = None
+
+
+class RagEvaluation(BaseModel):
+    dataset: DatasetInfo
+    source: Literal["in-process", "endpoint"]
+    endpoint: str | None = None
+    k: int
+    limit: int | None = None
+    generator: str = Field(description="generator name (extractive | openai)")
+    generator_model: str
+    embedder: ModelIdentity
+    metrics: RagMetrics
+    run_id: str | None = Field(None, description="MLflow run in experiment `evaluations`")
+    langsmith: LangSmithOutcome | None = None
+    results: list[RagQuestionResult] = Field(default_factory=list)

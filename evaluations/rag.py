@@ -1,0 +1,451 @@
+"""Evaluate the RAG pipeline on QA pairs and log the evidence to MLflow (`evaluations`) and, when set up, LangSmith.
+
+Every question is asked once, as a user would ask it — ``pipeline.query(question, k)`` in process, or
+``POST {endpoint}/rag/query`` against a running Vigil — and everything is judged on that one answer: retrieval on
+the passages of the chunks it cites (the chunks the generator read), the answer against the gold answers, and
+groundedness against the cited text. Both sources therefore give the same figures for the same store.
+
+The evaluators are one function, :func:`score_outputs`; LangSmith gets the same function wrapped as its evaluator,
+fed the answers already measured, so the two never disagree and no question is asked twice.
+
+Run: `vigil.eval.kind=rag`, with metrics, params, `evaluation.json` (the report) and `results.json` (one row per
+question, an MLflow table).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from evaluations import tracking
+from evaluations.datasets import QAData, resolve_qa
+from evaluations.schemas import (
+    DatasetInfo,
+    Distribution,
+    LangSmithOutcome,
+    ModelIdentity,
+    RagEvaluation,
+    RagMetrics,
+    RagQuestionResult,
+)
+from evaluations.scoring import ProgressCallback
+from service.rag.metrics import (
+    answer_containment,
+    contains_answer,
+    dedupe,
+    first_relevant_rank,
+    groundedness,
+    ndcg_at_k,
+    retrieval_metrics,
+    token_f1,
+)
+from service.rag.schemas import Citation, EmbeddingModelInfo, GeneratorInfo, Usage
+from vigil.errors import VigilError
+from vigil.settings import get_settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from service.rag.evaluation import QAItem
+    from service.rag.pipeline import RagPipeline
+    from vigil.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+QUERY_PATH = "/rag/query"
+# Ranks reported besides k itself, where they fit under it.
+REPORTED_KS = (1, 3, 5, 10)
+EVALUATORS = ("recall_at_k", "reciprocal_rank", "ndcg_at_k", "answer_containment", "token_f1", "groundedness")
+
+
+# --- asking -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answered:
+    """One answer as the caller received it, and how long the caller waited."""
+
+    answer: str
+    citations: list[Citation]
+    usage: Usage
+    generator: GeneratorInfo
+    embedding_model: EmbeddingModelInfo
+    seconds: float
+
+
+class Answerer(Protocol):
+    source: str
+
+    def ask(self, question: str, top_k: int) -> Answered: ...
+
+    def close(self) -> None: ...
+
+
+class RagQueryResponse(BaseModel):
+    """The body of ``POST /rag/query`` (``model`` is the embedding model)."""
+
+    answer: str
+    citations: list[Citation]
+    usage: Usage
+    generator: GeneratorInfo
+    model: EmbeddingModelInfo
+    trace_id: str | None = None
+
+
+class EndpointAnswerer:
+    """A running Vigil, over HTTP."""
+
+    source = "endpoint"
+
+    def __init__(self, url: str, timeout: float = 120.0) -> None:
+        self.url = url.rstrip("/")
+        self._client = httpx.Client(timeout=timeout)
+
+    def ask(self, question: str, top_k: int) -> Answered:
+        started = time.perf_counter()
+        try:
+            response = self._client.post(f"{self.url}{QUERY_PATH}", json={"question": question, "top_k": top_k})
+        except httpx.HTTPError as error:
+            raise VigilError(f"Vigil endpoint {self.url} not reachable ({type(error).__name__}).") from None
+        seconds = time.perf_counter() - started
+        if response.status_code != 200:
+            raise VigilError(f"{self.url}{QUERY_PATH} answered {response.status_code}: {response.text[:300]}")
+        try:
+            body = RagQueryResponse.model_validate_json(response.content)
+        except ValidationError as error:
+            raise VigilError(f"{self.url}{QUERY_PATH} answered an unexpected body: {error.errors()[:2]}") from None
+        return Answered(body.answer, body.citations, body.usage, body.generator, body.model, seconds)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class InProcessAnswerer:
+    """The RAG pipeline of this process, on the configured Milvus store."""
+
+    source = "in-process"
+
+    def __init__(self, pipeline: RagPipeline) -> None:
+        self.pipeline = pipeline
+
+    @classmethod
+    def open(cls, settings: Settings) -> InProcessAnswerer:
+        """The pipeline the settings describe, warmed up; a clear error when its store is taken or empty."""
+        from service.rag.client import service_is_up, service_url
+        from service.rag.errors import StoreUnavailable
+        from service.rag.pipeline import RagPipeline
+        from service.rag.store import is_lite
+
+        lite = is_lite(settings.milvus_target)
+        url = service_url(settings.http_port)
+        hint = f"evaluate the running service instead: vigil eval rag --endpoint {url} …"
+        # Milvus Lite is single-process: a running `vigil serve` holds the store's lock.
+        if lite and service_is_up(url):
+            raise VigilError(f"a Vigil service is running at {url} and owns the Milvus Lite store "
+                             f"{settings.milvus_target}; {hint}")
+        logging.getLogger("milvus_lite.server_manager").setLevel(logging.CRITICAL)
+        pipeline = RagPipeline.from_settings(settings)
+        try:
+            pipeline.warm_up()
+            chunks = pipeline.stats().chunks
+        except StoreUnavailable as error:
+            pipeline.close()
+            raise VigilError(f"{error}\nWith `vigil serve` running, {hint}" if lite else str(error)) from None
+        if not chunks:
+            pipeline.close()
+            raise VigilError(f"the RAG collection {settings.rag_collection} at {settings.milvus_target} is empty; "
+                             "ingest documents first (vigil rag ingest data/rag/corpus.jsonl).")
+        return cls(pipeline)
+
+    def ask(self, question: str, top_k: int) -> Answered:
+        started = time.perf_counter()
+        answer = self.pipeline.query(question, top_k)
+        seconds = time.perf_counter() - started
+        return Answered(answer.answer, answer.citations, answer.usage, answer.generator, answer.embedding_model,
+                        seconds)
+
+    def close(self) -> None:
+        self.pipeline.close()
+
+
+# --- judging ------------------------------------------------------------------------------------------------------
+
+
+def outputs_of(answered: Answered) -> dict[str, Any]:
+    """What the evaluators judge of an answer (also the LangSmith run's outputs)."""
+    return {
+        "answer": answered.answer,
+        "passages": dedupe(c.document_id for c in answered.citations),
+        "contexts": [c.text for c in answered.citations],
+        "usage": answered.usage.model_dump(),
+    }
+
+
+def reference_of(item: QAItem) -> dict[str, Any]:
+    """The gold side of a question (also the LangSmith example's outputs)."""
+    return {"answers": list(item.answers), "passage_ids": list(item.passage_ids)}
+
+
+def score_outputs(outputs: Mapping[str, Any], reference: Mapping[str, Any], k: int) -> dict[str, float | None]:
+    """Every evaluator on one answer; None where there is nothing to judge (groundedness without context)."""
+    passages, gold = list(outputs["passages"]), set(reference["passage_ids"])
+    first = first_relevant_rank(passages, gold, k)
+    return {
+        "recall_at_k": float(first is not None),
+        "reciprocal_rank": 1.0 / first if first else 0.0,
+        "ndcg_at_k": ndcg_at_k(passages, gold, k),
+        "answer_containment": float(contains_answer(outputs["answer"], reference["answers"])),
+        "token_f1": token_f1(outputs["answer"], reference["answers"]),
+        "groundedness": groundedness(outputs["answer"], list(outputs["contexts"])),
+    }
+
+
+def distribution(values: Sequence[float]) -> Distribution:
+    if not values:
+        return Distribution(mean=0.0, p50=0.0, p95=0.0)
+    array = np.asarray(values, dtype=np.float64)
+    p50, p95 = np.percentile(array, [50, 95])
+    return Distribution(mean=float(array.mean()), p50=float(p50), p95=float(p95))
+
+
+def summarize(results: Sequence[RagQuestionResult], k: int) -> RagMetrics:
+    """The evaluation's figures from its per-question results."""
+    ks = sorted({*(r for r in REPORTED_KS if r <= k), k})
+    retrieval = retrieval_metrics([r.passages for r in results], [set(r.gold_passages) for r in results], ks)
+    grounded = [score for r in results if (score := r.scores.get("groundedness")) is not None]
+    return RagMetrics(
+        questions=len(results),
+        k=k,
+        recall=retrieval.recall,
+        mrr=retrieval.mrr,
+        ndcg=retrieval.ndcg,
+        answer_containment=answer_containment([r.answer for r in results], [r.gold_answers for r in results]),
+        token_f1=float(np.mean([r.scores["token_f1"] or 0.0 for r in results])) if results else 0.0,
+        groundedness=float(np.mean(grounded)) if grounded else None,
+        grounded_questions=len(grounded),
+        prompt_tokens=distribution([r.prompt_tokens for r in results]),
+        completion_tokens=distribution([r.completion_tokens for r in results]),
+        total_tokens=distribution([r.total_tokens for r in results]),
+        latency_ms=distribution([r.latency_ms for r in results]),
+    )
+
+
+def ask_all(
+    answerer: Answerer, items: Sequence[QAItem], k: int, progress: ProgressCallback | None = None
+) -> tuple[list[RagQuestionResult], list[Answered]]:
+    """Each question once, judged on the spot."""
+    results: list[RagQuestionResult] = []
+    answers: list[Answered] = []
+    phase = f"asking {len(items)} questions ({answerer.source})"
+    if progress:
+        progress(phase, 0, len(items))
+    for done, item in enumerate(items, start=1):
+        answered = answerer.ask(item.question, k)
+        outputs = outputs_of(answered)
+        results.append(RagQuestionResult(
+            id=item.id, question=item.question, gold_answers=list(item.answers),
+            gold_passages=list(item.passage_ids), answer=answered.answer, passages=outputs["passages"],
+            first_relevant_rank=first_relevant_rank(outputs["passages"], set(item.passage_ids), k),
+            scores=score_outputs(outputs, reference_of(item), k),
+            prompt_tokens=answered.usage.prompt_tokens, completion_tokens=answered.usage.completion_tokens,
+            total_tokens=answered.usage.total_tokens, latency_ms=answered.seconds * 1000.0,
+        ))
+        answers.append(answered)
+        if progress:
+            progress(phase, done, len(items))
+    return results, answers
+
+
+# --- the evaluation -----------------------------------------------------------------------------------------------
+
+
+def evaluate_rag(
+    client: MlflowClient,
+    dataset: Path,
+    *,
+    endpoint: str | None = None,
+    k: int = 5,
+    limit: int | None = None,
+    progress: ProgressCallback | None = None,
+    answerer: Answerer | None = None,
+) -> RagEvaluation:
+    """Ask ``dataset``'s questions (``limit`` of them, seeded) with top_k ``k`` and log the run; the report.
+
+    With ``endpoint`` the answers come from a running Vigil's ``POST /rag/query``; otherwise from the pipeline of
+    this process (``answerer`` replaces both, for callers that hold a pipeline already).
+    """
+    from service.rag.pipeline import validate_top_k
+
+    settings = get_settings()
+    validate_top_k(k)
+    data = resolve_qa(dataset, limit)
+    if answerer is None:
+        answerer = EndpointAnswerer(endpoint) if endpoint else InProcessAnswerer.open(settings)
+    try:
+        results, answers = ask_all(answerer, data.items, k, progress)
+    finally:
+        answerer.close()
+    first = answers[0]
+    report = RagEvaluation(
+        dataset=DatasetInfo(name=str(dataset), fingerprint=data.fingerprint, rows=len(data.items),
+                            domains=data.documents, description=data.description),
+        source="endpoint" if answerer.source == "endpoint" else "in-process", endpoint=endpoint, k=k, limit=limit,
+        generator=first.generator.name, generator_model=first.generator.model,
+        embedder=ModelIdentity(name=first.embedding_model.name, version=first.embedding_model.version),
+        metrics=summarize(results, k), results=results,
+    )
+    _log_run(client, data, report)
+    if settings.langsmith_api_key.get_secret_value():
+        if progress:
+            progress("LangSmith", 0, 1)
+        report.langsmith = log_to_langsmith(settings, data, report, answers)
+        if progress:
+            progress("LangSmith", 1, 1)
+        client.set_tag(report.run_id or "", "vigil.langsmith", report.langsmith.status)
+    else:
+        report.langsmith = LangSmithOutcome(status="skipped", message="LANGSMITH_API_KEY not set: evaluated locally")
+    logger.info("RAG evaluation of %d questions (%s): run %s", len(results), report.source, report.run_id)
+    return report
+
+
+def flat_metrics(metrics: RagMetrics) -> dict[str, float | None]:
+    """The figures as MLflow metric keys."""
+    values: dict[str, float | None] = {
+        "questions": metrics.questions, "mrr": metrics.mrr, "answer_containment": metrics.answer_containment,
+        "token_f1": metrics.token_f1, "groundedness": metrics.groundedness,
+    }
+    values.update({f"recall_at_{k}": v for k, v in metrics.recall.items()})
+    values.update({f"ndcg_at_{k}": v for k, v in metrics.ndcg.items()})
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens", "latency_ms"):
+        stats: Distribution = getattr(metrics, name)
+        unit = name.removesuffix("_ms")
+        suffix = "_ms" if name == "latency_ms" else ""
+        values.update({f"{unit}_mean{suffix}": stats.mean, f"{unit}_p50{suffix}": stats.p50,
+                       f"{unit}_p95{suffix}": stats.p95})
+    return values
+
+
+def _log_run(client: MlflowClient, data: QAData, report: RagEvaluation) -> None:
+    import pandas as pd
+
+    tags = {
+        "vigil.eval.kind": "rag",
+        "vigil.eval.source": report.source,
+        "vigil.eval.endpoint": report.endpoint or "",
+        "vigil.model": report.embedder.name,
+        "vigil.model_version": report.embedder.version,
+        "vigil.rag.embedder": report.embedder.name,
+        "vigil.rag.embedder_version": report.embedder.version,
+        "vigil.rag.generator": report.generator,
+        "vigil.rag.generator_model": report.generator_model,
+        "vigil.rag.k": str(report.k),
+        "vigil.rag.limit": str(report.limit or ""),
+        "dataset.name": report.dataset.name,
+        "dataset.fingerprint": report.dataset.fingerprint,
+    }
+    name = f"eval rag k={report.k} on {data.path.name} ({report.dataset.rows} questions, {report.source})"
+    with tracking.evaluation_run(client, name, tags) as run_id:
+        report.run_id = run_id
+        tracking.log_values(
+            client, run_id, metrics=flat_metrics(report.metrics),
+            params={"dataset": report.dataset.name, "data_description": report.dataset.description,
+                    "questions": report.dataset.rows, "k": report.k, "limit": report.limit or "",
+                    "seed": get_settings().seed, "source": report.source, "endpoint": report.endpoint or "",
+                    "generator": report.generator, "generator_model": report.generator_model,
+                    "embedder": report.embedder.name, "embedder_version": report.embedder.version},
+        )
+        client.log_dict(run_id, json.loads(report.model_dump_json()), "evaluation.json")
+        rows = pd.DataFrame([{
+            "id": r.id, "question": r.question, "answer": r.answer, "gold_answers": " | ".join(r.gold_answers),
+            "gold_passages": " ".join(r.gold_passages), "passages": " ".join(r.passages),
+            "first_relevant_rank": r.first_relevant_rank, **r.scores, "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens, "total_tokens": r.total_tokens, "latency_ms": r.latency_ms,
+        } for r in report.results])
+        client.log_table(run_id, rows, "results.json")
+
+
+# --- LangSmith ----------------------------------------------------------------------------------------------------
+
+
+def langsmith_evaluator(k: int) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
+    """:func:`score_outputs` in the shape LangSmith's ``evaluate`` calls: one feedback per evaluator."""
+
+    def vigil_rag(outputs: dict[str, Any], reference_outputs: dict[str, Any]) -> dict[str, Any]:
+        scores = score_outputs(outputs, reference_outputs, k)
+        return {"results": [{"key": key, "score": value} for key, value in scores.items() if value is not None]}
+
+    return vigil_rag
+
+
+def log_to_langsmith(
+    settings: Settings, data: QAData, report: RagEvaluation, answers: Sequence[Answered],
+    timeout_ms: int = 10_000,
+) -> LangSmithOutcome:
+    """The questions as a LangSmith dataset (one per content fingerprint) and these answers as an experiment.
+
+    Never raises: LangSmith is a second home for the figures, and MLflow has them already.
+    """
+    endpoint = settings.langsmith_endpoint
+    dataset_name = f"vigil-rag-{data.path.stem}-{data.fingerprint}"
+    # The client logs every retry and failure at length; one message below says what happened.
+    noisy = [logging.getLogger(name) for name in ("langsmith", "urllib3.connectionpool")]
+    levels = [log.level for log in noisy]
+    for log in noisy:
+        log.setLevel(logging.CRITICAL)
+    try:
+        return _log_to_langsmith(settings, data, report, answers, dataset_name, timeout_ms)
+    except Exception as error:  # whatever LangSmith does, the local evaluation stands
+        reason = (str(error).splitlines() or [""])[0][:200]
+        message = (f"LangSmith at {endpoint} failed ({type(error).__name__}: {reason}); "
+                   "the evaluation ran locally and is in MLflow")
+        logger.warning(message)
+        return LangSmithOutcome(status="failed", message=message, dataset=dataset_name)
+    finally:
+        for log, level in zip(noisy, levels, strict=True):
+            log.setLevel(level)
+
+
+def _log_to_langsmith(
+    settings: Settings, data: QAData, report: RagEvaluation, answers: Sequence[Answered], dataset_name: str,
+    timeout_ms: int,
+) -> LangSmithOutcome:
+    from langsmith import Client
+    from langsmith.evaluation import evaluate
+    from urllib3.util.retry import Retry
+
+    client = Client(api_url=settings.langsmith_endpoint, api_key=settings.langsmith_api_key.get_secret_value(),
+                    timeout_ms=timeout_ms, retry_config=Retry(total=1, backoff_factor=0.2))
+    if not client.has_dataset(dataset_name=dataset_name):
+        created = client.create_dataset(dataset_name, description=f"Vigil RAG QA: {data.description}")
+        client.create_examples(dataset_id=created.id, examples=[
+            {"inputs": {"id": item.id, "question": item.question}, "outputs": reference_of(item),
+             "metadata": {"qa_id": item.id}} for item in data.items])
+    # The answers measured above, not new ones: LangSmith scores exactly what MLflow recorded.
+    by_id = {item.id: outputs_of(answered) for item, answered in zip(data.items, answers, strict=True)}
+
+    def target(inputs: dict[str, Any]) -> dict[str, Any]:
+        return by_id[inputs["id"]]
+
+    results = evaluate(
+        target, data=dataset_name, evaluators=[langsmith_evaluator(report.k)], client=client,
+        experiment_prefix=f"vigil-rag-{report.generator}-k{report.k}",
+        description=f"vigil eval rag ({report.source}); MLflow run {report.run_id}",
+        metadata={"source": report.source, "endpoint": report.endpoint or "", "k": report.k,
+                  "generator": report.generator, "generator_model": report.generator_model,
+                  "embedder": report.embedder.name, "embedder_version": report.embedder.version,
+                  "dataset_fingerprint": data.fingerprint, "mlflow_run_id": report.run_id or ""},
+        max_concurrency=0, blocking=True,
+    )
+    experiment = str(getattr(results, "experiment_name", "") or "")
+    client.flush()
+    return LangSmithOutcome(status="logged", message=f"dataset {dataset_name}, experiment {experiment}",
+                        dataset=dataset_name, experiment=experiment)
