@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 
-from tests.conftest import VIGIL_BIN, free_port
+from tests.conftest import REPO_ROOT, VIGIL_BIN, free_port, wait_until
+from tests.otlp_receiver import OtlpReceiver, otlp_receiver
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 
 @dataclass(frozen=True)
@@ -69,3 +78,93 @@ def trained_twice(vigil_env: VigilEnv) -> tuple[str, str]:
     vigil_env.run(*TRAIN_ARGS)
     vigil_env.run(*TRAIN_ARGS)
     return "1", "2"
+
+
+# --- a running `vigil serve`, shared by the serving and RAG-evaluation tests -----------------------------------
+
+MODEL = "serving-sentiment"
+RAG_TITLES = {"Super Bowl 50", "Warsaw"}
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    http: str
+    grpc_target: str
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    # A copy of the Milvus Lite store as the service got it, for in-process runs on the same data (the service
+    # holds the store's lock, and tests add documents to it).
+    milvus_snapshot: Path | None = None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_server(env: dict[str, str], log: Path, expect_ready: bool = True) -> Server:
+    http_port, grpc_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [VIGIL_BIN, "serve", "--port", str(http_port), "--grpc-port", str(grpc_port)],
+        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    server = Server(process, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", log, env)
+
+    def answering() -> bool:
+        assert process.poll() is None, log.read_text()[-3000:]
+        try:
+            status = httpx.get(f"{server.http}/readyz", timeout=2).status_code
+        except httpx.HTTPError:
+            return False
+        return status == 200 if expect_ready else status in (200, 503)
+
+    try:
+        wait_until(answering, timeout=180, interval=0.5, what="vigil serve")
+    except AssertionError:
+        server.stop()
+        raise AssertionError(f"vigil serve did not come up:\n{log.read_text()[-3000:]}") from None
+    return server
+
+
+@pytest.fixture(scope="session")
+def registry_client(vigil_env: VigilEnv, trained_twice: tuple[str, str]) -> MlflowClient:
+    """`serving-sentiment` v1 = a copy of the trained `sentiment` v1, champion; other tests move `sentiment`."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(vigil_env.tracking_uri)
+    client.copy_model_version("models:/sentiment/1", MODEL)
+    vigil_env.run("models", "promote", MODEL, "--version", "1", "--reason", "serving tests")
+    return client
+
+
+@pytest.fixture(scope="session")
+def langsmith() -> Iterator[OtlpReceiver]:
+    """LangSmith's cloud cannot run here: a local endpoint that decodes real OTLP stands in for it."""
+    with otlp_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def server(vigil_env: VigilEnv, registry_client: MlflowClient, langsmith: OtlpReceiver,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One `vigil serve` for the session; the serving tests stop it at their end (shutdown is what they test)."""
+    home = tmp_path_factory.mktemp("serve-home")
+    env = {**vigil_env.env, "VIGIL_HOME": str(home), "VIGIL_SENTIMENT_MODEL_NAME": MODEL,
+           "VIGIL_ALIAS_POLL_SECONDS": "1", "VIGIL_TRACING": "otlp", "LANGSMITH_API_KEY": "ls-test-key",
+           "LANGSMITH_ENDPOINT": langsmith.url, "LANGSMITH_PROJECT": "vigil-tests", "VIGIL_API_TOKEN": "test-token"}
+    # A few articles of the shipped corpus, ingested before the service takes the Milvus Lite store.
+    corpus = home / "corpus.jsonl"
+    corpus.write_text("".join(line for line in (REPO_ROOT / "data" / "rag" / "corpus.jsonl").open()
+                              if json.loads(line)["title"] in RAG_TITLES))
+    vigil_env.run("rag", "ingest", str(corpus), extra_env=env, timeout=300)
+    snapshot = tmp_path_factory.mktemp("serve-milvus-snapshot") / "milvus"
+    shutil.copytree(home / "milvus", snapshot)
+    running = start_server(env, home / "serve.log")
+    running.milvus_snapshot = snapshot
+    yield running
+    running.stop()

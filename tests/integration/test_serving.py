@@ -4,12 +4,7 @@ alias following under load, and serving from the local cache when MLflow is away
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -24,89 +19,12 @@ from mlflow import MlflowClient
 from monitoring.records import create_engine, read_frame
 from service.oip import grpc_service_pb2 as pb
 from service.oip import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import REPO_ROOT, VIGIL_BIN, free_port, wait_until
-from tests.integration.conftest import VigilEnv
-from tests.otlp_receiver import OtlpReceiver, otlp_receiver
+from tests.conftest import free_port, wait_until
+from tests.integration.conftest import MODEL, Server, VigilEnv, start_server
+from tests.otlp_receiver import OtlpReceiver
 
-MODEL = "serving-sentiment"
-RAG_TITLES = {"Super Bowl 50", "Warsaw"}
 POSITIVE = "I love this phone, it works great and the battery lasts forever."
 NEGATIVE = "Terrible quality, it broke after one day. Waste of money."
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    http: str
-    grpc_target: str
-    log: Path
-    env: dict[str, str] = field(default_factory=dict)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-
-def start_server(env: dict[str, str], log: Path, expect_ready: bool = True) -> Server:
-    http_port, grpc_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [VIGIL_BIN, "serve", "--port", str(http_port), "--grpc-port", str(grpc_port)],
-        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    server = Server(process, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", log, env)
-
-    def answering() -> bool:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            status = httpx.get(f"{server.http}/readyz", timeout=2).status_code
-        except httpx.HTTPError:
-            return False
-        return status == 200 if expect_ready else status in (200, 503)
-
-    try:
-        wait_until(answering, timeout=180, interval=0.5, what="vigil serve")
-    except AssertionError:
-        server.stop()
-        raise AssertionError(f"vigil serve did not come up:\n{log.read_text()[-3000:]}") from None
-    return server
-
-
-@pytest.fixture(scope="module")
-def registry_client(vigil_env: VigilEnv, trained_twice: tuple[str, str]) -> MlflowClient:
-    """`serving-sentiment` v1 = a copy of the trained `sentiment` v1, champion; other tests move `sentiment`."""
-    client = MlflowClient(vigil_env.tracking_uri)
-    client.copy_model_version("models:/sentiment/1", MODEL)
-    vigil_env.run("models", "promote", MODEL, "--version", "1", "--reason", "serving tests")
-    return client
-
-
-@pytest.fixture(scope="module")
-def langsmith() -> Iterator[OtlpReceiver]:
-    """LangSmith's cloud cannot run here: a local endpoint that decodes real OTLP stands in for it."""
-    with otlp_receiver() as receiver:
-        yield receiver
-
-
-@pytest.fixture(scope="module")
-def server(vigil_env: VigilEnv, registry_client: MlflowClient, langsmith: OtlpReceiver,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("serve-home")
-    env = {**vigil_env.env, "VIGIL_HOME": str(home), "VIGIL_SENTIMENT_MODEL_NAME": MODEL,
-           "VIGIL_ALIAS_POLL_SECONDS": "1", "VIGIL_TRACING": "otlp", "LANGSMITH_API_KEY": "ls-test-key",
-           "LANGSMITH_ENDPOINT": langsmith.url, "LANGSMITH_PROJECT": "vigil-tests", "VIGIL_API_TOKEN": "test-token"}
-    # A few articles of the shipped corpus, ingested before the service takes the Milvus Lite store.
-    corpus = home / "corpus.jsonl"
-    corpus.write_text("".join(line for line in (REPO_ROOT / "data" / "rag" / "corpus.jsonl").open()
-                              if json.loads(line)["title"] in RAG_TITLES))
-    vigil_env.run("rag", "ingest", str(corpus), extra_env=env, timeout=300)
-    running = start_server(env, home / "serve.log")
-    yield running
-    running.stop()
 
 
 def predict(server: Server, body: object, **kwargs: object) -> httpx.Response:
