@@ -71,6 +71,8 @@ class ModelHolder:
         poll_seconds: float,
         bundle_dir: Path | None = None,
         on_swap: Any = None,
+        runtime: str = "torch",
+        threads: int = 1,
     ) -> None:
         self.name = name
         self.alias = alias
@@ -78,6 +80,8 @@ class ModelHolder:
         self.poll_seconds = poll_seconds
         self.bundle_dir = bundle_dir
         self.on_swap = on_swap
+        self.runtime = runtime
+        self.threads = threads
         self.status = HolderStatus()
         self._current: LoadedModel | None = None
         self._stop = threading.Event()
@@ -124,7 +128,7 @@ class ModelHolder:
             return False
         with self._load_lock:
             model_dir = self._download(str(version.version))
-            classifier = load_model_dir(model_dir)
+            classifier = self._load(model_dir, version.run_id or f"v{version.version}")
             loaded = LoadedModel(self.name, str(version.version), self.alias, version.run_id or "", "registry",
                                  classifier)
             self._swap(loaded)
@@ -146,6 +150,17 @@ class ModelHolder:
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         return target
+
+    def _load(self, model_dir: Path, key: str) -> SentimentClassifier:
+        """The classifier in ``model_dir``, on the configured runtime; torch when the ONNX path fails."""
+        classifier = load_model_dir(model_dir)
+        if self.runtime == "onnx":
+            try:
+                # Exported once per run id into the cache, never into the model folder (a Bento's is read-only).
+                classifier.use_onnx(self.cache_dir / "onnx" / f"{key}.onnx", self.threads)
+            except Exception:
+                logger.exception("ONNX Runtime unavailable for %s; serving with torch", key)
+        return classifier
 
     def _swap(self, loaded: LoadedModel) -> None:
         previous = self._current
@@ -175,13 +190,14 @@ class ModelHolder:
             self.status.reason = reason
             logger.warning(reason)
             loaded = LoadedModel(self.name, pointer["version"], self.alias, pointer.get("run_id", ""), "cache",
-                                 load_model_dir(model_dir))
+                                 self._load(model_dir, pointer.get("run_id") or f"v{pointer['version']}"))
             self._swap(loaded)
             return
         if self.bundle_dir is not None and (self.bundle_dir / "MLmodel").exists():
             meta = json.loads((self.bundle_dir / "vigil_bundle.json").read_text())
             loaded = LoadedModel(self.name, meta["version"], meta.get("alias", self.alias), meta.get("run_id", ""),
-                                 "bundle", load_model_dir(self.bundle_dir))
+                                 "bundle",
+                                 self._load(self.bundle_dir, meta.get("run_id") or f"v{meta['version']}"))
             self._swap(loaded)
             self._mark_ready(degraded=False, reason="")
             return
@@ -217,6 +233,7 @@ class ModelHolder:
             "version": model.version if model else None,
             "run_id": model.run_id if model else None,
             "source": model.source if model else None,
+            "runtime": model.classifier.runtime if model else None,
             "loaded_at": model.loaded_at if model else None,
             "ready": self.status.ready,
             "degraded": self.status.degraded,

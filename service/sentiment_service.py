@@ -27,7 +27,7 @@ class ScoredText(BaseModel):
 
 
 def torch_threads() -> int:
-    """Intra-op threads for the model: one by default.
+    """Intra-op threads for the model (torch or ONNX Runtime): one by default.
 
     Measured on this 2-core machine: with 2 threads, MiniLM's throughput fell 20x (68 → 3 texts/s at batch 1,
     157 → 32 at batch 64) as soon as other processes (the API worker, the load) wanted a core, because OpenMP's
@@ -55,6 +55,8 @@ class SentimentModel:
             settings.alias_poll_seconds,
             bundle_dir=packaged_model_dir(),
             on_swap=self._count_swap,
+            runtime=settings.model_runtime,
+            threads=torch_threads(),
         )
         self.holder.start()
         if self.holder.current is not None:

@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     batch_max_latency_ms: int = Field(
         1000, ge=1, description="Adaptive batching: latency budget before a request is refused as overloaded."
     )
+    model_calls_in_flight: int = Field(
+        2, ge=1, description="Calls from the API worker to the model service at once; requests that arrive "
+        "meanwhile share the next call (see service/coalescer.py)."
+    )
+    model_runtime: Literal["onnx", "torch"] = Field(
+        "onnx", description="What runs the served classifier: ONNX Runtime (an export of the same network, "
+        "checked against torch at load) or torch."
+    )
 
     # --- tracing -------------------------------------------------------------------------------------------
     tracing: Literal["otlp", "console", "off"] = Field("otlp", description="Where spans go.")
