@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from service.coalescer import Coalescer
 from service.errors import ApiError, not_ready, overloaded
 from service.oip import codec
 from service.oip.grpc_server import InferOutcome, ModelBackend, TensorSpec, start_grpc_server
@@ -117,6 +118,8 @@ class Vigil:
         self.settings = get_settings()
         self.model_name = self.settings.sentiment_model_name
         self.telemetry = ServingTelemetry(self.settings)
+        self.coalescer: Coalescer[Any] = Coalescer(self._call_model, max_items=self.settings.batch_max_size,
+                                                        max_in_flight=self.settings.model_calls_in_flight)
         self._grpc_server: Any = None
 
     # --- the one prediction path ---------------------------------------------------------------------------
@@ -127,7 +130,7 @@ class Vigil:
         with self.telemetry.predict_span(headers, protocol, endpoint) as span:
             try:
                 validate_texts(texts, self.settings)
-                scored = await self._call_model(texts)
+                scored = await self.coalescer.submit(texts)
             except ApiError as error:
                 self.telemetry.refused(error.code)
                 raise
