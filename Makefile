@@ -51,8 +51,10 @@ proto: install
 
 bench-serving: install
 	$(BIN)/vigil mlflow up
+	$(BIN)/vigil train embedder --if-missing
 	$(BIN)/vigil train sentiment --if-missing
-	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/serving.py --variant torch:VIGIL_MODEL_RUNTIME=torch \
+		--variant uncoalesced:VIGIL_MODEL_CALLS_IN_FLIGHT=1000
 
 bench-telemetry: install
 	$(BIN)/vigil mlflow up

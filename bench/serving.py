@@ -1,10 +1,12 @@
 """Serving benchmark: Vigil REST and gRPC vs. the in-process ceiling and the seed's Flask design, in one run.
 
-    make bench-serving        (or: .venv/bin/python bench/serving.py [--seconds 10])
+    make bench-serving        (or: .venv/bin/python bench/serving.py [--seconds 10] [--variant LABEL:VAR=VALUE])
 
-Needs the embedded stack with a champion (`make run` brings it up). Every target serves the same model version
-and answers the same request mix (single sentences from the dataset); the load generator runs on the same machine,
-so the figures that matter are the ratios between targets measured in this one run.
+Needs the embedded stack with a champion and the RAG corpus (`make bench-serving` brings up what is missing).
+Every target serves the same model version and answers the same request mix (single sentences from the dataset);
+the load generator runs on the same machine, so the figures that matter are the ratios between targets measured
+in this one run. One server runs at a time: Vigil (REST, gRPC, then `/rag/query` at concurrency 1 and 8), each
+`--variant` (the same server started with other settings, REST only), then Flask under gunicorn.
 """
 
 from __future__ import annotations
@@ -14,16 +16,20 @@ import asyncio
 import json
 import os
 import platform
+import random
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import grpc
 import httpx
 
@@ -98,12 +104,27 @@ async def run_load(name: str, concurrency: int, seconds: float, texts: list[str]
                   round(percentile(latencies, 0.50) * 1000, 1), round(percentile(latencies, 0.99) * 1000, 1))
 
 
-def rest_caller(client: httpx.AsyncClient, url: str) -> Callable[[str], Awaitable[bool]]:
+def rest_caller(session: aiohttp.ClientSession, url: str) -> Callable[[str], Awaitable[bool]]:
+    # aiohttp rather than httpx: the load generator shares the two cores with the servers, and aiohttp spends
+    # about half of httpx's CPU per request.
     async def call(text: str) -> bool:
         try:
-            response = await client.post(url, json={"text": text})
-            return response.status_code == 200
-        except httpx.HTTPError:
+            async with session.post(url, json={"text": text}) as response:
+                await response.read()
+                return response.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    return call
+
+
+def rag_caller(session: aiohttp.ClientSession, url: str) -> Callable[[str], Awaitable[bool]]:
+    async def call(question: str) -> bool:
+        try:
+            async with session.post(url, json={"question": question, "top_k": 5}) as response:
+                await response.read()
+                return response.status == 200
+        except aiohttp.ClientError:
             return False
 
     return call
@@ -123,26 +144,32 @@ def grpc_caller(stub: pb_grpc.GRPCInferenceServiceStub) -> Callable[[str], Await
     return call
 
 
-def in_process_ceiling(model_dir: Path, texts: list[str], seconds: float) -> list[dict[str, float]]:
-    """The same model called directly, at several batch sizes: the ceiling any server can approach."""
+def in_process_ceiling(model_dir: Path, texts: list[str], seconds: float) -> list[dict[str, Any]]:
+    """The same model called directly, on each runtime, thread count and batch size: what any server approaches."""
     import torch
 
     from service.model_store import load_model_dir
 
     classifier = load_model_dir(model_dir)
-    rows = []
-    for threads in sorted({1, os.cpu_count() or 1}):
-        torch.set_num_threads(threads)
-        classifier.predict(texts[:8])
-        for batch in (1, 8, 16, 32, 64):
-            done = 0
-            started = time.perf_counter()
-            while time.perf_counter() - started < seconds:
-                start = done % (len(texts) - batch)
-                classifier.predict(texts[start:start + batch], batch_size=batch)
-                done += batch
-            elapsed = time.perf_counter() - started
-            rows.append({"threads": threads, "batch": batch, "texts_per_second": round(done / elapsed, 1)})
+    onnx_path = Path(tempfile.mkdtemp()) / "model.onnx"
+    rows: list[dict[str, Any]] = []
+    for runtime in ("torch", "onnx"):
+        for threads in sorted({1, os.cpu_count() or 1}):
+            torch.set_num_threads(threads)
+            classifier.onnx_session = None
+            if runtime == "onnx":
+                classifier.use_onnx(onnx_path, threads)
+            classifier.predict(texts[:8])
+            for batch in (1, 8, 16, 32, 64):
+                done = 0
+                started = time.perf_counter()
+                while time.perf_counter() - started < seconds:
+                    start = done % (len(texts) - batch)
+                    classifier.predict(texts[start:start + batch], batch_size=batch)
+                    done += batch
+                elapsed = time.perf_counter() - started
+                rows.append({"runtime": runtime, "threads": threads, "batch": batch,
+                             "texts_per_second": round(done / elapsed, 1)})
     return rows
 
 
@@ -159,32 +186,64 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-async def measure_all(args: argparse.Namespace, texts: list[str], rest_url: str, flask_url: str,
-                      grpc_target: str) -> list[Result]:
+async def measure(args: argparse.Namespace, texts: list[str], targets: dict[str, str],
+                  rag: tuple[str, list[str]] | None = None) -> list[Result]:
+    """Warm up, then load each target at each concurrency. Targets: name → REST URL or `grpc://host:port`;
+    ``rag``: the `/rag/query` URL and the questions to ask it, at concurrency 1 and 8."""
     results: list[Result] = []
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        channel = grpc.aio.insecure_channel(grpc_target)
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        targets = {
-            "vigil-rest": rest_caller(client, rest_url),
-            "vigil-grpc": grpc_caller(stub),
-            "flask-gunicorn": rest_caller(client, flask_url),
-        }
-        for name, call in targets.items():
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        for name, url in targets.items():
+            channel = None
+            if url.startswith("grpc://"):
+                channel = grpc.aio.insecure_channel(url.removeprefix("grpc://"))
+                call = grpc_caller(pb_grpc.GRPCInferenceServiceStub(channel))
+            else:
+                call = rest_caller(session, url)
             await run_load(name, 8, 2.0, texts, call)  # warm up: connections, batcher statistics
             for concurrency in args.concurrency:
                 result = await run_load(name, concurrency, args.seconds, texts, call)
                 print(json.dumps(asdict(result)), flush=True)
                 results.append(result)
-        await channel.close()
+            if channel is not None:
+                await channel.close()
+        if rag is not None:
+            url, questions = rag
+            call = rag_caller(session, url)
+            await run_load("vigil-rag", 2, 2.0, questions, call)
+            for concurrency in (1, 8):
+                result = await run_load("vigil-rag", concurrency, args.seconds, questions, call)
+                print(json.dumps(asdict(result)), flush=True)
+                results.append(result)
     return results
+
+
+def measure_vigil(args: argparse.Namespace, texts: list[str], env: dict[str, str], name: str,
+                  with_grpc: bool, questions: list[str] | None = None) -> list[Result]:
+    """Start one `vigil serve` with ``env``, load it, stop it: one server on the cores at a time."""
+    http_port, grpc_port = free_port(), free_port()
+    logs = REPO / "bench" / "out"
+    vigil = start([str(BIN / "vigil"), "serve", "--port", str(http_port), "--grpc-port", str(grpc_port)], env,
+                  logs / f"{name}-serve.log")
+    try:
+        wait_http(f"http://127.0.0.1:{http_port}/readyz")
+        targets = {f"{name}-rest": f"http://127.0.0.1:{http_port}/predict"}
+        if with_grpc:
+            targets[f"{name}-grpc"] = f"grpc://127.0.0.1:{grpc_port}"
+        rag = (f"http://127.0.0.1:{http_port}/rag/query", questions) if questions else None
+        return asyncio.run(measure(args, texts, targets, rag))
+    finally:
+        stop(vigil)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="load duration per target and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL:VAR=VALUE[,VAR=VALUE]",
+                        help="also measure REST on a server started with these settings, e.g. "
+                             "torch:VIGIL_MODEL_RUNTIME=torch (repeatable)")
+    parser.add_argument("--no-rag", action="store_true", help="skip `/rag/query` (needs the corpus ingested)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "serving.json")
     args = parser.parse_args()
 
@@ -206,25 +265,34 @@ def main() -> None:
 
     logs = REPO / "bench" / "out"
     logs.mkdir(parents=True, exist_ok=True)
-    http_port, grpc_port, flask_port = free_port(), free_port(), free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VIGIL_TRACING": os.environ.get("VIGIL_TRACING", "off")}
-    vigil = start([str(BIN / "vigil"), "serve", "--port", str(http_port), "--grpc-port", str(grpc_port)], env,
-                  logs / "vigil-serve.log")
+    questions = None
+    if not args.no_rag:
+        if not Path(settings.milvus_target).exists():
+            subprocess.run([str(BIN / "vigil"), "rag", "ingest", str(REPO / "data" / "rag" / "corpus.jsonl")],
+                           check=True)
+        lines = (REPO / "data" / "rag" / "qa.jsonl").read_text().splitlines()
+        questions = [json.loads(line)["question"] for line in lines if line.strip()]
+        random.Random(0).shuffle(questions)
+    results = measure_vigil(args, texts, env, "vigil", with_grpc=True, questions=questions)
+    for variant in args.variant:
+        label, _, assignments = variant.partition(":")
+        overrides = dict(pair.split("=", 1) for pair in assignments.split(",") if pair)
+        results += measure_vigil(args, texts, {**env, **overrides}, f"vigil[{label}]", with_grpc=False)
+
+    flask_port = free_port()
     workers = "2"  # the same number of processes as Vigil's (API + model)
     flask = start([str(BIN / "gunicorn"), "-w", workers, "-b", f"127.0.0.1:{flask_port}", "--chdir",
                    str(REPO / "bench"), "flask_baseline:app"],
                   {**env, "VIGIL_BENCH_MODEL_DIR": str(model_dir), "VIGIL_TORCH_THREADS": "1",
                    "PYTHONPATH": str(REPO)}, logs / "flask.log")
     try:
-        wait_http(f"http://127.0.0.1:{http_port}/readyz")
         wait_http(f"http://127.0.0.1:{flask_port}/predict", method="POST")
-        results = asyncio.run(measure_all(args, texts, f"http://127.0.0.1:{http_port}/predict",
-                                          f"http://127.0.0.1:{flask_port}/predict", f"127.0.0.1:{grpc_port}"))
+        results += asyncio.run(measure(args, texts, {"flask-gunicorn": f"http://127.0.0.1:{flask_port}/predict"}))
     finally:
-        stop(vigil)
         stop(flask)
 
-    best_ceiling = max(row["texts_per_second"] for row in ceiling)
+    best_ceiling = max(row["texts_per_second"] for row in ceiling if row["runtime"] == settings.model_runtime)
     by = {(r.target, r.concurrency): r for r in results}
     summary = {}
     top = max(args.concurrency)

@@ -19,7 +19,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -29,9 +29,9 @@ from training.data import load_sentiment
 
 
 async def measure(url: str, texts: list[str], seconds: float, concurrency: int, name: str) -> Result:
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        call = rest_caller(client, url)
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        call = rest_caller(session, url)
         await run_load(name, 8, 3.0, texts, call)
         return await run_load(name, concurrency, seconds, texts, call)
 
