@@ -10,9 +10,9 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from importlib.metadata import version as package_version
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import bentoml
@@ -45,6 +45,8 @@ from service.validation import validate_texts
 from vigil.settings import get_settings
 
 logger = logging.getLogger(__name__)
+
+Result = TypeVar("Result")
 
 VIGIL_VERSION = package_version("vigil")
 RAG_MODEL = "rag"
@@ -107,6 +109,19 @@ async def read_json(request: Request, schema: type[Any]) -> Any:
 
 
 # Probes and scrapes would flood the trace store; every API call is traced.
+async def retry_once_on_dropped_connection(call: Callable[[], Awaitable[Result]]) -> Result:
+    """Call a dependency service; once more on a fresh connection when a pooled one closed under us.
+
+    Seen under load on both dependencies: bursts of `ServerDisconnectedError`, one per pooled connection, on
+    requests the service never received. Both calls are reads (a prediction, a query), so a retry is safe.
+    """
+    try:
+        return await call()
+    except aiohttp.ClientConnectionError as error:
+        logger.info("a connection to a dependency service dropped (%r); retrying once", error)
+        return await call()
+
+
 @bentoml.service(name="vigil", workers=1, traffic={"timeout": 60},
                  tracing={"excluded_urls": ["/metrics", "/livez", "/readyz", "/healthz", "/api/docs"]})
 @bentoml.asgi_app(app, path="/")
@@ -144,12 +159,9 @@ class Vigil:
 
     async def _call_model(self, texts: list[str]) -> list[Any]:
         try:
-            try:
-                return list(await self.model.to_async.predict(texts=texts))
-            except aiohttp.ClientConnectionError:
-                # A pooled connection to the model service closed under us (seen under load); predicting is
-                # idempotent, so one retry on a fresh connection.
-                return list(await self.model.to_async.predict(texts=texts))
+            return list(await retry_once_on_dropped_connection(lambda: self.model.to_async.predict(texts=texts)))
+        except aiohttp.ClientConnectionError as error:
+            raise not_ready(f"the model service did not answer: {error!r}") from None
         except BentoMLException as error:
             if int(error.error_code) != 503:
                 raise
@@ -201,10 +213,10 @@ class Vigil:
         started = time.perf_counter()
         with self.telemetry.rag_span(headers, protocol, endpoint) as span:
             try:
-                result = await self.rag.to_async.query(
-                    question=question, top_k=self.settings.rag_top_k if top_k is None else top_k)
-            except BentoMLException as error:
-                raise ApiError(503, "rag_unavailable", f"the RAG service is unavailable: {error}") from None
+                result = await retry_once_on_dropped_connection(lambda: self.rag.to_async.query(
+                    question=question, top_k=self.settings.rag_top_k if top_k is None else top_k))
+            except (BentoMLException, aiohttp.ClientConnectionError) as error:
+                raise ApiError(503, "rag_unavailable", f"the RAG service is unavailable: {error!r}") from None
             if "error" in result:
                 problem = result["error"]
                 self.telemetry.refused(problem["code"])
