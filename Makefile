@@ -54,7 +54,7 @@ bench-serving: install
 	$(BIN)/vigil train embedder --if-missing
 	$(BIN)/vigil train sentiment --if-missing
 	$(BIN)/python bench/serving.py --variant torch:VIGIL_MODEL_RUNTIME=torch \
-		--variant uncoalesced:VIGIL_MODEL_CALLS_IN_FLIGHT=1000
+		--variant uncoalesced:VIGIL_MODEL_CALLS_IN_FLIGHT=1000 --variant onnx-1-thread:VIGIL_ONNX_THREADS=1
 
 bench-telemetry: install
 	$(BIN)/vigil mlflow up

@@ -254,7 +254,7 @@ def main() -> None:
     holder = ModelHolder(settings.sentiment_model_name, settings.serve_alias, settings.model_cache_dir, 3600)
     holder.poll_once()
     served = holder.require()
-    model_dir = holder.cache_dir / served.version
+    model_dir = (holder.cache_dir / served.version).resolve()  # gunicorn runs from bench/
     frame, _ = load_sentiment(domains=["amazon", "yelp", "imdb"])
     texts = frame.sample(frac=1.0, random_state=0)["text"].tolist()
 

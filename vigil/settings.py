@@ -68,6 +68,10 @@ class Settings(BaseSettings):
         "onnx", description="What runs the served classifier: ONNX Runtime (an export of the same network, "
         "checked against torch at load) or torch."
     )
+    onnx_threads: int = Field(
+        0, ge=0, description="Intra-op threads of ONNX Runtime in the model service; 0: one per core. Unlike "
+        "torch's OpenMP threads (VIGIL_TORCH_THREADS, 1), they do not collapse when other processes want the cores."
+    )
 
     # --- tracing -------------------------------------------------------------------------------------------
     tracing: Literal["otlp", "console", "off"] = Field("otlp", description="Where spans go.")
