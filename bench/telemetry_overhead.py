@@ -1,9 +1,10 @@
-"""What observability costs: Vigil REST at concurrency 32 with tracing (exported to the real MLflow server) and the
-inference log on, against both off, in one run.
+"""What observability costs: Vigil REST at concurrency 32 with tracing and the inference log on, against both off,
+in one run. Tracing on is measured twice: exporting to the real MLflow server (the default, which ingests on the
+same two cores) and to an OTLP endpoint that discards (bench/null_collector.py), which prices Vigil's own share.
 
     make bench-telemetry      (or: .venv/bin/python bench/telemetry_overhead.py [--seconds 15] [--rounds 2])
 
-Needs the embedded stack with a champion (`make run`). The two configurations alternate for --rounds rounds so a
+Needs the embedded stack with a champion (`make run`). The configurations alternate for --rounds rounds so a
 slow moment of the machine does not land on one side only.
 """
 
@@ -36,23 +37,8 @@ async def measure(url: str, texts: list[str], seconds: float, concurrency: int, 
         return await run_load(name, concurrency, seconds, texts, call)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "telemetry_overhead.json")
-    args = parser.parse_args()
-
-    frame, _ = load_sentiment(domains=["amazon", "yelp", "imdb"])
-    texts = frame.sample(frac=1.0, random_state=0)["text"].tolist()
-    configs = {
-        "telemetry-on": {"VIGIL_TRACING": "otlp", "VIGIL_INFERENCE_LOG": "true"},
-        "telemetry-off": {"VIGIL_TRACING": "off", "VIGIL_INFERENCE_LOG": "false"},
-    }
-    logs = REPO / "bench" / "out"
-    logs.mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[Result]] = {name: [] for name in configs}
+def run_rounds(args: argparse.Namespace, texts: list[str], configs: dict[str, dict[str, str]],
+               results: dict[str, list[Result]], logs: Path) -> None:
     for round_index in range(args.rounds):
         for name, overrides in configs.items():
             http_port, grpc_port = free_port(), free_port()
@@ -68,13 +54,44 @@ def main() -> None:
             print(f"round {round_index + 1}: {json.dumps(asdict(result))}", flush=True)
             results[name].append(result)
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "telemetry_overhead.json")
+    args = parser.parse_args()
+
+    frame, _ = load_sentiment(domains=["amazon", "yelp", "imdb"])
+    texts = frame.sample(frac=1.0, random_state=0)["text"].tolist()
+    collector_port = free_port()
+    configs = {
+        "telemetry-on": {"VIGIL_TRACING": "otlp", "VIGIL_INFERENCE_LOG": "true"},
+        "telemetry-on-null-collector": {
+            "VIGIL_TRACING": "otlp", "VIGIL_INFERENCE_LOG": "true",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{collector_port}/v1/traces"},
+        "telemetry-off": {"VIGIL_TRACING": "off", "VIGIL_INFERENCE_LOG": "false"},
+    }
+    logs = REPO / "bench" / "out"
+    logs.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[Result]] = {name: [] for name in configs}
+    collector = start([sys.executable, str(REPO / "bench" / "null_collector.py"), str(collector_port)],
+                      dict(os.environ), logs / "null-collector.log")
+    try:
+        run_rounds(args, texts, configs, results, logs)
+    finally:
+        stop(collector)
+
     def best(name: str) -> Result:
         return max(results[name], key=lambda r: r.throughput)
 
-    on, off = best("telemetry-on"), best("telemetry-off")
+    on, on_null, off = best("telemetry-on"), best("telemetry-on-null-collector"), best("telemetry-off")
     summary = {
         "throughput_ratio_on_vs_off": round(on.throughput / off.throughput, 3),
         "p99_ratio_on_vs_off": round(on.p99_ms / off.p99_ms, 3),
+        "throughput_ratio_on_null_collector_vs_off": round(on_null.throughput / off.throughput, 3),
+        "p99_ratio_on_null_collector_vs_off": round(on_null.p99_ms / off.p99_ms, 3),
     }
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -84,7 +101,7 @@ def main() -> None:
     }
     args.out.write_text(json.dumps(report, indent=2))
     print("\n| configuration | req/s | p50 ms | p99 ms | errors |\n| --- | --- | --- | --- | --- |")
-    for result in (on, off):
+    for result in (on, on_null, off):
         print(f"| {result.target} | {result.throughput} | {result.p50_ms} | {result.p99_ms} | {result.errors} |")
     print(f"\nratios (best round of each): {json.dumps(summary)}")
 

@@ -54,6 +54,9 @@ RAG_MODEL = "rag"
 route_bentoml_spans_through_global_provider()
 
 app = FastAPI(
+    # BentoML's middleware already opens the server span; FastAPI's own two spans per request (dependencies,
+    # endpoint) only added to what the trace backend ingests.
+    telemetry={"tracing": False},
     title="Vigil",
     version=VIGIL_VERSION,
     description="Sentiment predictions over plain JSON and the Open Inference Protocol v2.",

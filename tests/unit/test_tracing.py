@@ -291,3 +291,24 @@ def test_traces_tail_names_the_unreachable_mlflow(monkeypatch: pytest.MonkeyPatc
     result = CliRunner().invoke(traces_cli.app, ["tail"])
     assert isinstance(result.exception, MlflowUnavailable)
     assert uri in str(result.exception) and "vigil mlflow up" in str(result.exception)
+
+
+def test_asgi_message_spans_are_not_exported_and_the_tree_stays_whole() -> None:
+    from tests.otlp_receiver import otlp_receiver
+
+    with otlp_receiver() as receiver:
+        built = tracing.build_tracing("t", settings=settings(tracing="otlp",
+                                                             otlp_endpoint=f"{receiver.url}/v1/traces"))
+        tracer = built.provider.get_tracer("t")
+        with tracer.start_as_current_span("POST /predict"):
+            with tracer.start_as_current_span("POST /predict http receive"):
+                pass
+            with tracer.start_as_current_span("sentiment.predict"):
+                pass
+            for _ in range(2):
+                with tracer.start_as_current_span("POST /predict http send"):
+                    pass
+        assert built.shutdown(timeout_seconds=5)
+        received = {span.name: span for _, span in receiver.spans()}
+    assert sorted(received) == ["POST /predict", "sentiment.predict"]
+    assert received["sentiment.predict"].parent_span_id == received["POST /predict"].span_id
