@@ -14,8 +14,10 @@ question, an MLflow table).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -422,8 +424,11 @@ def _log_to_langsmith(
     from langsmith.evaluation import evaluate
     from urllib3.util.retry import Retry
 
+    # Runs and feedback go up from the client's background thread, which only logs what LangSmith refuses.
+    dropped: list[Exception] = []
     client = Client(api_url=settings.langsmith_endpoint, api_key=settings.langsmith_api_key.get_secret_value(),
-                    timeout_ms=timeout_ms, retry_config=Retry(total=1, backoff_factor=0.2))
+                    timeout_ms=timeout_ms, retry_config=Retry(total=1, backoff_factor=0.2),
+                    tracing_error_callback=dropped.append)
     if not client.has_dataset(dataset_name=dataset_name):
         created = client.create_dataset(dataset_name, description=f"Vigil RAG QA: {data.description}")
         client.create_examples(dataset_id=created.id, examples=[
@@ -435,17 +440,24 @@ def _log_to_langsmith(
     def target(inputs: dict[str, Any]) -> dict[str, Any]:
         return by_id[inputs["id"]]
 
-    results = evaluate(
-        target, data=dataset_name, evaluators=[langsmith_evaluator(report.k)], client=client,
-        experiment_prefix=f"vigil-rag-{report.generator}-k{report.k}",
-        description=f"vigil eval rag ({report.source}); MLflow run {report.run_id}",
-        metadata={"source": report.source, "endpoint": report.endpoint or "", "k": report.k,
-                  "generator": report.generator, "generator_model": report.generator_model,
-                  "embedder": report.embedder.name, "embedder_version": report.embedder.version,
-                  "dataset_fingerprint": data.fingerprint, "mlflow_run_id": report.run_id or ""},
-        max_concurrency=0, blocking=True,
-    )
+    # evaluate() prints the experiment's link to stdout, which belongs to the report (`--json -`).
+    with contextlib.redirect_stdout(sys.stderr):
+        results = evaluate(
+            target, data=dataset_name, evaluators=[langsmith_evaluator(report.k)], client=client,
+            experiment_prefix=f"vigil-rag-{report.generator}-k{report.k}",
+            description=f"vigil eval rag ({report.source}); MLflow run {report.run_id}",
+            metadata={"source": report.source, "endpoint": report.endpoint or "", "k": report.k,
+                      "generator": report.generator, "generator_model": report.generator_model,
+                      "embedder": report.embedder.name, "embedder_version": report.embedder.version,
+                      "dataset_fingerprint": data.fingerprint, "mlflow_run_id": report.run_id or ""},
+            max_concurrency=0, blocking=True,
+        )
+    # A blocking evaluate() keeps an error met while running the experiment instead of raising it.
+    results.wait()
     experiment = str(getattr(results, "experiment_name", "") or "")
     client.flush()
+    if dropped:
+        raise RuntimeError(f"experiment {experiment}: {len(dropped)} upload(s) of runs and feedback refused, "
+                           f"first: {dropped[0]}")
     return LangSmithOutcome(status="logged", message=f"dataset {dataset_name}, experiment {experiment}",
                         dataset=dataset_name, experiment=experiment)
