@@ -82,8 +82,8 @@ class SentimentClassifier:
     def use_onnx(self, path: Path, threads: int = 1) -> None:
         """Predict with ONNX Runtime from now on, on this network exported to ``path`` (exported when missing).
 
-        Measured here with one thread: 2.2-2.7x the texts per second of torch eager at batch 1-32, with the same
-        probabilities to 1e-7. The export is checked against torch before it is used.
+        Measured here with one thread: about 2x the texts per second of torch eager at batch 1-64, with the same
+        probabilities to 1e-7 (bench/RESULTS.md). The export is checked against torch before it is used.
         """
         if not path.exists():
             export_onnx(self, path)
