@@ -40,7 +40,12 @@ from service.schemas import (
     TensorMetadata,
 )
 from service.sentiment_service import SentimentModel
-from service.telemetry import PredictionRecord, ServingTelemetry, route_bentoml_spans_through_global_provider
+from service.telemetry import (
+    PredictionRecord,
+    ServingTelemetry,
+    route_bentoml_spans_through_global_provider,
+    skip_asgi_message_spans,
+)
 from service.validation import validate_texts
 from vigil.settings import get_settings
 
@@ -52,6 +57,7 @@ VIGIL_VERSION = package_version("vigil")
 RAG_MODEL = "rag"
 
 route_bentoml_spans_through_global_provider()
+skip_asgi_message_spans()
 
 app = FastAPI(
     # BentoML's middleware already opens the server span; FastAPI's own two spans per request (dependencies,

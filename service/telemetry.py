@@ -38,6 +38,29 @@ def route_bentoml_spans_through_global_provider() -> None:
     BentoMLContainer.tracer_provider.set(trace.get_tracer_provider())
 
 
+def skip_asgi_message_spans() -> None:
+    """Have the ASGI tracing middleware BentoML installs open no span per `receive`/`send` message.
+
+    Three spans per prediction that time socket reads and writes. The middleware has the option (`exclude_spans`);
+    BentoML 1.4 does not pass it, and imports the class from its module each time it builds an app, so a subclass
+    with that default in the module's place is what it builds. `monitoring.tracing` also keeps such spans out of
+    the export, for a middleware built before this ran.
+    """
+    from opentelemetry.instrumentation import asgi
+
+    if getattr(asgi.OpenTelemetryMiddleware, "skips_message_spans", False):
+        return
+
+    class OpenTelemetryMiddlewareWithoutMessageSpans(asgi.OpenTelemetryMiddleware):
+        skips_message_spans = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("exclude_spans", ["receive", "send"])
+            super().__init__(*args, **kwargs)
+
+    asgi.OpenTelemetryMiddleware = OpenTelemetryMiddlewareWithoutMessageSpans  # type: ignore[misc]
+
+
 @dataclass(frozen=True)
 class PredictionRecord:
     texts: list[str]
