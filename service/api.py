@@ -117,12 +117,11 @@ async def read_json(request: Request, schema: type[Any]) -> Any:
         raise ApiError(422, "invalid_request", _describe_validation(error.errors())) from None
 
 
-# Probes and scrapes would flood the trace store; every API call is traced.
 async def retry_once_on_dropped_connection(call: Callable[[], Awaitable[Result]]) -> Result:
     """Call a dependency service; once more on a fresh connection when a pooled one closed under us.
 
-    Seen under load on both dependencies: bursts of `ServerDisconnectedError`, one per pooled connection, on
-    requests the service never received. Both calls are reads (a prediction, a query), so a retry is safe.
+    Seen under load on both dependencies: bursts of `ServerDisconnectedError` on pooled connections (cause not
+    found). Both calls are reads (a prediction, a query), so a retry is safe even if the first one arrived.
     """
     try:
         return await call()
@@ -131,6 +130,7 @@ async def retry_once_on_dropped_connection(call: Callable[[], Awaitable[Result]]
         return await call()
 
 
+# Probes and scrapes would flood the trace store; every API call is traced.
 @bentoml.service(name="vigil", workers=1, traffic={"timeout": 60},
                  tracing={"excluded_urls": ["/metrics", "/livez", "/readyz", "/healthz", "/api/docs"]})
 @bentoml.asgi_app(app, path="/")
