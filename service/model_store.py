@@ -128,7 +128,7 @@ class ModelHolder:
             return False
         with self._load_lock:
             model_dir = self._download(str(version.version))
-            classifier = self._load(model_dir, version.run_id or f"v{version.version}")
+            classifier = self._load(model_dir, version.run_id or "", str(version.version))
             loaded = LoadedModel(self.name, str(version.version), self.alias, version.run_id or "", "registry",
                                  classifier)
             self._swap(loaded)
@@ -151,9 +151,10 @@ class ModelHolder:
         staging.rename(target)
         return target
 
-    def _load(self, model_dir: Path, key: str) -> SentimentClassifier:
+    def _load(self, model_dir: Path, run_id: str, version: str) -> SentimentClassifier:
         """The classifier in ``model_dir``, on the configured runtime; torch when the ONNX path fails."""
         classifier = load_model_dir(model_dir)
+        key = run_id or f"v{version}"
         if self.runtime == "onnx":
             try:
                 # Exported once per run id into the cache, never into the model folder (a Bento's is read-only).
@@ -190,14 +191,14 @@ class ModelHolder:
             self.status.reason = reason
             logger.warning(reason)
             loaded = LoadedModel(self.name, pointer["version"], self.alias, pointer.get("run_id", ""), "cache",
-                                 self._load(model_dir, pointer.get("run_id") or f"v{pointer['version']}"))
+                                 self._load(model_dir, pointer.get("run_id", ""), pointer["version"]))
             self._swap(loaded)
             return
         if self.bundle_dir is not None and (self.bundle_dir / "MLmodel").exists():
             meta = json.loads((self.bundle_dir / "vigil_bundle.json").read_text())
             loaded = LoadedModel(self.name, meta["version"], meta.get("alias", self.alias), meta.get("run_id", ""),
                                  "bundle",
-                                 self._load(self.bundle_dir, meta.get("run_id") or f"v{meta['version']}"))
+                                 self._load(self.bundle_dir, meta.get("run_id", ""), meta["version"]))
             self._swap(loaded)
             self._mark_ready(degraded=False, reason="")
             return
