@@ -44,6 +44,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.local_http import serve_in_thread, stop_serving
+
 TENANT_ID = "00000000-0000-4000-8000-00000000a11e"
 INFO: dict[str, Any] = {
     "version": "0.12.0",
@@ -383,15 +385,11 @@ class LangSmithStandIn:
             def log_message(self, format: str, *args: Any) -> None:  # the test output stays readable
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="langsmith-standin", daemon=True).start()
+        self._server = serve_in_thread(Handler, "langsmith-standin")
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        stop_serving(self._server)
 
 
 @contextmanager

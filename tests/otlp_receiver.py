@@ -21,6 +21,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from tests.local_http import serve_in_thread, stop_serving
+
 TRACE_PATHS = ("/otel/v1/traces", "/v1/traces")
 
 
@@ -118,15 +120,11 @@ class OtlpReceiver:
             def log_message(self, format: str, *args: Any) -> None:  # the test output stays readable
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="otlp-receiver", daemon=True).start()
+        self._server = serve_in_thread(Handler, "otlp-receiver")
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        stop_serving(self._server)
 
 
 @contextmanager
