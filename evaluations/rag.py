@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import numpy as np
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from evaluations import tracking
 from evaluations.datasets import QAData, resolve_qa
@@ -39,7 +39,7 @@ from evaluations.schemas import (
     RagMetrics,
     RagQuestionResult,
 )
-from evaluations.scoring import ProgressCallback
+from evaluations.scoring import ProgressCallback, post_to_vigil
 from service.rag.metrics import (
     answer_containment,
     contains_answer,
@@ -114,17 +114,9 @@ class EndpointAnswerer:
 
     def ask(self, question: str, top_k: int) -> Answered:
         started = time.perf_counter()
-        try:
-            response = self._client.post(f"{self.url}{QUERY_PATH}", json={"question": question, "top_k": top_k})
-        except httpx.HTTPError as error:
-            raise VigilError(f"Vigil endpoint {self.url} not reachable ({type(error).__name__}).") from None
+        body = post_to_vigil(self._client, self.url, QUERY_PATH, {"question": question, "top_k": top_k},
+                             RagQueryResponse)
         seconds = time.perf_counter() - started
-        if response.status_code != 200:
-            raise VigilError(f"{self.url}{QUERY_PATH} answered {response.status_code}: {response.text[:300]}")
-        try:
-            body = RagQueryResponse.model_validate_json(response.content)
-        except ValidationError as error:
-            raise VigilError(f"{self.url}{QUERY_PATH} answered an unexpected body: {error.errors()[:2]}") from None
         return Answered(body.answer, body.citations, body.usage, body.generator, body.model, seconds)
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import httpx
 import numpy as np
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 logger = logging.getLogger(__name__)
+Answer = TypeVar("Answer", bound=BaseModel)
 
 POSITIVE = LABELS[1]
 # The service refuses requests with more texts than this (VIGIL_MAX_TEXTS_PER_REQUEST defaults to it too).
@@ -162,6 +163,21 @@ class PredictResponse(BaseModel):
     model: _ServedModel
 
 
+def post_to_vigil(client: httpx.Client, url: str, path: str, payload: dict[str, object],
+                  schema: type[Answer]) -> Answer:
+    """POST JSON to a running Vigil and parse its answer; any failure is a VigilError naming the endpoint."""
+    try:
+        response = client.post(f"{url}{path}", json=payload)
+    except httpx.HTTPError as error:
+        raise VigilError(f"Vigil endpoint {url} not reachable ({type(error).__name__}).") from None
+    if response.status_code != 200:
+        raise VigilError(f"{url}{path} answered {response.status_code}: {response.text[:300]}")
+    try:
+        return schema.model_validate_json(response.content)
+    except ValidationError as error:
+        raise VigilError(f"{url}{path} answered an unexpected body: {error.errors()[:2]}") from None
+
+
 class EndpointPredictor:
     """A running Vigil: `POST {url}/predict` with {"texts": [...]}, at most 256 texts a request."""
 
@@ -179,16 +195,7 @@ class EndpointPredictor:
     def predict(self, texts: Sequence[str]) -> BatchOutput:
         if len(texts) > MAX_TEXTS_PER_REQUEST:
             raise ValueError(f"at most {MAX_TEXTS_PER_REQUEST} texts per request")
-        try:
-            response = self._client.post(f"{self.url}/predict", json={"texts": list(texts)})
-        except httpx.HTTPError as error:
-            raise VigilError(f"Vigil endpoint {self.url} not reachable ({type(error).__name__}).") from None
-        if response.status_code != 200:
-            raise VigilError(f"{self.url}/predict answered {response.status_code}: {response.text[:300]}")
-        try:
-            body = PredictResponse.model_validate_json(response.content)
-        except ValidationError as error:
-            raise VigilError(f"{self.url}/predict answered an unexpected body: {error.errors()[:2]}") from None
+        body = post_to_vigil(self._client, self.url, "/predict", {"texts": list(texts)}, PredictResponse)
         if len(body.predictions) != len(texts):
             raise VigilError(f"{self.url}/predict answered {len(body.predictions)} predictions for {len(texts)} texts.")
         if self.expected is not None:

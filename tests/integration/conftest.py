@@ -168,3 +168,30 @@ def server(vigil_env: VigilEnv, registry_client: MlflowClient, langsmith: OtlpRe
     running.milvus_snapshot = snapshot
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def served_qa_subset(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped QA pairs whose gold passages are in the served subset (Super Bowl 50, Warsaw)."""
+    corpus = Path(server.env["VIGIL_HOME"], "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    served = {json.loads(line)["id"] for line in corpus}
+    qa = (REPO_ROOT / "data" / "rag" / "qa.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    path = tmp_path_factory.mktemp("qa-subset") / "qa-subset.jsonl"
+    path.write_text("".join(line for line in qa if set(json.loads(line)["passage_ids"]) <= served))
+    return path
+
+
+@pytest.fixture(scope="module")
+def rag_endpoint(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's service; when the serving tests have shut it down already, one on a copy of its first store."""
+    if server.process.poll() is None:
+        yield server.http
+        return
+    assert server.milvus_snapshot is not None
+    home = tmp_path_factory.mktemp("rag-serve")
+    shutil.copytree(server.milvus_snapshot, home / "milvus")
+    again = start_server({**server.env, "VIGIL_HOME": str(home)}, home / "serve.log")
+    try:
+        yield again.http
+    finally:
+        again.stop()

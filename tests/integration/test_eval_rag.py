@@ -5,28 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import REPO_ROOT, free_port
-from tests.integration.conftest import Server, VigilEnv, start_server
+from tests.conftest import free_port
+from tests.integration.conftest import Server, VigilEnv
 
 QUESTIONS = 12
 K = 5
-
-
-@pytest.fixture(scope="module")
-def subset_qa(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped QA pairs whose gold passages are in the served subset (Super Bowl 50, Warsaw)."""
-    corpus = Path(server.env["VIGIL_HOME"], "corpus.jsonl").read_text(encoding="utf-8").splitlines()
-    served = {json.loads(line)["id"] for line in corpus}
-    qa = (REPO_ROOT / "data" / "rag" / "qa.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
-    path = tmp_path_factory.mktemp("eval-rag") / "qa-subset.jsonl"
-    path.write_text("".join(line for line in qa if set(json.loads(line)["passage_ids"]) <= served))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -36,21 +24,6 @@ def in_process_home(server: Server, tmp_path_factory: pytest.TempPathFactory) ->
     home = tmp_path_factory.mktemp("eval-rag-home")
     shutil.copytree(server.milvus_snapshot, home / "milvus")
     return home
-
-
-@pytest.fixture(scope="module")
-def endpoint(server: Server, in_process_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The session's service; when the serving tests have shut it down already, one on a copy of its first store."""
-    if server.process.poll() is None:
-        yield server.http
-        return
-    home = tmp_path_factory.mktemp("eval-rag-serve")
-    shutil.copytree(in_process_home / "milvus", home / "milvus")
-    again = start_server({**server.env, "VIGIL_HOME": str(home)}, home / "serve.log")
-    try:
-        yield again.http
-    finally:
-        again.stop()
 
 
 def eval_rag(vigil_env: VigilEnv, out: Path, *args: str, home: Path | None = None) -> dict[str, object]:
@@ -67,10 +40,12 @@ def eval_rag(vigil_env: VigilEnv, out: Path, *args: str, home: Path | None = Non
 
 
 def test_endpoint_and_in_process_agree_and_both_are_logged(
-    vigil_env: VigilEnv, server: Server, subset_qa: Path, in_process_home: Path, endpoint: str, tmp_path: Path
+    vigil_env: VigilEnv, server: Server, served_qa_subset: Path, in_process_home: Path, rag_endpoint: str,
+    tmp_path: Path,
 ) -> None:
-    remote = eval_rag(vigil_env, tmp_path / "endpoint.json", "--dataset", str(subset_qa), "--endpoint", endpoint)
-    local = eval_rag(vigil_env, tmp_path / "local.json", "--dataset", str(subset_qa), home=in_process_home)
+    remote = eval_rag(vigil_env, tmp_path / "endpoint.json", "--dataset", str(served_qa_subset),
+                      "--endpoint", rag_endpoint)
+    local = eval_rag(vigil_env, tmp_path / "local.json", "--dataset", str(served_qa_subset), home=in_process_home)
 
     assert (remote["source"], local["source"]) == ("endpoint", "in-process")
     assert remote["dataset"] == local["dataset"]  # type: ignore[comparison-overlap]
@@ -109,10 +84,10 @@ def test_endpoint_and_in_process_agree_and_both_are_logged(
         assert len(table["data"]) == QUESTIONS and "recall_at_k" in table["columns"]
 
 
-def test_in_process_refuses_a_store_a_service_owns(vigil_env: VigilEnv, server: Server, subset_qa: Path,
-                                                   endpoint: str) -> None:
-    port = endpoint.rsplit(":", 1)[1]
-    result = vigil_env.run("eval", "rag", "--dataset", str(subset_qa), "--limit", "2", check=False,
+def test_in_process_refuses_a_store_a_service_owns(vigil_env: VigilEnv, server: Server, served_qa_subset: Path,
+                                                   rag_endpoint: str) -> None:
+    port = rag_endpoint.rsplit(":", 1)[1]
+    result = vigil_env.run("eval", "rag", "--dataset", str(served_qa_subset), "--limit", "2", check=False,
                            extra_env={"VIGIL_HOME": server.env["VIGIL_HOME"], "VIGIL_HTTP_PORT": port,
                                       "LANGSMITH_API_KEY": ""})
     assert result.returncode == 1

@@ -5,7 +5,6 @@ per question with our answers and the evaluators' feedback arrive, and say what 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,8 @@ from evaluations.datasets import resolve_qa
 from evaluations.rag import Answered, log_to_langsmith, outputs_of, reference_of, score_outputs, summarize
 from evaluations.schemas import DatasetInfo, ModelIdentity, RagEvaluation, RagQuestionResult
 from service.rag.schemas import Citation, EmbeddingModelInfo, GeneratorInfo, Usage
-from tests.conftest import REPO_ROOT, free_port
-from tests.integration.conftest import Server, VigilEnv, start_server
+from tests.conftest import free_port
+from tests.integration.conftest import VigilEnv
 from tests.langsmith_standin import LangSmithStandIn, langsmith_standin
 from vigil.settings import get_settings
 
@@ -46,38 +45,11 @@ class Evaluated:
 
 
 @pytest.fixture(scope="module")
-def subset_qa(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped QA pairs whose gold passages are in the served subset."""
-    corpus = Path(server.env["VIGIL_HOME"], "corpus.jsonl").read_text(encoding="utf-8").splitlines()
-    served = {json.loads(line)["id"] for line in corpus}
-    qa = (REPO_ROOT / "data" / "rag" / "qa.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
-    path = tmp_path_factory.mktemp("eval-rag-langsmith") / "qa-subset.jsonl"
-    path.write_text("".join(line for line in qa if set(json.loads(line)["passage_ids"]) <= served))
-    return path
-
-
-@pytest.fixture(scope="module")
-def endpoint(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The session's service; when the serving tests have shut it down already, one on a copy of its first store."""
-    if server.process.poll() is None:
-        yield server.http
-        return
-    assert server.milvus_snapshot is not None
-    home = tmp_path_factory.mktemp("eval-rag-langsmith-serve")
-    shutil.copytree(server.milvus_snapshot, home / "milvus")
-    again = start_server({**server.env, "VIGIL_HOME": str(home)}, home / "serve.log")
-    try:
-        yield again.http
-    finally:
-        again.stop()
-
-
-@pytest.fixture(scope="module")
-def evaluated(vigil_env: VigilEnv, subset_qa: Path, endpoint: str,
+def evaluated(vigil_env: VigilEnv, served_qa_subset: Path, rag_endpoint: str,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Evaluated]:
     """`vigil eval rag --endpoint` twice with LANGSMITH_API_KEY and LANGSMITH_ENDPOINT pointing at the stand-in."""
     path = tmp_path_factory.mktemp("eval-rag-langsmith-out") / "report.json"
-    args = ("eval", "rag", "--dataset", str(subset_qa), "--endpoint", endpoint, "--k", str(K), "--limit",
+    args = ("eval", "rag", "--dataset", str(served_qa_subset), "--endpoint", rag_endpoint, "--k", str(K), "--limit",
             str(QUESTIONS), "--json")
     with langsmith_standin(API_KEY) as standin:
         env = {"LANGSMITH_API_KEY": API_KEY, "LANGSMITH_ENDPOINT": standin.url, "VIGIL_HTTP_PORT": str(free_port())}
@@ -87,11 +59,11 @@ def evaluated(vigil_env: VigilEnv, subset_qa: Path, endpoint: str,
         yield Evaluated([json.loads(path.read_text()), json.loads(second.stdout)], first.stdout, standin)
 
 
-def test_the_cli_reports_langsmith_logged(evaluated: Evaluated, vigil_env: VigilEnv, subset_qa: Path) -> None:
+def test_the_cli_reports_langsmith_logged(evaluated: Evaluated, vigil_env: VigilEnv, served_qa_subset: Path) -> None:
     for report in evaluated.reports:
         outcome = report["langsmith"]
         assert outcome["status"] == "logged", outcome
-        assert outcome["dataset"] == f"vigil-rag-{subset_qa.stem}-{report['dataset']['fingerprint']}"
+        assert outcome["dataset"] == f"vigil-rag-{served_qa_subset.stem}-{report['dataset']['fingerprint']}"
         assert outcome["experiment"].startswith(f"vigil-rag-{report['generator']}-k{K}-")
         assert MlflowClient(vigil_env.tracking_uri).get_run(report["run_id"]).data.tags["vigil.langsmith"] == "logged"
     assert "LangSmith logged" in evaluated.stdout
