@@ -41,6 +41,7 @@ class VigilMetrics:
     inference_log_drops: Counter  # reason (queue_full | closed | write_error)
     span_export_failures: Counter  # exporter
     spans_dropped: Counter  # exporter
+    traces_rate_limited: Counter
     rag_prompt_tokens: Counter  # generator, model
     rag_completion_tokens: Counter  # generator, model
     rag_retrieval_seconds: Histogram
@@ -93,6 +94,11 @@ class VigilMetrics:
             spans_dropped=prom.Counter(
                 "vigil_spans_dropped_total", "Spans dropped before export because the export queue was full.",
                 ["exporter"], registry=target,
+            ),
+            traces_rate_limited=prom.Counter(
+                "vigil_traces_rate_limited_total",
+                "New traces left unsampled by VIGIL_TRACE_MAX_PER_SECOND (their requests are still served and logged).",
+                registry=target,
             ),
             rag_prompt_tokens=prom.Counter(
                 "vigil_rag_prompt_tokens_total", "Prompt tokens sent to RAG generators.", ["generator", "model"],

@@ -29,8 +29,16 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
-from opentelemetry.trace import format_trace_id
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind, format_trace_id
+from opentelemetry.util.types import Attributes
 from pydantic import BaseModel
 
 from monitoring import semconv
@@ -180,6 +188,67 @@ class _CountingBatchSpanProcessor(BatchSpanProcessor):
         super().on_end(span)
 
 
+class RateLimitedSampler(Sampler):
+    """Samples what ``inner`` samples, but at most ``per_second`` traces a second (a token bucket, burst one second).
+
+    Under saturation a trace store on the same cores costs the serving process about as much CPU per trace as a
+    prediction (bench/RESULTS.md); this keeps every request traced at ordinary loads and bounds that cost beyond.
+    Meant as the root sampler of :class:`ParentBased`, so a caller's sampled ``traceparent`` is always honoured.
+    """
+
+    def __init__(self, inner: Sampler, per_second: float, clock: Any = time.monotonic) -> None:
+        if per_second <= 0:
+            raise ValueError("per_second must be positive")
+        self._inner = inner
+        self._per_second = per_second
+        self._capacity = max(1.0, per_second)
+        self._tokens = self._capacity
+        self._clock = clock
+        self._refilled_at = clock()
+        self._lock = threading.Lock()
+
+    def should_sample(
+        self, parent_context: Context | None, trace_id: int, name: str, kind: SpanKind | None = None,
+        attributes: Attributes = None, links: Sequence[Link] | None = None, trace_state: Any = None,
+    ) -> SamplingResult:
+        result = self._inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+        if not result.decision.is_sampled() or self._take_token():
+            return result
+        _count_rate_limited()
+        return SamplingResult(Decision.DROP, None, trace_state)
+
+    def _take_token(self) -> bool:
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self._capacity, self._tokens + (now - self._refilled_at) * self._per_second)
+            self._refilled_at = now
+            if self._tokens < 1:
+                return False
+            self._tokens -= 1
+            return True
+
+    def get_description(self) -> str:
+        return f"RateLimited{{{self._per_second:g}/s,{self._inner.get_description()}}}"
+
+
+def _count_rate_limited() -> None:
+    try:
+        from monitoring.metrics import get_metrics
+
+        get_metrics().traces_rate_limited.inc()
+    except Exception:
+        logger.debug("could not count a rate-limited trace", exc_info=True)
+
+
+def _sampler(settings: Settings) -> Sampler:
+    if settings.tracing == "off":
+        return ALWAYS_OFF
+    root: Sampler = TraceIdRatioBased(settings.trace_sample_ratio)
+    if settings.trace_max_per_second > 0:
+        root = RateLimitedSampler(root, settings.trace_max_per_second)
+    return ParentBased(root)
+
+
 class Tracing:
     """A tracer provider with Vigil's exporters attached. :func:`setup_tracing` keeps one per process."""
 
@@ -190,6 +259,7 @@ class Tracing:
         self.provider = provider
         self.mode = mode
         self.sample_ratio = settings.trace_sample_ratio
+        self.max_traces_per_second = settings.trace_max_per_second
         self.raw_text = settings.trace_raw_text
         self.exporters = exporters
         self._processors = processors
@@ -202,6 +272,7 @@ class Tracing:
         return {
             "mode": self.mode,
             "sample_ratio": self.sample_ratio,
+            "max_traces_per_second": self.max_traces_per_second,
             "degraded": any(not exporter.active for exporter in self.exporters),
             "shut_down": self._is_shut_down,
             "exporters": [exporter.as_dict() for exporter in self.exporters],
@@ -410,10 +481,8 @@ def build_tracing(
     owns_provider = tracer_provider is None
     if tracer_provider is None:
         # "off" still hands out valid, non-recording spans so context propagates, at almost no cost.
-        ratio = TraceIdRatioBased(settings.trace_sample_ratio)
-        sampler = ALWAYS_OFF if settings.tracing == "off" else ParentBased(ratio)
         tracer_provider = TracerProvider(
-            resource=_resource(service_name, settings), sampler=sampler, shutdown_on_exit=False
+            resource=_resource(service_name, settings), sampler=_sampler(settings), shutdown_on_exit=False
         )
     exporters: list[tuple[ExporterStatus, SpanExporter | None]] = []
     if settings.tracing != "off":

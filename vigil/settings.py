@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     # --- tracing -------------------------------------------------------------------------------------------
     tracing: Literal["otlp", "console", "off"] = Field("otlp", description="Where spans go.")
     trace_sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of new traces sampled.")
+    trace_max_per_second: float = Field(
+        0.0, ge=0, description="New traces a process samples per second, at most (after the ratio); 0: no limit. "
+        "Bounds what a trace store sharing the serving cores ingests under load; the inference log still has "
+        "every request."
+    )
     traces_experiment: str = Field("vigil-traces", description="MLflow experiment that receives traces.")
     otlp_endpoint: str = Field(
         "", description="OTLP/HTTP traces endpoint. Empty: the MLflow server's /v1/traces. "

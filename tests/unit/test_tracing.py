@@ -17,7 +17,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import format_span_id, format_trace_id
 from prometheus_client import REGISTRY
 from rich.console import Console
@@ -71,8 +71,8 @@ def test_injected_provider_records_vigil_spans(memory: tuple[TracerProvider, InM
     child, parent = finished[semconv.SPAN_RAG_GENERATE], finished[semconv.SPAN_RAG_QUERY]
     assert child.parent is not None and child.parent.span_id == parent.context.span_id
     assert child.attributes is not None and child.attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] == 30
-    assert built.status() == {"mode": "off", "sample_ratio": 1.0, "degraded": False, "shut_down": False,
-                              "exporters": []}
+    assert built.status() == {"mode": "off", "sample_ratio": 1.0, "max_traces_per_second": 0.0, "degraded": False,
+                              "shut_down": False, "exporters": []}
 
 
 def test_own_provider_has_resource_ratio_sampler_and_console_exporter() -> None:
@@ -90,6 +90,56 @@ def test_own_provider_has_resource_ratio_sampler_and_console_exporter() -> None:
         assert tracing.current_trace_id() == TRACE_ID
     assert [(e.name, e.active) for e in built.exporters] == [("console", True)]
     assert built.shutdown(timeout_seconds=5)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_limit_samples_at_most_n_new_traces_a_second_and_counts_the_rest() -> None:
+    clock = FakeClock()
+    exporter = InMemorySpanExporter()
+    sampler = ParentBased(tracing.RateLimitedSampler(ALWAYS_ON, 2, clock=clock))
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    limited_before = REGISTRY.get_sample_value("vigil_traces_rate_limited_total") or 0.0
+
+    def start_traces(count: int) -> list[bool]:
+        sampled = []
+        for _ in range(count):
+            with tracer.start_as_current_span("root"), tracer.start_as_current_span("child") as child:
+                sampled.append(child.is_recording())
+        return sampled
+
+    assert start_traces(5) == [True, True, False, False, False]  # the burst is one second's worth
+    clock.now += 0.5
+    assert start_traces(2) == [True, False]
+    clock.now += 10
+    assert start_traces(3) == [True, True, False]  # idle time does not bank more than one second
+    # A caller that sampled its trace gets it recorded, whatever the budget.
+    remote = tracing.extract_context({"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+    with tracer.start_as_current_span("from a caller", context=remote) as span:
+        assert span.is_recording() and tracing.current_trace_id() == TRACE_ID
+    assert len(exporter.get_finished_spans()) == 2 * 5 + 1
+    assert REGISTRY.get_sample_value("vigil_traces_rate_limited_total") - limited_before == 5
+    provider.shutdown()
+
+
+def test_rate_limit_setting_builds_the_limited_sampler_and_shows_in_status() -> None:
+    built = tracing.build_tracing("t", settings=settings(tracing="console", trace_max_per_second=25))
+    assert "RateLimited{25/s" in built.provider.sampler.get_description()
+    assert built.status()["max_traces_per_second"] == 25
+    assert built.shutdown(timeout_seconds=5)
+    unlimited = tracing.build_tracing("t", settings=settings(tracing="console"))
+    assert "RateLimited" not in unlimited.provider.sampler.get_description()
+    assert unlimited.shutdown(timeout_seconds=5)
+    with pytest.raises(ValueError):
+        tracing.RateLimitedSampler(ALWAYS_ON, 0)
 
 
 def test_off_mode_creates_cheap_unsampled_spans() -> None:
