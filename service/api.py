@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import aiohttp
 import bentoml
 import orjson
+from _bentoml_sdk.service import get_current_service
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -61,8 +62,9 @@ skip_asgi_message_spans()
 
 app = FastAPI(
     # BentoML's middleware already opens the server span; FastAPI's own two spans per request (dependencies,
-    # endpoint) only added to what the trace backend ingests.
-    telemetry={"tracing": False},
+    # endpoint) only added to what the trace backend ingests. Its metrics and logs would go to OTel providers
+    # nobody configures (Prometheus is BentoML's and ours), yet it asked for them on every request.
+    telemetry={"tracing": False, "metrics": False, "logs": False},
     title="Vigil",
     version=VIGIL_VERSION,
     description="Sentiment predictions over plain JSON and the Open Inference Protocol v2.",
@@ -70,6 +72,15 @@ app = FastAPI(
     openapi_url="/api/openapi.json",
     redoc_url=None,
 )
+
+
+async def _current_service() -> Any:
+    return get_current_service()
+
+
+# BentoML hands each route its service instance through a plain-function dependency, which FastAPI runs on its
+# thread pool: a thread hop per request on the hot path. The same lookup as a coroutine stays on the event loop.
+app.dependency_overrides[get_current_service] = _current_service
 
 
 @app.exception_handler(ApiError)

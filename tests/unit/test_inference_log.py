@@ -63,6 +63,18 @@ def test_rows_are_flushed_on_time_without_close(url: str) -> None:
     writer.close()
 
 
+def test_a_full_batch_is_written_before_the_flush_interval(url: str) -> None:
+    # An hour between timed flushes: only the batch size can have woken the writer.
+    writer = InferenceLogWriter(url, batch_size=5, flush_seconds=3600)
+    for i in range(5):
+        writer.log(record(i))
+    wait_until(lambda: writer.written == 5, timeout=10, what="a batch-size flush")
+    assert sorted(r["request_id"] for r in rows(url)) == [f"req-{i}" for i in range(5)]
+    writer.log(record(5))
+    assert writer.close(timeout=30)
+    assert writer.written == 6
+
+
 @pytest.mark.parametrize(("redaction", "expected"), [
     ("keep", "the battery lasts for days"),
     ("hash", hashlib.sha256(b"the battery lasts for days").hexdigest()),
