@@ -33,7 +33,7 @@ from serving import BIN, REPO, Result, free_port, rest_caller, run_load, start, 
 
 from training.data import load_sentiment
 
-RATE_LIMIT_PER_SECOND = 20
+RATE_LIMIT_PER_SECOND = 10
 # What tells how much of the load reached the trace store: summed over the server's workers.
 TELEMETRY_SERIES = ("vigil_traces_rate_limited_total", "vigil_spans_dropped_total", "vigil_span_export_failures_total",
                     "vigil_inference_log_writes_total")
