@@ -183,7 +183,37 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=30)
     except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    # What outlives the group's leader (a server stuck in a failed start) must not hold ports and cores.
+    deadline = time.monotonic() + 10
+    try:
+        while time.monotonic() < deadline:
+            os.killpg(process.pid, 0)  # ProcessLookupError once the group is empty
+            time.sleep(0.2)
         os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def start_vigil(env: dict[str, str], log: Path, attempts: int = 3) -> tuple[subprocess.Popen[bytes], int, int]:
+    """`vigil serve` on fresh ports, ready; returns (process, http port, grpc port).
+
+    A port `free_port` found free can be taken as a client's source port before the server binds it, which fails
+    the start; another pair of ports is then tried.
+    """
+    for attempt in range(1, attempts + 1):
+        http_port, grpc_port = free_port(), free_port()
+        process = start([str(BIN / "vigil"), "serve", "--port", str(http_port), "--grpc-port", str(grpc_port)],
+                        env, log)
+        try:
+            wait_http(f"http://127.0.0.1:{http_port}/readyz", timeout=120)
+            return process, http_port, grpc_port
+        except RuntimeError:
+            stop(process)
+            if attempt == attempts:
+                raise
+            print(f"vigil serve did not come up (see {log}); trying other ports", flush=True)
+    raise AssertionError("unreachable")
 
 
 async def measure(args: argparse.Namespace, texts: list[str], targets: dict[str, str],
@@ -221,12 +251,8 @@ async def measure(args: argparse.Namespace, texts: list[str], targets: dict[str,
 def measure_vigil(args: argparse.Namespace, texts: list[str], env: dict[str, str], name: str,
                   with_grpc: bool, questions: list[str] | None = None) -> list[Result]:
     """Start one `vigil serve` with ``env``, load it, stop it: one server on the cores at a time."""
-    http_port, grpc_port = free_port(), free_port()
-    logs = REPO / "bench" / "out"
-    vigil = start([str(BIN / "vigil"), "serve", "--port", str(http_port), "--grpc-port", str(grpc_port)], env,
-                  logs / f"{name}-serve.log")
+    vigil, http_port, grpc_port = start_vigil(env, REPO / "bench" / "out" / f"{name}-serve.log")
     try:
-        wait_http(f"http://127.0.0.1:{http_port}/readyz")
         targets = {f"{name}-rest": f"http://127.0.0.1:{http_port}/predict"}
         if with_grpc:
             targets[f"{name}-grpc"] = f"grpc://127.0.0.1:{grpc_port}"

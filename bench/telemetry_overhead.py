@@ -24,14 +24,18 @@ import sys
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving import BIN, REPO, Result, free_port, rest_caller, run_load, start, stop, wait_http
+from serving import REPO, Result, free_port, rest_caller, run_load, start, start_vigil, stop
 
 from training.data import load_sentiment
+from vigil.mlflow_server import read_state
+from vigil.settings import get_settings
 
 RATE_LIMIT_PER_SECOND = 10
 # What tells how much of the load reached the trace store: summed over the server's workers.
@@ -43,17 +47,57 @@ TELEMETRY_SERIES = ("vigil_traces_rate_limited_total", "vigil_spans_dropped_tota
 class Round:
     result: Result
     telemetry: dict[str, float]
+    cpu_ms_per_request: dict[str, float]
 
 
-async def measure(base_url: str, texts: list[str], seconds: float, concurrency: int, name: str) -> Round:
+def process_groups(server_pid: int, collector_pid: int) -> dict[str, list[psutil.Process]]:
+    """The processes whose CPU time is counted, by role: Vigil's workers, the trace backends, the load generator."""
+    groups: dict[str, list[psutil.Process]] = {"load generator": [psutil.Process()]}
+    server = psutil.Process(server_pid)
+    for child in [server, *server.children(recursive=True)]:
+        command = " ".join(child.cmdline())
+        role = ("model worker" if "--service-name vigil-sentiment" in command
+                else "rag worker" if "--service-name vigil-rag" in command
+                else "api worker" if "--service-name vigil " in command
+                else "serve supervisors")
+        groups.setdefault(role, []).append(child)
+    mlflow = read_state(get_settings())
+    if mlflow is not None and psutil.pid_exists(mlflow.pid):
+        parent = psutil.Process(mlflow.pid)
+        groups["mlflow server"] = [parent, *parent.children(recursive=True)]
+    groups["null collector"] = [psutil.Process(collector_pid)]
+    return groups
+
+
+def cpu_seconds(groups: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for role, processes in groups.items():
+        total = 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+        totals[role] = total
+    return totals
+
+
+async def measure(base_url: str, texts: list[str], seconds: float, concurrency: int, name: str,
+                  groups: dict[str, list[psutil.Process]]) -> Round:
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
         call = rest_caller(session, f"{base_url}/predict")
         await run_load(name, 8, 3.0, texts, call)
-        before = await scrape(session, base_url)
+        before, cpu_before = await scrape(session, base_url), cpu_seconds(groups)
         result = await run_load(name, concurrency, seconds, texts, call)
-        after = await scrape(session, base_url)
-    return Round(result, {series: after.get(series, 0.0) - before.get(series, 0.0) for series in TELEMETRY_SERIES})
+        cpu_after, after = cpu_seconds(groups), await scrape(session, base_url)
+    served = max(1, result.requests)
+    return Round(
+        result,
+        {series: after.get(series, 0.0) - before.get(series, 0.0) for series in TELEMETRY_SERIES},
+        {role: round((cpu_after[role] - cpu_before[role]) * 1000 / served, 3) for role in cpu_before},
+    )
 
 
 async def scrape(session: aiohttp.ClientSession, base_url: str) -> dict[str, float]:
@@ -68,17 +112,15 @@ async def scrape(session: aiohttp.ClientSession, base_url: str) -> dict[str, flo
 
 
 def run_rounds(args: argparse.Namespace, texts: list[str], configs: dict[str, dict[str, str]],
-               results: dict[str, list[Round]], logs: Path) -> None:
+               results: dict[str, list[Round]], logs: Path, collector_pid: int) -> None:
     for round_index in range(args.rounds):
         for name, overrides in configs.items():
-            http_port, grpc_port = free_port(), free_port()
             env = {**os.environ, "HF_HUB_OFFLINE": "1", **overrides}
-            process = start([str(BIN / "vigil"), "serve", "--port", str(http_port), "--grpc-port", str(grpc_port)],
-                            env, logs / f"overhead-{name}.log")
+            process, http_port, _ = start_vigil(env, logs / f"overhead-{name}.log")
             try:
-                wait_http(f"http://127.0.0.1:{http_port}/readyz")
+                groups = process_groups(process.pid, collector_pid)
                 measured = asyncio.run(measure(f"http://127.0.0.1:{http_port}", texts, args.seconds,
-                                               args.concurrency, name))
+                                               args.concurrency, name, groups))
             finally:
                 stop(process)
             print(f"round {round_index + 1}: {json.dumps(asdict(measured))}", flush=True)
@@ -111,7 +153,7 @@ def main() -> None:
     collector = start([sys.executable, str(REPO / "bench" / "null_collector.py"), str(collector_port)],
                       dict(os.environ), logs / "null-collector.log")
     try:
-        run_rounds(args, texts, configs, results, logs)
+        run_rounds(args, texts, configs, results, logs, collector.pid)
     finally:
         stop(collector)
 
@@ -137,9 +179,14 @@ def main() -> None:
               f"{median['throughput_min']}-{median['throughput_max']} | {median['p99_min']}-{median['p99_max']} | "
               f"{median['traces_rate_limited']:.0f} | {median['spans_dropped']:.0f} |")
     print(f"\nratios of medians against off: {json.dumps(ratios)}")
+    roles = sorted({role for rounds in results.values() for r in rounds for role in r.cpu_ms_per_request})
+    print("\nCPU ms per request (median round):\n| configuration | " + " | ".join(roles) + " |\n"
+          + "| --- " * (len(roles) + 1) + "|")
+    for name, median in medians.items():
+        print(f"| {name} | " + " | ".join(f"{median['cpu_ms_per_request'][role]:.2f}" for role in roles) + " |")
 
 
-def summarise(rounds: list[Round]) -> dict[str, float]:
+def summarise(rounds: list[Round]) -> dict[str, Any]:
     """Medians over the rounds (each figure on its own), with the spread, and telemetry counters summed."""
     results = [r.result for r in rounds]
     throughputs = [r.throughput for r in results]
@@ -153,6 +200,10 @@ def summarise(rounds: list[Round]) -> dict[str, float]:
         "errors": sum(r.errors for r in results),
         "traces_rate_limited": sum(r.telemetry["vigil_traces_rate_limited_total"] for r in rounds),
         "spans_dropped": sum(r.telemetry["vigil_spans_dropped_total"] for r in rounds),
+        "cpu_ms_per_request": {
+            role: round(statistics.median(r.cpu_ms_per_request.get(role, 0.0) for r in rounds), 3)
+            for role in {role for r in rounds for role in r.cpu_ms_per_request}
+        },
     }
 
 
