@@ -32,6 +32,7 @@ chromium:
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/mypy bench  # scripts, not a package: checked on their own
 
 stop: install
 	$(BIN)/vigil mlflow down

@@ -6,19 +6,20 @@ Run under gunicorn by bench/serving.py with VIGIL_BENCH_MODEL_DIR pointing at a 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 
 from service.model_store import load_model_dir
 
 torch.set_num_threads(int(os.environ.get("VIGIL_TORCH_THREADS", "1")))
-classifier = load_model_dir(__import__("pathlib").Path(os.environ["VIGIL_BENCH_MODEL_DIR"]))
+classifier = load_model_dir(Path(os.environ["VIGIL_BENCH_MODEL_DIR"]))
 app = Flask(__name__)
 
 
 @app.post("/predict")
-def predict() -> object:
+def predict() -> Response:
     text = request.get_json()["text"]
     prediction = classifier.predict([text])[0]
     return jsonify({"predictions": [{"label": prediction.label, "score": prediction.score}]})
