@@ -12,6 +12,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from vigil import registry
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -21,19 +23,7 @@ _MAX_TAG = 5000
 
 
 def experiment_id(client: MlflowClient, name: str = EXPERIMENT) -> str:
-    from mlflow.exceptions import MlflowException
-
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return str(found.experiment_id)
-    try:
-        return str(client.create_experiment(name))
-    except MlflowException:
-        # Another process created it between our look-up and our create.
-        again = client.get_experiment_by_name(name)
-        if again is None:
-            raise
-        return str(again.experiment_id)
+    return registry.experiment_id(client, name)
 
 
 def run_url(client: MlflowClient, run_id: str) -> str:

@@ -145,8 +145,9 @@ def _record_alias_move(client: MlflowClient, move: registry.AliasMove, refusals:
     The evaluation run is the one the gate left on the version (`vigil.<alias>.evaluation_run_id`); for a forced
     promotion that is the evaluation that refused it, if any. Returns the run id, also tagged on the version.
     """
-    experiment = client.get_experiment_by_name(EVALUATIONS_EXPERIMENT)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EVALUATIONS_EXPERIMENT)
+    from vigil import registry
+
+    experiment_id = registry.experiment_id(client, EVALUATIONS_EXPERIMENT)
     version_tags = client.get_model_version(move.name, move.version).tags
     evaluation_run = version_tags.get(f"vigil.{move.alias}.evaluation_run_id", "")
     verdict = version_tags.get(f"vigil.{move.alias}.evaluation_verdict", "none")
