@@ -4,9 +4,8 @@ LangSmith that cannot be reached degrading to a message."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from evaluations.datasets import resolve_qa
 from evaluations.rag import InProcessAnswerer, log_to_langsmith, score_outputs, summarize
 from evaluations.schemas import DatasetInfo, ModelIdentity, RagEvaluation, RagQuestionResult
 from tests.conftest import free_port
+from tests.local_http import serve_in_thread, stop_serving
 from vigil.errors import VigilError
 from vigil.settings import get_settings
 
@@ -58,12 +58,9 @@ class _Ready(BaseHTTPRequestHandler):
 @pytest.fixture
 def service_on_port() -> Iterator[int]:
     """Something answering /readyz where `vigil serve` would: what a running service looks like to the CLI."""
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Ready)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = serve_in_thread(_Ready, "vigil-readyz-stand-in", port=free_port())
     yield server.server_address[1]
-    server.shutdown()
-    thread.join()
+    stop_serving(server)
 
 
 def test_in_process_refuses_while_a_service_owns_milvus_lite(

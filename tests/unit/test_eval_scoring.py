@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,6 +20,7 @@ from evaluations.scoring import (
     positive_probability,
     score,
 )
+from tests.local_http import serve_in_thread, stop_serving
 from training.data import fingerprint, limit_stratified, load_sentiment, split_sentiment
 from vigil.errors import VigilError
 
@@ -157,13 +157,10 @@ class _StandIn(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def stand_in() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
     _StandIn.sizes = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = serve_in_thread(_StandIn, "vigil-predict-stand-in")
     yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    stop_serving(server)
 
 
 def test_endpoint_client_chunks_requests_and_checks_the_version(stand_in: str) -> None:

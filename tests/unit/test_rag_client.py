@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from service.rag import client
 from service.rag.errors import ServiceIngestError
 from service.rag.schemas import Document, IngestReport
 from tests.conftest import free_port
+from tests.local_http import serve_in_thread, stop_serving
 
 
 @dataclass
@@ -53,13 +53,10 @@ def service() -> Iterator[FakeService]:
         def log_message(self, *_: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = serve_in_thread(Handler, "rag-service-stand-in")
     state.url = client.service_url(server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     yield state
-    server.shutdown()
-    server.server_close()
+    stop_serving(server)
 
 
 def documents(count: int) -> list[Document]:

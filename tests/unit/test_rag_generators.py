@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from service.rag.embedder import TextEmbedder
 from service.rag.errors import GeneratorTimeout, GeneratorUnavailable, RagConfigError
 from service.rag.generators import NO_CONTEXT_ANSWER, ExtractiveGenerator, OpenAIGenerator
 from service.rag.store import Hit
+from tests.local_http import serve_in_thread, stop_serving
 
 
 @pytest.fixture(scope="module")
@@ -128,14 +128,10 @@ def stand_in() -> Iterator[StandIn]:
         def log_message(self, *_: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    server = serve_in_thread(Handler, "openai-stand-in")
     state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     yield state
-    server.shutdown()
-    server.server_close()
+    stop_serving(server)
 
 
 def openai(url: str, embedder: TextEmbedder, **options: Any) -> OpenAIGenerator:
