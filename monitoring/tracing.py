@@ -191,8 +191,8 @@ class _CountingBatchSpanProcessor(BatchSpanProcessor):
 class RateLimitedSampler(Sampler):
     """Samples what ``inner`` samples, but at most ``per_second`` traces a second (a token bucket, burst one second).
 
-    Under saturation a trace store on the same cores costs the serving process about as much CPU per trace as a
-    prediction (bench/RESULTS.md); this keeps every request traced at ordinary loads and bounds that cost beyond.
+    Under saturation a trace store on the same cores spends more than half the CPU of a prediction ingesting its
+    trace (bench/RESULTS.md); this keeps every request traced at ordinary loads and bounds that cost beyond.
     Meant as the root sampler of :class:`ParentBased`, so a caller's sampled ``traceparent`` is always honoured.
     """
 
