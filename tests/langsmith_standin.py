@@ -44,7 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.local_http import serve_in_thread, stop_serving
+from tests.local_http import respond, serve_in_thread, stop_serving
 
 TENANT_ID = "00000000-0000-4000-8000-00000000a11e"
 INFO: dict[str, Any] = {
@@ -374,11 +374,7 @@ class LangSmithStandIn:
                 with standin._lock:
                     standin.requests.append(ReceivedRequest(self.command, url.path, query, headers, status))
                 payload = json.dumps(answer, default=str).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                respond(self, status, payload)
 
             do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
 

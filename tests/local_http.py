@@ -14,6 +14,16 @@ def serve_in_thread(handler: type[BaseHTTPRequestHandler], name: str, port: int 
     return server
 
 
+def respond(handler: BaseHTTPRequestHandler, status: int, payload: bytes,
+            content_type: str = "application/json") -> None:
+    """Send one whole response: status, type and length headers, body."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
 def stop_serving(server: ThreadingHTTPServer | None) -> None:
     if server is not None:
         server.shutdown()

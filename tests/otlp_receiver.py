@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from tests.local_http import serve_in_thread, stop_serving
+from tests.local_http import respond, serve_in_thread, stop_serving
 
 TRACE_PATHS = ("/otel/v1/traces", "/v1/traces")
 
@@ -111,11 +111,7 @@ class OtlpReceiver:
                 with receiver._lock:
                     receiver.exports.append(export)
                 payload = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(receiver.status_code)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                respond(self, receiver.status_code, payload, "application/x-protobuf")
 
             def log_message(self, format: str, *args: Any) -> None:  # the test output stays readable
                 pass

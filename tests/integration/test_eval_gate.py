@@ -23,6 +23,7 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from evaluations.schemas import Comparison, SentimentEvaluation
 from tests.integration.conftest import VigilEnv
+from tests.local_http import respond
 from training.data import fingerprint, limit_stratified, load_sentiment, split_sentiment
 
 MODEL = "sentiment-evalgate"
@@ -112,11 +113,7 @@ class _StandIn(BaseHTTPRequestHandler):
             "predictions": [{"label": p.label, "score": p.score} for p in predictions],
             "model": {"name": self.name, "version": self.version},
         }).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        respond(self, 200, payload)
 
     def log_message(self, *args: object) -> None:
         return None

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from service.rag.cli import app
 from service.rag.schemas import IngestReport
 from tests.conftest import REPO_ROOT, free_port
+from tests.local_http import respond
 
 CORPUS = REPO_ROOT / "data" / "rag" / "corpus.jsonl"
 
@@ -106,11 +107,7 @@ def running_service(env: dict[str, str]) -> Iterator[list[dict[str, Any]]]:
 
         def _reply(self, status: int, payload: dict[str, Any]) -> None:
             data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            respond(self, status, data)
 
         def log_message(self, *_: object) -> None:
             pass

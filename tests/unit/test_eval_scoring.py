@@ -20,7 +20,7 @@ from evaluations.scoring import (
     positive_probability,
     score,
 )
-from tests.local_http import serve_in_thread, stop_serving
+from tests.local_http import respond, serve_in_thread, stop_serving
 from training.data import fingerprint, limit_stratified, load_sentiment, split_sentiment
 from vigil.errors import VigilError
 
@@ -145,11 +145,7 @@ class _StandIn(BaseHTTPRequestHandler):
             "model": {"name": "sentiment", "version": type(self).version},
         }
         payload = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        respond(self, 200, payload)
 
     def log_message(self, *args: object) -> None:  # keep test output clean
         return None

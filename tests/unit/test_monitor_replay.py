@@ -12,6 +12,7 @@ import pytest
 
 from monitoring.replay import TrainingSplit, choose, held_out, replay
 from tests.conftest import free_port
+from tests.local_http import respond
 from training.data import limit_stratified, load_sentiment, split_sentiment
 
 
@@ -56,11 +57,7 @@ class FakeService:
                 answer = {"predictions": [{"label": "positive" if "good" in body["text"] else "negative",
                                            "score": 0.9}], "model": {"name": "sentiment", "version": "4"}}
                 payload = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                respond(self, 200, payload)
 
             def log_message(self, *args: object) -> None:
                 pass

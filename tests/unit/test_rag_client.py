@@ -14,7 +14,7 @@ from service.rag import client
 from service.rag.errors import ServiceIngestError
 from service.rag.schemas import Document, IngestReport
 from tests.conftest import free_port
-from tests.local_http import serve_in_thread, stop_serving
+from tests.local_http import respond, serve_in_thread, stop_serving
 
 
 @dataclass
@@ -44,11 +44,7 @@ def service() -> Iterator[FakeService]:
 
         def _reply(self, status: int, payload: dict[str, Any]) -> None:
             data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            respond(self, status, data)
 
         def log_message(self, *_: object) -> None:
             pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -16,7 +17,7 @@ from service.rag.embedder import TextEmbedder
 from service.rag.errors import GeneratorTimeout, GeneratorUnavailable, RagConfigError
 from service.rag.generators import NO_CONTEXT_ANSWER, ExtractiveGenerator, OpenAIGenerator
 from service.rag.store import Hit
-from tests.local_http import serve_in_thread, stop_serving
+from tests.local_http import respond, serve_in_thread, stop_serving
 
 
 @pytest.fixture(scope="module")
@@ -116,14 +117,8 @@ def stand_in() -> Iterator[StandIn]:
             if state.delay:
                 time.sleep(state.delay)
             status, payload = state.respond(body)
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (the timeout test)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+                respond(self, status, payload)
 
         def log_message(self, *_: object) -> None:
             pass
