@@ -4,7 +4,7 @@
 
 Needs the embedded MLflow server with a trained sentiment version (`make run`); no service. The version runs
 in-process over held-out sentences (not in its training split, rebuilt from the run's seed, domains and limit),
-and the rows are written to a fresh inference log with :mod:`monitoring.records`, as the service would write them.
+and the rows are written to a fresh inference log with :mod:`telemetry.records`, as the service would write them.
 Then the drift job (the same function `vigil monitor drift` calls) judges each window:
 
 - ``mixed``: held-out amazon + yelp (the training domains), ``amazon`` and ``yelp`` alone → must not be flagged;
@@ -37,12 +37,12 @@ sys.path.insert(0, str(REPO))
 import numpy as np
 import pandas as pd
 
-from monitoring import records
+from evaluations.replay import TrainingSplit, held_out
 from monitoring.drift import DriftResult, run_drift
 from monitoring.embeddings import EmbeddingCache
 from monitoring.reference import cache_dir, resolve_version
-from monitoring.replay import TrainingSplit, held_out
 from monitoring.window import Window
+from telemetry import records
 from training.data import load_sentiment
 from vigil.settings import Settings, get_settings
 

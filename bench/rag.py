@@ -27,8 +27,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from evaluations.qa import QAItem, QualityReport, evaluate, load_qa
 from service.rag.documents import read_paths
-from service.rag.evaluation import QAItem, QualityReport, evaluate, load_qa
 from service.rag.pipeline import RagPipeline
 from vigil.settings import Settings
 
@@ -122,7 +122,7 @@ def brute_force(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
 
 def dense_recall(pipeline: RagPipeline, items: list[QAItem]) -> dict[int, float]:
     """Recall by passage of the dense route alone, for the record of what BM25 adds."""
-    from service.rag.metrics import dedupe, retrieval_metrics
+    from evaluations.rag_metrics import dedupe, retrieval_metrics
 
     vectors = pipeline.embedder.embed([i.question for i in items])
     rankings = [dedupe(h.document_id for h in pipeline.store.search(v, i.question, 10, hybrid=False))

@@ -32,7 +32,7 @@ from vigil.settings import get_settings
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from service.rag.evaluation import QAItem
+    from evaluations.qa import QAItem
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def resolve_qa(path: Path, limit: int | None = None, seed: int | None = None) ->
     """The QA pairs of a JSONL file (id, question, answers, passage_ids); a seeded sample of ``limit`` of them."""
     from pydantic import ValidationError
 
-    from service.rag.evaluation import load_qa
+    from evaluations.qa import load_qa
 
     if not path.is_file():
         raise VigilError(f"no QA file {path}; --dataset takes a JSONL file of id, question, answers, passage_ids.")

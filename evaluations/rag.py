@@ -30,6 +30,16 @@ from pydantic import BaseModel
 
 from evaluations import tracking
 from evaluations.datasets import QAData, resolve_qa
+from evaluations.rag_metrics import (
+    answer_containment,
+    contains_answer,
+    dedupe,
+    first_relevant_rank,
+    groundedness,
+    ndcg_at_k,
+    retrieval_metrics,
+    token_f1,
+)
 from evaluations.schemas import (
     DatasetInfo,
     Distribution,
@@ -40,16 +50,6 @@ from evaluations.schemas import (
     RagQuestionResult,
 )
 from evaluations.scoring import ProgressCallback, post_to_vigil
-from service.rag.metrics import (
-    answer_containment,
-    contains_answer,
-    dedupe,
-    first_relevant_rank,
-    groundedness,
-    ndcg_at_k,
-    retrieval_metrics,
-    token_f1,
-)
 from service.rag.schemas import Citation, EmbeddingModelInfo, GeneratorInfo, Usage
 from vigil.errors import VigilError
 from vigil.settings import get_settings
@@ -57,7 +57,7 @@ from vigil.settings import get_settings
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from service.rag.evaluation import QAItem
+    from evaluations.qa import QAItem
     from service.rag.pipeline import RagPipeline
     from vigil.settings import Settings
 

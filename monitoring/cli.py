@@ -39,12 +39,6 @@ class ModelKind(StrEnum):
     sentiment = "sentiment"
 
 
-class Domain(StrEnum):
-    amazon = "amazon"
-    imdb = "imdb"
-    yelp = "yelp"
-
-
 def _quiet_libraries() -> None:
     # Vigil runs offline: no usage telemetry from Evidently.
     os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -346,45 +340,3 @@ def schedule_command(
     except KeyboardInterrupt:
         console.print(f"stopped after {done} round(s).")
     raise typer.Exit(0)
-
-
-# --- replay --------------------------------------------------------------------------------------------------
-
-
-@app.command("replay")
-def replay_command(
-    domain: Domain = typer.Option(..., "--domain", help="Whose held-out sentences to send."),
-    n: int = typer.Option(200, "--n", min=1, help="How many requests."),
-    endpoint: str | None = typer.Option(None, "--endpoint", help="Service base URL (default "
-                                        "http://127.0.0.1:$VIGIL_HTTP_PORT)."),
-    concurrency: int = typer.Option(4, "--concurrency", min=1, max=64, help="Requests in flight."),
-    seed: int | None = typer.Option(None, "--seed", help="Sampling seed (default: a fresh sample each time)."),
-) -> None:
-    """Send held-out sentences to a running service's /predict; exit 0 all answered, 1 some failed, 2 none."""
-    from rich.progress import Progress
-
-    from monitoring.replay import choose, held_out, replay, training_split
-
-    settings = get_settings()
-    endpoint = endpoint or f"http://127.0.0.1:{settings.http_port}"
-    try:
-        split = training_split(settings)
-        pool = held_out(domain.value, split)
-    except Exception as error:
-        raise _fail(error) from None
-    trained = ",".join(split.domains)
-    origin = f"v{split.version}" if split.version else "an assumed split (MLflow unreachable)"
-    console.print(f"{len(pool)} held-out {domain.value} sentences (training split of {origin}: {trained}, "
-                  f"seed {split.seed}); sending {n} to {endpoint}/predict", highlight=False)
-    texts = choose(pool, n, seed)
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("replaying", total=n)
-        result = replay(texts, endpoint, concurrency=concurrency,
-                        on_done=lambda done: progress.update(task, completed=done))
-    labels = ", ".join(f"{label} {count}" for label, count in result.labels.most_common()) or "-"
-    served = ", ".join(f"{who} ({count})" for who, count in result.served_by.most_common()) or "-"
-    console.print(f"sent {result.sent}: {result.ok} answered, {result.failed} failed · labels: {labels} · "
-                  f"served by: {served}", highlight=False)
-    if result.errors:
-        console.print("errors: " + ", ".join(f"{e} ×{c}" for e, c in result.errors.most_common()), highlight=False)
-    raise typer.Exit(result.exit_code)

@@ -32,12 +32,12 @@ import pandas as pd
 from pydantic import BaseModel, Field
 from threadpoolctl import threadpool_limits
 
-from monitoring import records
 from monitoring.alerts import Alert, send_alert
 from monitoring.embeddings import EmbeddingCache, embedder_id
 from monitoring.reference import ServedVersion, load_reference, resolve_version
 from monitoring.window import Window
 from monitoring.workspace import HtmlPolicy, SavedSnapshot, combine, report_path, save_snapshot
+from telemetry import records
 from vigil.settings import Settings
 from vigil.text_features import FEATURE_COLUMNS, describe
 

@@ -26,10 +26,10 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from monitoring import records
 from monitoring.alerts import Alert, send_alert
 from monitoring.window import Window
 from monitoring.workspace import HtmlPolicy, combine, report_path, save_snapshot
+from telemetry import records
 from vigil.settings import Settings
 
 logger = logging.getLogger(__name__)

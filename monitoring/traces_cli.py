@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.tree import Tree
 
-from monitoring import semconv
+from telemetry import semconv
 from vigil.errors import VigilError
 from vigil.settings import get_settings
 

@@ -41,7 +41,7 @@ from service.schemas import (
     TensorMetadata,
 )
 from service.sentiment_service import SentimentModel
-from service.telemetry import (
+from service.serving_telemetry import (
     PredictionRecord,
     ServingTelemetry,
     route_bentoml_spans_through_global_provider,

@@ -21,11 +21,11 @@ class RagService:
     def __init__(self) -> None:
         import torch
 
-        from monitoring.metrics import get_metrics
-        from monitoring.tracing import setup_tracing
         from service.rag.errors import RagError
         from service.rag.pipeline import RagPipeline
         from service.sentiment_service import torch_threads
+        from telemetry.metrics import get_metrics
+        from telemetry.tracing import setup_tracing
 
         # One thread, as for the sentiment model: two made one question's embedding 602 ms instead of 24 under load.
         torch.set_num_threads(torch_threads())

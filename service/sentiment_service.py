@@ -43,9 +43,9 @@ class SentimentModel:
     def __init__(self) -> None:
         import torch
 
-        from monitoring.metrics import get_metrics
         from service.bento import packaged_model_dir
         from service.model_store import ModelHolder
+        from telemetry.metrics import get_metrics
 
         torch.set_num_threads(torch_threads())
         settings = get_settings()

@@ -7,5 +7,5 @@ What the service calls (each module imports its heavy libraries lazily, so impor
 - :mod:`service.rag.schemas` — the typed payloads (``Document``, ``IngestRequest``, ``IngestReport``,
   ``RagAnswer``, ``StoreStats``, ``DeleteReport``).
 - :mod:`service.rag.errors` — ``RagError`` subclasses, each with the ``http_status`` the service answers.
-- :func:`service.rag.metrics.retrieval_metrics` — recall@k and MRR, for the evaluation CLI.
+- :func:`evaluations.rag_metrics.retrieval_metrics` — recall@k and MRR, for the evaluation CLI.
 """

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO_ROOT, VIGIL_BIN, free_port, wait_until
-from tests.otlp_receiver import OtlpReceiver, otlp_receiver
+from tests.support.otlp_receiver import OtlpReceiver, otlp_receiver
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

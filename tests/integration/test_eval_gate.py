@@ -23,7 +23,7 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from evaluations.schemas import Comparison, SentimentEvaluation
 from tests.integration.conftest import VigilEnv
-from tests.local_http import respond
+from tests.support.local_http import respond
 from training.data import fingerprint, limit_stratified, load_sentiment, split_sentiment
 
 MODEL = "sentiment-evalgate"

@@ -19,7 +19,7 @@ from evaluations.schemas import DatasetInfo, ModelIdentity, RagEvaluation, RagQu
 from service.rag.schemas import Citation, EmbeddingModelInfo, GeneratorInfo, Usage
 from tests.conftest import free_port
 from tests.integration.conftest import VigilEnv
-from tests.langsmith_standin import LangSmithStandIn, langsmith_standin
+from tests.support.langsmith_standin import LangSmithStandIn, langsmith_standin
 from vigil.settings import get_settings
 
 QUESTIONS = 4

@@ -27,9 +27,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from monitoring import records
-from monitoring.replay import TrainingSplit, held_out
+from evaluations.replay import TrainingSplit, held_out
 from monitoring.workspace import save_snapshot
+from telemetry import records
 from tests.conftest import VIGIL_BIN, free_port, wait_until
 from tests.integration.conftest import VigilEnv
 from tests.unit.test_monitor_alerts import WebhookReceiver

@@ -19,10 +19,11 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from monitoring import semconv, traces_cli
+from monitoring import traces_cli
+from telemetry import semconv
 from tests.conftest import free_port, wait_until
 from tests.integration.conftest import VigilEnv
-from tests.otlp_receiver import ReceivedExport, ReceivedSpan, otlp_receiver
+from tests.support.otlp_receiver import ReceivedExport, ReceivedSpan, otlp_receiver
 
 REMOTE_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 REMOTE_PARENT_ID = "00f067aa0ba902b7"
@@ -31,7 +32,7 @@ SHUTDOWN_SLACK_SECONDS = 0.5
 # What a served request does, minus the server: spans with Vigil's attributes, then a bounded shutdown.
 SCRIPT = textwrap.dedent(f"""
     import json, os, time
-    from monitoring import semconv, tracing
+    from telemetry import semconv, tracing
 
     tracing.setup_tracing("vigil-it")
     tracer = tracing.get_tracer("vigil.it")

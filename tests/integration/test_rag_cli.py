@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from service.rag.cli import app
 from service.rag.schemas import IngestReport
 from tests.conftest import REPO_ROOT, free_port
-from tests.local_http import respond
+from tests.support.local_http import respond
 
 CORPUS = REPO_ROOT / "data" / "rag" / "corpus.jsonl"
 

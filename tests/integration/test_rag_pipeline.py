@@ -14,13 +14,13 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from monitoring import semconv
+from evaluations.qa import QAItem, load_qa
 from service.rag.documents import read_paths
 from service.rag.errors import StoreUnavailable
-from service.rag.evaluation import QAItem, load_qa
 from service.rag.pipeline import RagPipeline
 from service.rag.schemas import Document
 from service.rag.store import MilvusStore
+from telemetry import semconv
 from tests.conftest import REPO_ROOT, free_port, wait_until
 from vigil.settings import Settings
 

@@ -16,12 +16,12 @@ import tritonclient.http as triton_http
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mlflow import MlflowClient
 
-from monitoring.records import create_engine, read_frame
 from service.oip import grpc_service_pb2 as pb
 from service.oip import grpc_service_pb2_grpc as pb_grpc
+from telemetry.records import create_engine, read_frame
 from tests.conftest import free_port, wait_until
 from tests.integration.conftest import MODEL, Server, VigilEnv, start_server
-from tests.otlp_receiver import OtlpReceiver
+from tests.support.otlp_receiver import OtlpReceiver
 
 POSITIVE = "I love this phone, it works great and the battery lasts forever."
 NEGATIVE = "Terrible quality, it broke after one day. Waste of money."

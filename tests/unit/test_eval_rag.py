@@ -14,7 +14,7 @@ from evaluations.datasets import resolve_qa
 from evaluations.rag import InProcessAnswerer, log_to_langsmith, score_outputs, summarize
 from evaluations.schemas import DatasetInfo, ModelIdentity, RagEvaluation, RagQuestionResult
 from tests.conftest import free_port
-from tests.local_http import serve_in_thread, stop_serving
+from tests.support.local_http import serve_in_thread, stop_serving
 from vigil.errors import VigilError
 from vigil.settings import get_settings
 

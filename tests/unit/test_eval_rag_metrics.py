@@ -10,8 +10,7 @@ import pytest
 from sklearn.metrics import ndcg_score
 
 from evaluations.rag import score_outputs, summarize
-from evaluations.schemas import RagQuestionResult
-from service.rag.metrics import (
+from evaluations.rag_metrics import (
     cited_claims,
     claim_support,
     groundedness,
@@ -19,6 +18,7 @@ from service.rag.metrics import (
     retrieval_metrics,
     token_f1,
 )
+from evaluations.schemas import RagQuestionResult
 
 
 def sklearn_ndcg(ranking: list[str], relevant: set[str], k: int) -> float:

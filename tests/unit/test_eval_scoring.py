@@ -20,7 +20,7 @@ from evaluations.scoring import (
     positive_probability,
     score,
 )
-from tests.local_http import respond, serve_in_thread, stop_serving
+from tests.support.local_http import respond, serve_in_thread, stop_serving
 from training.data import fingerprint, limit_stratified, load_sentiment, split_sentiment
 from vigil.errors import VigilError
 

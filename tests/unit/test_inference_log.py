@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
-from monitoring.inference_log import InferenceLogWriter
-from monitoring.records import InferenceRecord, read_frame
+from telemetry.inference_log import InferenceLogWriter
+from telemetry.records import InferenceRecord, read_frame
 from tests.conftest import wait_until
 from vigil.settings import Settings
 

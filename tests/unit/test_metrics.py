@@ -10,7 +10,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitoring.metrics import VigilMetrics, get_metrics
+from telemetry.metrics import VigilMetrics, get_metrics
 from tests.conftest import REPO_ROOT
 
 EXPECTED = {
@@ -75,9 +75,9 @@ def test_nothing_is_created_at_import_and_bentoml_metrics_endpoint_sees_the_seri
     # BentoML's PrometheusClient aggregating every worker's files.
     script = textwrap.dedent("""
         import sys
-        import monitoring.metrics
+        import telemetry.metrics
         assert "prometheus_client" not in sys.modules, "metrics module imported prometheus_client eagerly"
-        metrics = monitoring.metrics.get_metrics()
+        metrics = telemetry.metrics.get_metrics()
         metrics.predictions.labels(model="sentiment", version="3", label="negative").inc(2)
         metrics.inference_log_queue_depth.set(4)
         metrics.batch_size.observe(16)

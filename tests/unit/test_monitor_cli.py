@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from monitoring.cli import app
 from tests.conftest import free_port
-from tests.unit.test_monitor_replay import FakeService
 from tests.unit.test_monitor_tokens import rag_row, write
 from vigil.settings import get_settings
 
@@ -69,12 +68,3 @@ def test_dashboards_command(home: Path) -> None:
     result = runner.invoke(app, ["dashboards"])
     assert result.exit_code == 0 and "sentiment" in result.output and "rag" in result.output
     assert (home / "evidently").is_dir()
-
-
-def test_replay_sends_held_out_imdb_sentences() -> None:
-    with FakeService() as service:
-        result = runner.invoke(app, ["replay", "--domain", "imdb", "--n", "5", "--endpoint", service.url,
-                                     "--seed", "1"])
-    assert result.exit_code == 0, result.output
-    assert len(service.texts) == 5 and "5 answered" in result.output and "sentiment v4" in result.output
-    assert "assumed split" in result.output  # MLflow is down: settings' seed and amazon,yelp

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring import records
 from monitoring.drift import DriftStatus, describe_texts, run_drift, usable_text
 from monitoring.reference import cache_dir
 from monitoring.window import Window
 from monitoring.workspace import combine, save_snapshot
+from telemetry import records
 from tests.conftest import free_port
 from tests.unit.test_monitor_tokens import settings_for
 from vigil.errors import MlflowUnavailable

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitoring import records
 from monitoring.tokens import TokenStatus, price_for, run_tokens
 from monitoring.window import Window
+from telemetry import records
 from tests.unit.test_monitor_alerts import WebhookReceiver
 from vigil.settings import Settings
 

@@ -14,7 +14,7 @@ from service.rag import client
 from service.rag.errors import ServiceIngestError
 from service.rag.schemas import Document, IngestReport
 from tests.conftest import free_port
-from tests.local_http import respond, serve_in_thread, stop_serving
+from tests.support.local_http import respond, serve_in_thread, stop_serving
 
 
 @dataclass

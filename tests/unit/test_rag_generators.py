@@ -17,7 +17,7 @@ from service.rag.embedder import TextEmbedder
 from service.rag.errors import GeneratorTimeout, GeneratorUnavailable, RagConfigError
 from service.rag.generators import NO_CONTEXT_ANSWER, ExtractiveGenerator, OpenAIGenerator
 from service.rag.store import Hit
-from tests.local_http import respond, serve_in_thread, stop_serving
+from tests.support.local_http import respond, serve_in_thread, stop_serving
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.rag.metrics import answer_containment, contains_answer, dedupe, retrieval_metrics
+from evaluations.rag_metrics import answer_containment, contains_answer, dedupe, retrieval_metrics
 
 
 def test_recall_at_k_and_mrr() -> None:

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from service.telemetry import skip_asgi_message_spans
+from service.serving_telemetry import skip_asgi_message_spans
 
 
 async def predict(_: object) -> JSONResponse:

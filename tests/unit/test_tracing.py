@@ -24,8 +24,9 @@ from rich.console import Console
 from rich.tree import Tree
 from typer.testing import CliRunner
 
-from monitoring import semconv, traces_cli, tracing
+from monitoring import traces_cli
 from monitoring.traces_cli import SpanView, span_tree
+from telemetry import semconv, tracing
 from tests.conftest import REPO_ROOT, free_port
 from vigil.errors import MlflowUnavailable, VigilError
 from vigil.settings import Settings
@@ -205,10 +206,10 @@ def test_mlflow_down_degrades_with_one_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
-    with caplog.at_level(logging.WARNING, logger="monitoring.tracing"):
+    with caplog.at_level(logging.WARNING, logger="telemetry.tracing"):
         built = tracing.build_tracing("t", settings=settings(tracing="otlp", langsmith_api_key="lsv2-test",
                                                              langsmith_endpoint="http://127.0.0.1:9"))
-    assert len([r for r in caplog.records if r.name == "monitoring.tracing"]) == 1
+    assert len([r for r in caplog.records if r.name == "telemetry.tracing"]) == 1
     status = built.status()
     assert status["degraded"] is True
     mlflow, langsmith = status["exporters"]
@@ -267,7 +268,7 @@ def test_setup_tracing_installs_one_provider_per_process() -> None:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-        from monitoring import tracing
+        from telemetry import tracing
         from vigil.settings import Settings
 
         exporter = InMemorySpanExporter()
@@ -344,7 +345,7 @@ def test_traces_tail_names_the_unreachable_mlflow(monkeypatch: pytest.MonkeyPatc
 
 
 def test_asgi_message_spans_are_not_exported_and_the_tree_stays_whole() -> None:
-    from tests.otlp_receiver import otlp_receiver
+    from tests.support.otlp_receiver import otlp_receiver
 
     with otlp_receiver() as receiver:
         built = tracing.build_tracing("t", settings=settings(tracing="otlp",

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
 
-from monitoring.records import InferenceRecord, create_engine, inference_log
+from telemetry.records import InferenceRecord, create_engine, inference_log
 from vigil.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from monitoring.metrics import VigilMetrics
+    from telemetry.metrics import VigilMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def redact(text: str | None, redaction: Redaction) -> str | None:
 
 
 class InferenceLogWriter:
-    """Appends :class:`~monitoring.records.InferenceRecord` rows off the request path.
+    """Appends :class:`~telemetry.records.InferenceRecord` rows off the request path.
 
     Thread-safe; :meth:`log` may be called from any thread or an event loop. :meth:`close` blocks up to its
     timeout, so from asyncio call it through ``asyncio.to_thread``.
@@ -229,7 +229,7 @@ class InferenceLogWriter:
     def _metric(self, update: Callable[[VigilMetrics], object]) -> None:
         # The log's own counters stay exact; Prometheus is best effort and must never fail a request.
         try:
-            from monitoring.metrics import get_metrics
+            from telemetry.metrics import get_metrics
 
             update(get_metrics())
         except Exception:

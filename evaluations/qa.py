@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from service.rag.metrics import DEFAULT_KS, RetrievalMetrics, answer_containment, dedupe, retrieval_metrics
+from evaluations.rag_metrics import DEFAULT_KS, RetrievalMetrics, answer_containment, dedupe, retrieval_metrics
 
 if TYPE_CHECKING:
     from service.rag.pipeline import RagPipeline

@@ -6,13 +6,16 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
-from monitoring.replay import TrainingSplit, choose, held_out, replay
+from evaluations.cli import app as eval_app
+from evaluations.replay import TrainingSplit, choose, held_out, replay
 from tests.conftest import free_port
-from tests.local_http import respond
+from tests.support.local_http import respond
 from training.data import limit_stratified, load_sentiment, split_sentiment
 
 
@@ -97,3 +100,14 @@ def test_replay_reports_failures() -> None:
     assert result.errors == {"HTTP 503": 2}
     down = replay(["a"], f"http://127.0.0.1:{free_port()}", timeout=2)
     assert down.exit_code == 2 and down.errors == {"ConnectError": 1}
+
+
+def test_eval_replay_command_sends_held_out_imdb_sentences(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIGIL_HOME", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with FakeService() as service:
+        result = CliRunner().invoke(eval_app, ["replay", "--domain", "imdb", "--n", "5", "--endpoint", service.url,
+                                                "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert len(service.texts) == 5 and "5 answered" in result.output and "sentiment v4" in result.output
+    assert "assumed split" in result.output  # MLflow is down: settings' seed and amazon,yelp

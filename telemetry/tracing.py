@@ -41,7 +41,7 @@ from opentelemetry.trace import Link, SpanKind, format_trace_id
 from opentelemetry.util.types import Attributes
 from pydantic import BaseModel
 
-from monitoring import semconv
+from telemetry import semconv
 from vigil.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class ExporterStatus:
 def _count_metric(which: str, exporter: str, amount: int) -> None:
     # Metrics are a convenience here: a broken metrics set-up must not break the export thread.
     try:
-        from monitoring.metrics import get_metrics
+        from telemetry.metrics import get_metrics
 
         getattr(get_metrics(), which).labels(exporter=exporter).inc(amount)
     except Exception:
@@ -233,7 +233,7 @@ class RateLimitedSampler(Sampler):
 
 def _count_rate_limited() -> None:
     try:
-        from monitoring.metrics import get_metrics
+        from telemetry.metrics import get_metrics
 
         get_metrics().traces_rate_limited.inc()
     except Exception:

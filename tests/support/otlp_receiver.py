@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from tests.local_http import respond, serve_in_thread, stop_serving
+from tests.support.local_http import respond, serve_in_thread, stop_serving
 
 TRACE_PATHS = ("/otel/v1/traces", "/v1/traces")
 

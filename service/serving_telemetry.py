@@ -16,11 +16,11 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from monitoring import semconv
-from monitoring.inference_log import InferenceLogWriter
-from monitoring.metrics import get_metrics
-from monitoring.records import InferenceRecord
-from monitoring.tracing import extract_context, get_tracer, setup_tracing, shutdown_tracing, text_attribute
+from telemetry import semconv
+from telemetry.inference_log import InferenceLogWriter
+from telemetry.metrics import get_metrics
+from telemetry.records import InferenceRecord
+from telemetry.tracing import extract_context, get_tracer, setup_tracing, shutdown_tracing, text_attribute
 from vigil.settings import Settings
 
 GRPC_SERVER_SPAN = "inference.GRPCInferenceService/ModelInfer"
@@ -43,7 +43,7 @@ def skip_asgi_message_spans() -> None:
 
     Three spans per prediction that time socket reads and writes. The middleware has the option (`exclude_spans`);
     BentoML 1.4 does not pass it, and imports the class from its module each time it builds an app, so a subclass
-    with that default in the module's place is what it builds. `monitoring.tracing` also keeps such spans out of
+    with that default in the module's place is what it builds. `telemetry.tracing` also keeps such spans out of
     the export, for a middleware built before this ran.
     """
     from opentelemetry.instrumentation import asgi

@@ -1,6 +1,6 @@
 """The inference log's row: one per prediction or RAG query, the contract between the service and the jobs.
 
-The service writes rows (through :mod:`monitoring.inference_log`'s background writer); the Evidently jobs read them
+The service writes rows (through :mod:`telemetry.inference_log`'s background writer); the Evidently jobs read them
 back with :func:`read_frame`. SQLite by default, PostgreSQL by SQLAlchemy URL, with the same table.
 """
 

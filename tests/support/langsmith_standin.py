@@ -44,7 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.local_http import respond, serve_in_thread, stop_serving
+from tests.support.local_http import respond, serve_in_thread, stop_serving
 
 TENANT_ID = "00000000-0000-4000-8000-00000000a11e"
 INFO: dict[str, Any] = {
