@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from service.rag.schemas import MAX_DOCUMENT_ID_CHARS, Document, FileError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 TEXT_SUFFIXES = frozenset({".txt", ".text"})
@@ -127,7 +127,7 @@ def _source(path: Path) -> str:
 
 
 def _failed(path: Path, error: str) -> ReadResult:
-    log.warning("not ingested: %s: %s", path, error)
+    logger.warning("not ingested: %s: %s", path, error)
     return ReadResult(errors=[FileError(source=str(path), error=error)])
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from service.rag.embedder import TextEmbedder
     from vigil.settings import Settings
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 NO_CONTEXT_ANSWER = "No indexed document answers this question."
 
@@ -244,7 +244,7 @@ class OpenAIGenerator:
         if completion.usage is not None:
             usage = Usage.of(completion.usage.prompt_tokens, completion.usage.completion_tokens)
         else:
-            log.debug("the LLM reported no usage; counting with the encoder's tokenizer")
+            logger.debug("the LLM reported no usage; counting with the encoder's tokenizer")
             usage = Usage.of(sum(self._count(m["content"]) for m in messages), self._count(answer))
         return Generation(answer, usage, used, completion.model or self.model, choice.finish_reason)
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from vigil.settings import Settings
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 STORE_MILVUS_LITE = "milvus-lite"
 STORE_MILVUS = "milvus"
@@ -242,7 +242,7 @@ class MilvusStore:
         try:
             client.close()
         except Exception as exc:  # closing must not mask what the caller is doing
-            log.debug("closing the Milvus client failed: %s", exc)
+            logger.debug("closing the Milvus client failed: %s", exc)
         if is_lite(self.target) and _lite_users.release(self.target):
             from milvus_lite.server_manager import server_manager_instance
 
@@ -254,7 +254,7 @@ class MilvusStore:
                 fields = {f["name"] for f in client.describe_collection(self.collection)["fields"]}
                 self.hybrid = self._want_hybrid and SPARSE in fields
                 if self._want_hybrid and not self.hybrid:
-                    log.warning("collection %s has no BM25 field; searching dense vectors only", self.collection)
+                    logger.warning("collection %s has no BM25 field; searching dense vectors only", self.collection)
             else:
                 self._create(client)
                 self.hybrid = self._want_hybrid
@@ -288,7 +288,7 @@ class MilvusStore:
         # The collection is empty, so there is nothing to wait for; waiting would poll an RPC (AllocTimestamp)
         # that Milvus Lite lacks and logs an error for.
         client.create_index(self.collection, index, sync=False)
-        log.info("created Milvus collection %s at %s (hybrid=%s)", self.collection, redact(self.target),
+        logger.info("created Milvus collection %s at %s (hybrid=%s)", self.collection, redact(self.target),
                  self._want_hybrid)
 
     def _errors(self) -> _MilvusErrors:
