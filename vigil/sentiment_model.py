@@ -82,8 +82,8 @@ class SentimentClassifier:
     def use_onnx(self, path: Path, threads: int = 1) -> None:
         """Predict with ONNX Runtime from now on, on this network exported to ``path`` (exported when missing).
 
-        Measured here with one thread: about 2x the texts per second of torch eager at batch 1-64, with the same
-        probabilities to 1e-7 (bench/RESULTS.md). The export is checked against torch before it is used.
+        Faster than torch eager with the same probabilities (the in-process ceiling in bench/RESULTS.md, "Serving").
+        The export is checked against torch before it is used.
         """
         if not path.exists():
             export_onnx(self, path)

@@ -60,13 +60,13 @@ MAX_SOURCE_BYTES = 4096
 MAX_TEXT_BYTES = 65535
 MAX_VERSION_BYTES = 128
 
-# HNSW: ~3× faster than FLAT in Milvus Lite at this corpus size, with identical top-5 (measured), and the
-# index a Milvus server would choose too. ef is raised to the number of candidates asked for.
+# HNSW: faster than FLAT in Milvus Lite at this corpus size with the same top-5 (bench/RESULTS.md, "RAG": "Choices
+# the numbers made"), and the index a Milvus server would choose too. ef is raised to the number of candidates asked for.
 HNSW_PARAMS = {"M": 16, "efConstruction": 200}
 MIN_EF = 64
 RRF_K = 60
 # Candidates each route contributes to the fusion. Fewer than 10 starves RRF; many more lets chunks that are
-# mediocre in both routes outrank the best of one (measured: recall@5 0.936 at 10 vs 0.914 at 30).
+# mediocre in both routes outrank the best of one (bench/RESULTS.md, "RAG": "Choices the numbers made").
 MIN_CANDIDATES = 10
 WRITE_BATCH = 256
 QUERY_PAGE = 1000
