@@ -61,7 +61,8 @@ MAX_TEXT_BYTES = 65535
 MAX_VERSION_BYTES = 128
 
 # HNSW: faster than FLAT in Milvus Lite at this corpus size with the same top-5 (bench/RESULTS.md, "RAG": "Choices
-# the numbers made"), and the index a Milvus server would choose too. ef is raised to the number of candidates asked for.
+# the numbers made"), and the index a Milvus server would choose too. ef is raised to the number of candidates
+# asked for.
 HNSW_PARAMS = {"M": 16, "efConstruction": 200}
 MIN_EF = 64
 RRF_K = 60
