@@ -37,13 +37,13 @@ sys.path.insert(0, str(REPO))
 import numpy as np
 import pandas as pd
 
-from evaluations.replay import TrainingSplit, held_out
+from evaluations.replay import held_out
 from monitoring.drift import DriftResult, run_drift
 from monitoring.embeddings import EmbeddingCache
 from monitoring.reference import cache_dir, resolve_version
 from monitoring.window import Window
 from telemetry import records
-from training.data import load_sentiment
+from training.data import SplitParams, load_sentiment
 from vigil.settings import Settings, get_settings
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
@@ -87,7 +87,7 @@ def check_scores(result: DriftResult) -> dict[str, float | None]:
     return {check.name: check.score for check in result.checks}
 
 
-def detection(settings: Settings, version: str, split: TrainingSplit, windows: int, window_rows: int) -> list[dict]:
+def detection(settings: Settings, version: str, split: SplitParams, windows: int, window_rows: int) -> list[dict]:
     predict = predictor(settings, version)
     pools = {domain: held_out(domain, split) for domain in ("amazon", "yelp", "imdb")}
     print("held-out sentences: " + ", ".join(f"{d} {len(p)}" for d, p in pools.items()), flush=True)
@@ -216,8 +216,7 @@ def main() -> None:
     served, client = resolve_version(shared, shared.sentiment_model_name, args.version)
     assert client is not None
     params = client.get_run(served.run_id).data.params
-    split = TrainingSplit(int(params.get("seed", shared.seed)), tuple(params.get("domains", "amazon,yelp").split(",")),
-                          int(params.get("limit", 0) or 0), served.version)
+    split = SplitParams.from_run_params(params, default_seed=shared.seed)
     home = Path(tempfile.mkdtemp(prefix="vigil-bench-drift-"))
     settings = shared.model_copy(update={"home": home, "inference_log_url": "", "evidently_workspace": "",
                                          "evidently_url": "", "alert_webhook": ""})

@@ -231,20 +231,20 @@ def replay_command(
     """Send held-out sentences to a running service's /predict; exit 0 all answered, 1 some failed, 2 none."""
     from rich.progress import Progress
 
-    from evaluations.replay import choose, held_out, replay, training_split
+    from evaluations.replay import choose, held_out, replay, served_split
 
     settings = get_settings()
     endpoint = endpoint or f"http://127.0.0.1:{settings.http_port}"
     try:
-        split = training_split(settings)
-        pool = held_out(domain.value, split)
+        split = served_split(settings)
+        pool = held_out(domain.value, split.params)
     except Exception as error:
         console.print(f"[red]error:[/] {error}", highlight=False)
         raise typer.Exit(2) from None
-    trained = ",".join(split.domains)
+    trained = ",".join(split.params.domains)
     origin = f"v{split.version}" if split.version else "an assumed split (MLflow unreachable)"
     console.print(f"{len(pool)} held-out {domain.value} sentences (training split of {origin}: {trained}, "
-                  f"seed {split.seed}); sending {n} to {endpoint}/predict", highlight=False)
+                  f"seed {split.params.seed}); sending {n} to {endpoint}/predict", highlight=False)
     texts = choose(pool, n, seed)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("replaying", total=n)

@@ -1,7 +1,7 @@
 """The rows an evaluation scores: the held-out test split, a whole domain, or a file; for RAG, QA pairs.
 
-`test` is rebuilt exactly as training built it — the same loader, limit and seeded split — from the parameters the
-version's training run logged, so a version is scored on sentences it never saw. Two versions trained alike share
+`test` is rebuilt by the function training made it with (:func:`training.data.training_split`), from the parameters
+the version's training run logged, so a version is scored on sentences it never saw. Two versions trained alike share
 that split. Versions trained differently (another seed, limit or domains) are compared on the union of their test
 splits minus every sentence either of them trained or validated on: the rows held out from both.
 """
@@ -9,22 +9,26 @@ splits minus every sentence either of them trained or validated on: the rows hel
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+from pydantic import BaseModel, ValidationError
 
 from training.data import (
     DEFAULT_DATA_DIR,
     DOMAIN_FILES,
     LoadReport,
+    SplitParams,
     fingerprint,
     limit_stratified,
     load_domain,
     load_sentiment,
-    split_sentiment,
+    training_split,
 )
 from vigil.errors import VigilError
 from vigil.settings import get_settings
@@ -32,42 +36,23 @@ from vigil.settings import get_settings
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from evaluations.qa import QAItem
-
 logger = logging.getLogger(__name__)
 
-DEFAULT_TRAINING_DOMAINS = ("amazon", "yelp")
 
-
-@dataclass(frozen=True)
-class TrainingParams:
-    """What of a version's training decides its split: the seed, the domains and the row limit."""
-
-    seed: int
-    domains: tuple[str, ...] = DEFAULT_TRAINING_DOMAINS
-    limit: int | None = None
-
-    def describe(self) -> str:
-        limited = f", limit {self.limit}" if self.limit else ""
-        return f"{','.join(self.domains)}, seed {self.seed}{limited}"
-
-
-def training_params(client: MlflowClient, run_id: str | None) -> TrainingParams:
+def training_params(client: MlflowClient, run_id: str | None) -> SplitParams:
     """The split parameters logged by the training run; the settings' seed and default domains when absent."""
-    default = TrainingParams(seed=get_settings().seed)
+    seed = get_settings().seed
     if not run_id:
-        return default
+        return SplitParams(seed=seed)
     from mlflow.exceptions import MlflowException
 
     try:
         params = client.get_run(run_id).data.params
     except MlflowException:
-        logger.warning("training run %s not found; using seed %s and domains %s", run_id, default.seed,
-                       ",".join(default.domains))
+        default = SplitParams(seed=seed)
+        logger.warning("training run %s not found; assuming %s", run_id, default.describe())
         return default
-    domains = tuple(d for d in params.get("domains", "").split(",") if d) or default.domains
-    limit = int(params.get("limit", "0") or 0) or None
-    return TrainingParams(seed=int(params.get("seed", default.seed)), domains=domains, limit=limit)
+    return SplitParams.from_run_params(params, default_seed=seed)
 
 
 @dataclass
@@ -86,25 +71,22 @@ class EvalData:
         return sorted(self.frame["domain"].astype(str).unique())
 
 
-def _training_split(params: TrainingParams, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rows trained or validated on, test rows) exactly as training made them."""
-    frame, _ = load_sentiment(data_dir, list(params.domains))
-    if params.limit:
-        frame = limit_stratified(frame, params.limit, params.seed)
-    split = split_sentiment(frame, params.seed)
+def _trained_and_test(params: SplitParams, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows trained or validated on, test rows) of one version."""
+    split, _ = training_split(params, data_dir)
     return pd.concat([split.train, split.validation], ignore_index=True), split.test
 
 
-def held_out_split(versions: list[TrainingParams], data_dir: Path = DEFAULT_DATA_DIR) -> EvalData:
+def held_out_split(versions: list[SplitParams], data_dir: Path = DEFAULT_DATA_DIR) -> EvalData:
     """The test split of one version, of several trained alike, or the rows held out from all of them."""
     unique = list(dict.fromkeys(versions))
     if len(unique) == 1:
-        _, test = _training_split(unique[0], data_dir)
+        _, test = _trained_and_test(unique[0], data_dir)
         return EvalData("test", test, f"test split ({unique[0].describe()})")
     seen: set[str] = set()
     tests = []
     for params in unique:
-        trained, test = _training_split(params, data_dir)
+        trained, test = _trained_and_test(params, data_dir)
         seen.update(trained["text"])
         tests.append(test)
     union = pd.concat(tests, ignore_index=True).drop_duplicates(["text", "label", "domain"])
@@ -131,7 +113,7 @@ def from_file(path: Path) -> EvalData:
 
 def resolve_data(
     spec: str,
-    versions: list[TrainingParams],
+    versions: list[SplitParams],
     limit: int | None = None,
     seed: int | None = None,
     data_dir: Path = DEFAULT_DATA_DIR,
@@ -164,6 +146,24 @@ def _limited(frame: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
         return frame.sample(n=limit, random_state=seed).reset_index(drop=True)
 
 
+class QAItem(BaseModel):
+    """One question of a QA file, with its gold answers and the passages that hold them."""
+
+    id: str
+    question: str
+    answers: list[str]
+    passage_ids: list[str]
+
+
+def load_qa(path: Path, sample: int | None = None, seed: int = 42) -> list[QAItem]:
+    """The QA pairs of a JSONL file; a seeded random ``sample`` of them when given."""
+    items = [QAItem.model_validate(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines()
+             if line.strip()]
+    if sample is not None and sample < len(items):
+        items = random.Random(seed).sample(items, sample)
+    return items
+
+
 @dataclass
 class QAData:
     """Question/answer pairs with gold passages (``data/rag/qa.jsonl``), the ones a RAG evaluation asks."""
@@ -189,10 +189,6 @@ class QAData:
 
 def resolve_qa(path: Path, limit: int | None = None, seed: int | None = None) -> QAData:
     """The QA pairs of a JSONL file (id, question, answers, passage_ids); a seeded sample of ``limit`` of them."""
-    from pydantic import ValidationError
-
-    from evaluations.qa import load_qa
-
     if not path.is_file():
         raise VigilError(f"no QA file {path}; --dataset takes a JSONL file of id, question, answers, passage_ids.")
     seed = get_settings().seed if seed is None else seed

@@ -1,8 +1,8 @@
 """Replay held-out sentences through a running Vigil service, so the drift job has real traffic to judge.
 
 "Held-out" means not in the serving version's training split: the split is rebuilt with the training run's seed,
-domains and limit (read from its MLflow run) by the same code that made it, :mod:`training.data`. A domain the
-version never trained on (imdb, for the default amazon + yelp model) is held out entirely.
+domains and limit (read from its MLflow run) by the function that made it, :func:`training.data.training_split`.
+A domain the version never trained on (imdb, for the default amazon + yelp model) is held out entirely.
 """
 
 from __future__ import annotations
@@ -19,24 +19,22 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
-from training.data import DEFAULT_DATA_DIR, limit_stratified, load_sentiment, split_sentiment
+from evaluations.datasets import training_params
+from training.data import DEFAULT_DATA_DIR, DOMAIN_FILES, SplitParams, load_sentiment, training_split
 from vigil import registry
 from vigil.errors import MlflowUnavailable, VigilError
 from vigil.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-DOMAINS = ("amazon", "imdb", "yelp")
 
 
 @dataclass(frozen=True)
-class TrainingSplit:
-    """What the serving version was trained on, as far as its run records it."""
+class ServedSplit:
+    """The split parameters of the version a service follows, as far as its training run records them."""
 
-    seed: int
-    domains: tuple[str, ...]
-    limit: int
-    version: str | None  # None: MLflow unreachable, settings' defaults assumed
+    params: SplitParams
+    version: str | None  # None: MLflow unreachable, the settings' seed and the default domains assumed
 
 
 class _Label(BaseModel):
@@ -71,34 +69,32 @@ class ReplayResult:
         return 1 if self.ok else 2
 
 
-def training_split(settings: Settings) -> TrainingSplit:
+def served_split(settings: Settings) -> ServedSplit:
     """Seed, domains and limit of the version the service follows (``VIGIL_SERVE_ALIAS``)."""
     name = settings.sentiment_model_name
     try:
         client = registry.connect(settings.mlflow_tracking_uri)
     except MlflowUnavailable as error:
-        logger.warning("%s; assuming seed %s and domains amazon,yelp for the held-out split", error, settings.seed)
-        return TrainingSplit(settings.seed, ("amazon", "yelp"), 0, None)
-    served = registry.alias_version(client, name, settings.serve_alias)
-    if served is None:
-        raise VigilError(f"{name}@{settings.serve_alias} does not exist: nothing serves, nothing to replay against.")
-    params = client.get_run(str(served.run_id)).data.params
-    domains = tuple(d for d in params.get("domains", "amazon,yelp").split(",") if d)
-    return TrainingSplit(int(params.get("seed", settings.seed)), domains, int(params.get("limit", 0) or 0),
-                         str(served.version))
+        assumed = SplitParams(seed=settings.seed)
+        logger.warning("%s; assuming %s for the held-out split", error, assumed.describe())
+        return ServedSplit(assumed, None)
+    try:
+        served = registry.resolve(client, registry.ModelReference(name, alias=settings.serve_alias))
+    except registry.ModelNotFound:
+        raise VigilError(f"{name}@{settings.serve_alias} does not exist: nothing serves, nothing to replay "
+                         "against.") from None
+    return ServedSplit(training_params(client, served.run_id), str(served.version))
 
 
-def held_out(domain: str, split: TrainingSplit, data_dir: Path = DEFAULT_DATA_DIR) -> pd.DataFrame:
-    """Sentences of ``domain`` (text, label, domain) that the version's training split does not contain."""
-    if domain not in DOMAINS:
-        raise VigilError(f"unknown domain {domain!r}; choose from {', '.join(DOMAINS)}")
+def held_out(domain: str, params: SplitParams, data_dir: Path = DEFAULT_DATA_DIR) -> pd.DataFrame:
+    """Sentences of ``domain`` (text, label, domain) that the version's training split does not train on."""
+    if domain not in DOMAIN_FILES:
+        raise VigilError(f"unknown domain {domain!r}; choose from {', '.join(DOMAIN_FILES)}")
     pool, _ = load_sentiment(data_dir, [domain])
-    if domain not in split.domains:
+    if domain not in params.domains:
         return pool
-    trained, _ = load_sentiment(data_dir, list(split.domains))
-    if split.limit:
-        trained = limit_stratified(trained, split.limit, split.seed)
-    train_texts = set(split_sentiment(trained, split.seed).train["text"])
+    split, _ = training_split(params, data_dir)
+    train_texts = set(split.train["text"])
     return pool[~pool["text"].isin(train_texts)].reset_index(drop=True)
 
 

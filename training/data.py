@@ -1,8 +1,13 @@
-"""The UCI Sentiment Labelled Sentences: parsing, fingerprinting and a deterministic stratified split."""
+"""The UCI Sentiment Labelled Sentences: parsing, fingerprinting and a deterministic stratified split.
+
+:func:`training_split` is the one way to make a version's split, when training and ever after: evaluation and
+replay rebuild it from the :class:`SplitParams` the training run logged, so they see exactly what training saw.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +21,8 @@ DOMAIN_FILES: dict[str, str] = {
 }
 LABEL_NAMES: tuple[str, str] = ("negative", "positive")
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "sentiment"
+# What `vigil train sentiment` trains on unless told otherwise; the rest is out-of-domain.
+DEFAULT_DOMAINS: tuple[str, ...] = ("amazon", "yelp")
 
 
 @dataclass
@@ -121,3 +128,35 @@ def limit_stratified(frame: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame
     strata = frame["domain"].astype(str) + "/" + frame["label"].astype(str)
     kept, _ = train_test_split(frame, train_size=limit, random_state=seed, stratify=strata)
     return kept.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    """What of a training run decides its split: the seed, the domains and the row limit (None: every row)."""
+
+    seed: int
+    domains: tuple[str, ...] = DEFAULT_DOMAINS
+    limit: int | None = None
+
+    def run_params(self) -> dict[str, str | int]:
+        """The run parameters training logs for them (``limit`` 0 for none, ``domains`` comma-joined)."""
+        return {"seed": self.seed, "domains": ",".join(self.domains), "limit": self.limit or 0}
+
+    @classmethod
+    def from_run_params(cls, params: Mapping[str, str], default_seed: int) -> SplitParams:
+        """Read back what :meth:`run_params` logged; ``default_seed`` and the default domains where a run lacks them."""
+        domains = tuple(d for d in params.get("domains", "").split(",") if d) or DEFAULT_DOMAINS
+        limit = int(params.get("limit", "0") or 0) or None
+        return cls(seed=int(params.get("seed", default_seed)), domains=domains, limit=limit)
+
+    def describe(self) -> str:
+        limited = f", limit {self.limit}" if self.limit else ""
+        return f"{','.join(self.domains)}, seed {self.seed}{limited}"
+
+
+def training_split(params: SplitParams, data_dir: Path = DEFAULT_DATA_DIR) -> tuple[Split, LoadReport]:
+    """The split a training run with ``params`` made (load, limit, seeded split) and what loading skipped."""
+    frame, report = load_sentiment(data_dir, list(params.domains))
+    if params.limit:
+        frame = limit_stratified(frame, params.limit, params.seed)
+    return split_sentiment(frame, params.seed), report

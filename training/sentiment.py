@@ -17,7 +17,16 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
-from training.data import DEFAULT_DATA_DIR, fingerprint, limit_stratified, load_sentiment, split_sentiment
+from training.data import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_DOMAINS,
+    DOMAIN_FILES,
+    SplitParams,
+    fingerprint,
+    limit_stratified,
+    load_sentiment,
+    training_split,
+)
 from vigil import registry
 from vigil.sentiment_model import LABELS, SentimentClassifier, SentimentPyfunc
 from vigil.settings import get_settings
@@ -37,9 +46,13 @@ class TrainConfig:
     weight_decay: float = 0.01
     seed: int = 42
     limit: int | None = None
-    domains: list[str] = field(default_factory=lambda: ["amazon", "yelp"])
+    domains: list[str] = field(default_factory=lambda: list(DEFAULT_DOMAINS))
     reference_size: int = 1000
     data_dir: Path = DEFAULT_DATA_DIR
+
+    @property
+    def split_params(self) -> SplitParams:
+        return SplitParams(seed=self.seed, domains=tuple(self.domains), limit=self.limit)
 
 
 @dataclass(frozen=True)
@@ -160,13 +173,13 @@ def train_sentiment(config: TrainConfig, progress: ProgressCallback | None = Non
 
     settings = get_settings()
     client = registry.connect()
+    # The run below is logged through MLflow's fluent API, which reads only the process-wide URI.
+    registry.use_for_fluent_api(client.tracking_uri)
     seed_everything(config.seed)
 
-    frame, load_report = load_sentiment(config.data_dir, config.domains)
-    if config.limit:
-        frame = limit_stratified(frame, config.limit, config.seed)
-    split = split_sentiment(frame, config.seed)
-    unseen = sorted({"amazon", "imdb", "yelp"} - set(config.domains))
+    split, load_report = training_split(config.split_params, config.data_dir)
+    frame = pd.concat([split.train, split.validation, split.test], ignore_index=True)
+    unseen = sorted(set(DOMAIN_FILES) - set(config.domains))
     out_of_domain, _ = load_sentiment(config.data_dir, unseen) if unseen else (frame.iloc[0:0], None)
     if config.limit and len(out_of_domain):
         out_of_domain = limit_stratified(out_of_domain, max(config.limit // 2, 20), config.seed)
@@ -176,8 +189,8 @@ def train_sentiment(config: TrainConfig, progress: ProgressCallback | None = Non
         mlflow.set_tags({"vigil.model": settings.sentiment_model_name, "dataset.fingerprint": fingerprint(frame)})
         mlflow.log_params({
             "epochs": config.epochs, "batch_size": config.batch_size, "encoder_lr": config.encoder_lr,
-            "head_lr": config.head_lr, "weight_decay": config.weight_decay, "seed": config.seed,
-            "limit": config.limit or 0, "domains": ",".join(config.domains), "encoder": "all-MiniLM-L6-v2",
+            "head_lr": config.head_lr, "weight_decay": config.weight_decay, **config.split_params.run_params(),
+            "encoder": "all-MiniLM-L6-v2",
             "approach": "fine-tune encoder + linear head", "train_rows": len(split.train),
             "validation_rows": len(split.validation), "test_rows": len(split.test),
             "dataset_fingerprint": fingerprint(frame), "torch_threads": torch.get_num_threads(),

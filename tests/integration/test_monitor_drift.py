@@ -27,13 +27,14 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from evaluations.replay import TrainingSplit, held_out
+from evaluations.replay import held_out
 from monitoring.workspace import save_snapshot
 from telemetry import records
 from tests.conftest import VIGIL_BIN, free_port, wait_until
 from tests.integration.conftest import VigilEnv
 from tests.unit.test_monitor_alerts import WebhookReceiver
 from tests.unit.test_monitor_tokens import settings_for
+from training.data import SplitParams
 
 if TYPE_CHECKING:
     from evidently.sdk.models import DashboardModel
@@ -79,8 +80,7 @@ def setup(vigil_env: VigilEnv, tmp_path_factory: pytest.TempPathFactory) -> Iter
     client = MlflowClient(vigil_env.tracking_uri)
     served = client.get_model_version_by_alias(MODEL, "champion")
     params = client.get_run(str(served.run_id)).data.params
-    split = TrainingSplit(int(params["seed"]), tuple(params["domains"].split(",")), int(params["limit"]),
-                          str(served.version))
+    split = SplitParams.from_run_params(params, default_seed=42)
 
     mlflow.set_tracking_uri(vigil_env.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{served.version}")

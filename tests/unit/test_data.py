@@ -7,11 +7,13 @@ import pytest
 
 from training.data import (
     DOMAIN_FILES,
+    SplitParams,
     fingerprint,
     limit_stratified,
     load_sentiment,
     parse_line,
     split_sentiment,
+    training_split,
 )
 
 
@@ -98,3 +100,24 @@ def test_fingerprint_ignores_order_and_sees_content() -> None:
     changed = frame.copy()
     changed.loc[0, "label"] = 1 - changed.loc[0, "label"]
     assert fingerprint(changed) != fingerprint(frame)
+
+
+def test_split_params_read_back_what_training_logs() -> None:
+    params = SplitParams(seed=7, domains=("yelp",), limit=300)
+    logged = {key: str(value) for key, value in params.run_params().items()}  # MLflow keeps params as strings
+    assert logged == {"seed": "7", "domains": "yelp", "limit": "300"}
+    assert SplitParams.from_run_params(logged, default_seed=1) == params
+    # A run that logged no split parameters: the given seed, the default domains, every row.
+    assert SplitParams.from_run_params({"limit": "0"}, default_seed=5) == SplitParams(5, ("amazon", "yelp"), None)
+
+
+def test_training_split_is_load_then_limit_then_split() -> None:
+    split, report = training_split(SplitParams(seed=3, domains=("amazon", "yelp"), limit=200))
+    frame, _ = load_sentiment(domains=["amazon", "yelp"])
+    expected = split_sentiment(limit_stratified(frame, 200, seed=3), seed=3)
+    for ours, theirs in ((split.train, expected.train), (split.validation, expected.validation),
+                         (split.test, expected.test)):
+        pd.testing.assert_frame_equal(ours, theirs)
+    # 200 rows: 20 % test (40), 10 % of the whole validation (20), the rest train.
+    assert (len(split.train), len(split.validation), len(split.test)) == (140, 20, 40)
+    assert report.skipped == 0 and report.rows == 1600

@@ -11,7 +11,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from evaluations.datasets import TrainingParams, _training_split, from_file, held_out_split, resolve_data
+from evaluations.datasets import from_file, held_out_split, resolve_data
 from evaluations.scoring import (
     BatchOutput,
     EndpointPredictor,
@@ -21,7 +21,7 @@ from evaluations.scoring import (
     score,
 )
 from tests.support.local_http import respond, serve_in_thread, stop_serving
-from training.data import fingerprint, limit_stratified, load_sentiment, split_sentiment
+from training.data import SplitParams, fingerprint, limit_stratified, load_sentiment, split_sentiment
 from vigil.errors import VigilError
 
 
@@ -37,7 +37,7 @@ def test_model_references(text: str, expected: ModelRef) -> None:
 
 
 def test_test_split_is_the_one_training_made() -> None:
-    params = TrainingParams(seed=11, domains=("amazon", "yelp"), limit=600)
+    params = SplitParams(seed=11, domains=("amazon", "yelp"), limit=600)
     frame, _ = load_sentiment(domains=["amazon", "yelp"])
     expected = split_sentiment(limit_stratified(frame, 600, 11), 11).test
     data = resolve_data("test", [params])
@@ -47,28 +47,27 @@ def test_test_split_is_the_one_training_made() -> None:
 
 
 def test_versions_trained_differently_share_only_rows_neither_saw() -> None:
-    good = TrainingParams(seed=11, limit=600)
-    weak = TrainingParams(seed=42, limit=40)
+    good = SplitParams(seed=11, limit=600)
+    weak = SplitParams(seed=42, limit=40)
     data = held_out_split([good, weak])
-    seen = set(_training_split(good, data_dir=_data_dir())[0]["text"]) | set(
-        _training_split(weak, data_dir=_data_dir())[0]["text"])
+    seen = _trained_on(good) | _trained_on(weak)
     assert len(data.frame) > 100
     assert not set(data.frame["text"]) & seen
     assert held_out_split([good, good]).frame.equals(held_out_split([good]).frame)
 
 
-def _data_dir() -> Path:
-    from training.data import DEFAULT_DATA_DIR
-
-    return DEFAULT_DATA_DIR
+def _trained_on(params: SplitParams) -> set[str]:
+    frame, _ = load_sentiment(domains=list(params.domains))
+    split = split_sentiment(limit_stratified(frame, params.limit, params.seed) if params.limit else frame, params.seed)
+    return set(split.train["text"]) | set(split.validation["text"])
 
 
 def test_out_of_domain_data_and_limit() -> None:
-    data = resolve_data("imdb", [TrainingParams(seed=42)], limit=100, seed=42)
+    data = resolve_data("imdb", [SplitParams(seed=42)], limit=100, seed=42)
     assert len(data.frame) == 100 and data.domains == ["imdb"]
     assert set(data.frame["label"]) == {0, 1}
     assert not data.notes
-    trained = resolve_data("imdb", [TrainingParams(seed=42, domains=("imdb",))], limit=10)
+    trained = resolve_data("imdb", [SplitParams(seed=42, domains=("imdb",))], limit=10)
     assert "not out-of-domain" in trained.notes[0]
 
 

@@ -13,15 +13,15 @@ import pytest
 from typer.testing import CliRunner
 
 from evaluations.cli import app as eval_app
-from evaluations.replay import TrainingSplit, choose, held_out, replay
+from evaluations.replay import choose, held_out, replay
 from tests.conftest import free_port
 from tests.support.local_http import respond
-from training.data import limit_stratified, load_sentiment, split_sentiment
+from training.data import SplitParams, limit_stratified, load_sentiment, split_sentiment
 
 
 @pytest.mark.parametrize("limit", [0, 300])
 def test_held_out_sentences_are_not_in_the_training_split(limit: int) -> None:
-    split = TrainingSplit(seed=11, domains=("amazon", "yelp"), limit=limit, version="1")
+    split = SplitParams(seed=11, domains=("amazon", "yelp"), limit=limit or None)
     trained, _ = load_sentiment(domains=["amazon", "yelp"])
     if limit:
         trained = limit_stratified(trained, limit, 11)
