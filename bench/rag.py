@@ -1,11 +1,15 @@
 """RAG benchmark: retrieval latency of Milvus Lite against brute-force NumPy over the same vectors, in-process
 end-to-end query latency, and retrieval/answer quality on the shipped QA pairs — in one run.
 
-    .venv/bin/python bench/rag.py [--questions 500] [--qa-sample 1000 | --qa-sample 0 (all)] [--out FILE]
+    .venv/bin/python bench/rag.py [--questions 500] [--qa-sample 1000 | --qa-sample 0 (all)] [--k 5] [--out FILE]
 
-It ingests the whole shipped corpus into a fresh Milvus Lite under a temporary VIGIL_HOME (about 70 s of
-embedding on an idle 2-core machine), unless --home points at one that already holds it. The HTTP end-to-end
-figures (`/rag/query` at concurrency 1 and 8) belong to the serving benchmark.
+Quality is `vigil eval rag`'s evaluator (`evaluations.rag.measure_rag`) run in process, without an MLflow run:
+each question asked once with top_k=k and judged on the chunks that answer cites — once on the served hybrid
+search, once with the store's BM25 route off (dense only), for the record of what BM25 adds.
+
+It ingests the whole shipped corpus into a fresh Milvus Lite under a temporary VIGIL_HOME (see bench/RESULTS.md
+for how long that takes), unless --home points at one that already holds it. The HTTP end-to-end figures
+(`/rag/query` at concurrency 1 and 8) belong to the serving benchmark.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from evaluations.qa import QAItem, QualityReport, evaluate, load_qa
+from evaluations.datasets import load_qa, resolve_qa
+from evaluations.rag import InProcessAnswerer, measure_rag
+from evaluations.schemas import RagMetrics
 from service.rag.documents import read_paths
 from service.rag.pipeline import RagPipeline
 from vigil.settings import Settings
@@ -57,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--questions", type=int, default=500, help="Questions timed per latency figure.")
     parser.add_argument("--qa-sample", type=int, default=1000, help="Questions scored for quality (0: all 7347).")
+    parser.add_argument("--k", type=int, default=TOP_K, help="top_k of the quality queries, as `vigil eval rag --k`.")
     parser.add_argument("--home", type=Path, default=None, help="VIGIL_HOME to use (default: a fresh temp dir).")
     parser.add_argument("--torch-threads", type=int, default=int(os.environ.get("VIGIL_TORCH_THREADS", "1")),
                         help="Intra-op threads of the encoder (default VIGIL_TORCH_THREADS or 1).")
@@ -100,19 +107,28 @@ def main() -> None:
         for v, q in zip(question_vectors[:100], questions[:100], strict=True)
     )
 
-    items = load_qa(QA, sample=args.qa_sample or None, seed=42)
-    print(f"scoring quality on {len(items)} questions …", flush=True)
+    data = resolve_qa(QA, limit=args.qa_sample or None, seed=42)
+    answerer = InProcessAnswerer(pipeline)
+    print(f"scoring quality on {len(data.items)} questions, top_k={args.k} …", flush=True)
     started = time.perf_counter()
-    quality = evaluate(pipeline, items, top_k=TOP_K)
+    hybrid, _ = measure_rag(answerer, data, args.k, limit=args.qa_sample or None, progress=every_thousand)
     quality_seconds = time.perf_counter() - started
-    dense_quality = dense_recall(pipeline, items)
+    # The same pipeline with the store's BM25 route switched off: what dense retrieval alone finds.
+    pipeline.store.hybrid = False
+    print("scoring quality again, dense only …", flush=True)
+    dense, _ = measure_rag(answerer, data, args.k, limit=args.qa_sample or None, progress=every_thousand)
     pipeline.close()
 
     lines = report_lines(stats.chunks, stats.documents, ingest_seconds, numpy_ms, dense_ms, hybrid_ms, embed_ms,
-                         query_ms, agree, quality, dense_quality, quality_seconds, args, load_before)
+                         query_ms, agree, hybrid.metrics, dense.metrics, quality_seconds, args, load_before)
     print("\n".join(lines))
     if args.out:
         args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def every_thousand(phase: str, done: int, total: int) -> None:
+    if done and (done % 1000 == 0 or done == total):
+        print(f"  {phase}: {done}/{total}", flush=True)
 
 
 def brute_force(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
@@ -120,23 +136,12 @@ def brute_force(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     return np.argpartition(-(matrix @ vector), TOP_K)[:TOP_K]
 
 
-def dense_recall(pipeline: RagPipeline, items: list[QAItem]) -> dict[int, float]:
-    """Recall by passage of the dense route alone, for the record of what BM25 adds."""
-    from evaluations.rag_metrics import dedupe, retrieval_metrics
-
-    vectors = pipeline.embedder.embed([i.question for i in items])
-    rankings = [dedupe(h.document_id for h in pipeline.store.search(v, i.question, 10, hybrid=False))
-                for v, i in zip(vectors, items, strict=True)]
-    metrics = retrieval_metrics(rankings, [set(i.passage_ids) for i in items])
-    return {**metrics.recall, 0: metrics.mrr}
-
-
 def report_lines(chunks: int, documents: int, ingest_seconds: float | None, numpy_ms: list[float],
                  dense_ms: list[float], hybrid_ms: list[float], embed_ms: list[float], query_ms: list[float],
-                 agree: int, quality: QualityReport, dense_quality: dict[int, float], quality_seconds: float,
+                 agree: int, hybrid: RagMetrics, dense: RagMetrics, quality_seconds: float,
                  args: argparse.Namespace, load_before: tuple[float, float, float]) -> list[str]:
     load_after = os.getloadavg()
-    r = quality.retrieval
+    k = hybrid.k
     rows = [
         ("NumPy brute force, dense (floor)", numpy_ms),
         ("Milvus Lite dense (HNSW)", dense_ms),
@@ -144,6 +149,13 @@ def report_lines(chunks: int, documents: int, ingest_seconds: float | None, nump
         ("question embedding (MiniLM)", embed_ms),
         ("end-to-end `RagPipeline.query`, extractive", query_ms),
     ]
+    ranks = sorted(hybrid.recall)
+
+    def quality_row(name: str, m: RagMetrics) -> str:
+        grounded = "–" if m.groundedness is None else f"{m.groundedness:.3f}"
+        return (f"| {name} | " + " | ".join(f"{m.recall[r]:.3f}" for r in ranks)
+                + f" | {m.mrr:.3f} | {m.ndcg[k]:.3f} | {m.answer_containment:.3f} | {m.token_f1:.3f} | {grounded} |")
+
     lines = [
         f"Measured {datetime.now(UTC).date().isoformat()} on {platform.machine()} with {os.cpu_count()} cores "
         f"({platform.python_implementation()} {platform.python_version()}), torch threads {args.torch_threads}; "
@@ -158,15 +170,18 @@ def report_lines(chunks: int, documents: int, ingest_seconds: float | None, nump
         "",
         f"Milvus Lite dense top-{TOP_K} equals the brute-force top-{TOP_K} for {agree}/100 questions.",
         "",
-        f"| quality, {quality.questions} questions | recall@1 | recall@5 | recall@10 | MRR@10 |",
-        "| --- | --- | --- | --- | --- |",
-        f"| hybrid (served) | {r.recall[1]:.3f} | {r.recall[5]:.3f} | {r.recall[10]:.3f} | {r.mrr:.3f} |",
-        f"| dense only | {dense_quality[1]:.3f} | {dense_quality[5]:.3f} | {dense_quality[10]:.3f} | "
-        f"{dense_quality[0]:.3f} |",
+        f"| quality, {hybrid.questions} questions, top_k={k} | "
+        + " | ".join(f"recall@{r}" for r in ranks)
+        + f" | MRR@{k} | nDCG@{k} | answer containment | token F1 | groundedness |",
+        "| --- | " + " | ".join("---" for _ in ranks) + " | --- | --- | --- | --- | --- |",
+        quality_row("hybrid (served)", hybrid),
+        quality_row("dense only", dense),
         "",
-        f"Gold passage among the {quality.top_k} chunks a top_k={quality.top_k} query cites: "
-        f"{quality.chunk_recall_at_top_k:.3f}. Extractive answer contains a gold answer (SQuAD-normalised): "
-        f"{quality.answer_containment:.3f}. Scored in {quality_seconds:.0f} s.",
+        f"Hybrid, per question: prompt tokens mean {hybrid.prompt_tokens.mean:.0f} "
+        f"(p95 {hybrid.prompt_tokens.p95:.0f}), "
+        f"answer tokens mean {hybrid.completion_tokens.mean:.0f}; query latency p50 {hybrid.latency_ms.p50:.1f} ms, "
+        f"p95 {hybrid.latency_ms.p95:.1f} ms; {hybrid.grounded_questions} questions judged for groundedness. "
+        f"Scored in {quality_seconds:.0f} s.",
     ]
     return lines
 

@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from evaluations import tracking
-from evaluations.datasets import QAData, resolve_qa
+from evaluations.datasets import QAData, QAItem, resolve_qa
 from evaluations.rag_metrics import (
     answer_containment,
     contains_answer,
@@ -57,7 +57,6 @@ from vigil.settings import get_settings
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from evaluations.qa import QAItem
     from service.rag.pipeline import RagPipeline
     from vigil.settings import Settings
 
@@ -262,6 +261,32 @@ def ask_all(
 # --- the evaluation -----------------------------------------------------------------------------------------------
 
 
+def measure_rag(
+    answerer: Answerer,
+    data: QAData,
+    k: int,
+    *,
+    endpoint: str | None = None,
+    limit: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> tuple[RagEvaluation, list[Answered]]:
+    """Ask ``data``'s questions once each through ``answerer`` with top_k ``k``; the report and the answers.
+
+    Records nothing anywhere (see :func:`evaluate_rag` for the logged run) and leaves ``answerer`` open.
+    """
+    results, answers = ask_all(answerer, data.items, k, progress)
+    first = answers[0]
+    report = RagEvaluation(
+        dataset=DatasetInfo(name=str(data.path), fingerprint=data.fingerprint, rows=len(data.items),
+                            domains=data.documents, description=data.description),
+        source="endpoint" if answerer.source == "endpoint" else "in-process", endpoint=endpoint, k=k, limit=limit,
+        generator=first.generator.name, generator_model=first.generator.model,
+        embedder=ModelIdentity(name=first.embedding_model.name, version=first.embedding_model.version),
+        metrics=summarize(results, k), results=results,
+    )
+    return report, answers
+
+
 def evaluate_rag(
     client: MlflowClient,
     dataset: Path,
@@ -285,18 +310,9 @@ def evaluate_rag(
     if answerer is None:
         answerer = EndpointAnswerer(endpoint) if endpoint else InProcessAnswerer.open(settings)
     try:
-        results, answers = ask_all(answerer, data.items, k, progress)
+        report, answers = measure_rag(answerer, data, k, endpoint=endpoint, limit=limit, progress=progress)
     finally:
         answerer.close()
-    first = answers[0]
-    report = RagEvaluation(
-        dataset=DatasetInfo(name=str(dataset), fingerprint=data.fingerprint, rows=len(data.items),
-                            domains=data.documents, description=data.description),
-        source="endpoint" if answerer.source == "endpoint" else "in-process", endpoint=endpoint, k=k, limit=limit,
-        generator=first.generator.name, generator_model=first.generator.model,
-        embedder=ModelIdentity(name=first.embedding_model.name, version=first.embedding_model.version),
-        metrics=summarize(results, k), results=results,
-    )
     _log_run(client, data, report)
     if settings.langsmith_api_key.get_secret_value():
         if progress:
@@ -307,7 +323,7 @@ def evaluate_rag(
         client.set_tag(report.run_id or "", "vigil.langsmith", report.langsmith.status)
     else:
         report.langsmith = LangSmithOutcome(status="skipped", message="LANGSMITH_API_KEY not set: evaluated locally")
-    logger.info("RAG evaluation of %d questions (%s): run %s", len(results), report.source, report.run_id)
+    logger.info("RAG evaluation of %d questions (%s): run %s", len(report.results), report.source, report.run_id)
     return report
 
 

@@ -14,14 +14,14 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from evaluations.qa import QAItem, load_qa
+from evaluations.datasets import QAItem, load_qa
 from service.rag.documents import read_paths
 from service.rag.errors import StoreUnavailable
 from service.rag.pipeline import RagPipeline
-from service.rag.schemas import Document
 from service.rag.store import MilvusStore
 from telemetry import semconv
 from tests.conftest import REPO_ROOT, free_port, wait_until
+from vigil.contracts import Document
 from vigil.settings import Settings
 
 ARTICLES = ("Amazon rainforest", "Black Death", "Packet switching")
