@@ -41,9 +41,9 @@ KEY_ATTRIBUTES = (
     semconv.GEN_AI_REQUEST_MODEL,
     semconv.GEN_AI_USAGE_INPUT_TOKENS,
     semconv.GEN_AI_USAGE_OUTPUT_TOKENS,
-    "http.route",
-    "http.response.status_code",
-    "rpc.method",
+    semconv.HTTP_ROUTE,
+    semconv.HTTP_RESPONSE_STATUS_CODE,
+    semconv.RPC_METHOD,
 )
 TRACE_ID = re.compile(r"^(?:tr-)?([0-9a-f]{32})$")
 

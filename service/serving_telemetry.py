@@ -19,12 +19,10 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from telemetry import semconv
 from telemetry.inference_log import InferenceLogWriter
 from telemetry.metrics import get_metrics
+from telemetry.propagation import extract_context
 from telemetry.records import InferenceRecord
-from telemetry.tracing import extract_context, get_tracer, setup_tracing, shutdown_tracing, text_attribute
+from telemetry.tracing import get_tracer, setup_tracing, shutdown_tracing, text_attribute
 from vigil.settings import Settings
-
-GRPC_SERVER_SPAN = "inference.GRPCInferenceService/ModelInfer"
-RAG_REQUEST_SPAN = "rag.request"
 
 
 def route_bentoml_spans_through_global_provider() -> None:
@@ -43,7 +41,7 @@ def skip_asgi_message_spans() -> None:
 
     Three spans per prediction that time socket reads and writes. The middleware has the option (`exclude_spans`);
     BentoML 1.4 does not pass it, and imports the class from its module each time it builds an app, so a subclass
-    with that default in the module's place is what it builds. `telemetry.tracing` also keeps such spans out of
+    with that default in the module's place is what it builds. `telemetry.exporters` also keeps such spans out of
     the export, for a middleware built before this ran.
     """
     from opentelemetry.instrumentation import asgi
@@ -83,9 +81,9 @@ class ServingTelemetry:
     def predict_span(self, carrier: Mapping[str, str], protocol: str, endpoint: str) -> Iterator[Span]:
         """`sentiment.predict` under the request's server span (BentoML's for REST, ours for gRPC)."""
         if protocol == "grpc":
-            with self.tracer.start_as_current_span(GRPC_SERVER_SPAN, context=extract_context(carrier),
+            with self.tracer.start_as_current_span(semconv.SPAN_GRPC_MODEL_INFER, context=extract_context(carrier),
                                                    kind=SpanKind.SERVER) as server_span:
-                server_span.set_attribute("rpc.system", "grpc")
+                server_span.set_attribute(semconv.RPC_SYSTEM, "grpc")
                 with self._predict(protocol, endpoint) as span:
                     yield span
         else:
@@ -110,14 +108,14 @@ class ServingTelemetry:
     def rag_span(self, carrier: Mapping[str, str], protocol: str, endpoint: str) -> Iterator[Span]:
         """The API's span around a RAG call; the RAG service's `rag.query` tree hangs below it."""
         if protocol == "grpc":
-            with self.tracer.start_as_current_span(GRPC_SERVER_SPAN, context=extract_context(carrier),
+            with self.tracer.start_as_current_span(semconv.SPAN_GRPC_MODEL_INFER, context=extract_context(carrier),
                                                    kind=SpanKind.SERVER) as server_span:
-                server_span.set_attribute("rpc.system", "grpc")
-                with self.tracer.start_as_current_span(RAG_REQUEST_SPAN) as span:
+                server_span.set_attribute(semconv.RPC_SYSTEM, "grpc")
+                with self.tracer.start_as_current_span(semconv.SPAN_RAG_REQUEST) as span:
                     span.set_attribute(semconv.ENDPOINT, endpoint)
                     yield span
         else:
-            with self.tracer.start_as_current_span(RAG_REQUEST_SPAN) as span:
+            with self.tracer.start_as_current_span(semconv.SPAN_RAG_REQUEST) as span:
                 span.set_attribute(semconv.ENDPOINT, endpoint)
                 yield span
 

@@ -1,4 +1,4 @@
-"""Span names and attribute keys, in one place.
+"""Span names and attribute keys, in one place: every span Vigil opens, filters or reads is named here.
 
 The GenAI names follow the OpenTelemetry GenAI semantic conventions, which are still "development" status:
 when they change, they change here only.
@@ -12,6 +12,12 @@ SPAN_RAG_QUERY = "rag.query"
 SPAN_RAG_EMBED = "rag.embed"
 SPAN_RAG_RETRIEVE = "rag.retrieve"
 SPAN_RAG_GENERATE = "rag.generate"
+SPAN_RAG_REQUEST = "rag.request"  # the API's span around a call to the RAG service
+# gRPC requests carry their traceparent in metadata, so Vigil opens their server span itself (REST's is BentoML's).
+SPAN_GRPC_MODEL_INFER = "inference.GRPCInferenceService/ModelInfer"
+# The ASGI middleware BentoML installs names a span per `receive` and `send` message "<server span> http receive"
+# (or "... http send"); they time socket reads and writes, not Vigil, and are never exported.
+ASGI_MESSAGE_SPAN_SUFFIXES = (" http receive", " http send")
 
 # --- Vigil's own attributes ---------------------------------------------------------------------------------
 MODEL_NAME = "vigil.model.name"
@@ -22,7 +28,7 @@ LABEL_COUNTS_PREFIX = "vigil.labels."  # + label -> count in this request
 REQUEST_ID = "vigil.request.id"
 PROTOCOL = "vigil.protocol"  # rest | grpc
 ENDPOINT = "vigil.endpoint"
-INPUT_TEXT = "vigil.input.text"  # raw or hashed, by VIGIL_TRACE_RAW_TEXT
+INPUT_TEXT = "vigil.input.text"  # raw, or its telemetry.redaction.text_digest with VIGIL_TRACE_RAW_TEXT=false
 INPUT_COUNT = "vigil.input.count"
 
 # --- retrieval ----------------------------------------------------------------------------------------------
@@ -33,6 +39,12 @@ RETRIEVAL_HIT_IDS = "vigil.retrieval.hit_ids"
 RETRIEVAL_HIT_SCORES = "vigil.retrieval.hit_scores"
 EMBEDDING_MODEL = "vigil.embedding.model"
 EMBEDDING_MODEL_VERSION = "vigil.embedding.model_version"
+
+# --- general semantic conventions (set by Vigil or by the HTTP middleware; `vigil traces tail` shows them) ------
+RPC_SYSTEM = "rpc.system"  # "grpc"
+RPC_METHOD = "rpc.method"
+HTTP_ROUTE = "http.route"
+HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
 
 # --- GenAI semantic conventions -----------------------------------------------------------------------------
 GEN_AI_OPERATION_NAME = "gen_ai.operation.name"  # "chat", "text_completion", "embeddings"

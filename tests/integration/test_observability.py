@@ -32,7 +32,7 @@ SHUTDOWN_SLACK_SECONDS = 0.5
 # What a served request does, minus the server: spans with Vigil's attributes, then a bounded shutdown.
 SCRIPT = textwrap.dedent(f"""
     import json, os, time
-    from telemetry import semconv, tracing
+    from telemetry import propagation, semconv, tracing
 
     tracing.setup_tracing("vigil-it")
     tracer = tracing.get_tracer("vigil.it")
@@ -46,8 +46,8 @@ SCRIPT = textwrap.dedent(f"""
             generate.set_attribute(semconv.GEN_AI_REQUEST_MODEL, "extractive")
             generate.set_attribute(semconv.GEN_AI_USAGE_INPUT_TOKENS, 120)
             generate.set_attribute(semconv.GEN_AI_USAGE_OUTPUT_TOKENS, 30)
-        trace_id = tracing.current_trace_id()
-    remote = tracing.extract_context({{"traceparent": "00-{REMOTE_TRACE_ID}-{REMOTE_PARENT_ID}-01"}})
+        trace_id = propagation.current_trace_id()
+    remote = propagation.extract_context({{"traceparent": "00-{REMOTE_TRACE_ID}-{REMOTE_PARENT_ID}-01"}})
     with tracer.start_as_current_span("server.request", context=remote) as server:
         server.set_attribute(semconv.MODEL_VERSION, "5")
     with tracer.start_as_current_span("burst"):

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from monitoring import traces_cli
 from monitoring.traces_cli import SpanView, span_tree
-from telemetry import semconv, tracing
+from telemetry import propagation, sampling, semconv, tracing
 from tests.conftest import REPO_ROOT, free_port
 from vigil.errors import MlflowUnavailable, VigilError
 from vigil.settings import Settings
@@ -86,9 +86,9 @@ def test_own_provider_has_resource_ratio_sampler_and_console_exporter() -> None:
     assert isinstance(built.provider.sampler, ParentBased)
     assert "0.5" in built.provider.sampler.get_description()
     # A sampled remote parent decides for us, whatever the ratio.
-    remote = tracing.extract_context({"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+    remote = propagation.extract_context({"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
     with built.provider.get_tracer("test").start_as_current_span(semconv.SPAN_SENTIMENT_PREDICT, context=remote):
-        assert tracing.current_trace_id() == TRACE_ID
+        assert propagation.current_trace_id() == TRACE_ID
     assert [(e.name, e.active) for e in built.exporters] == [("console", True)]
     assert built.shutdown(timeout_seconds=5)
 
@@ -104,7 +104,7 @@ class FakeClock:
 def test_rate_limit_samples_at_most_n_new_traces_a_second_and_counts_the_rest() -> None:
     clock = FakeClock()
     exporter = InMemorySpanExporter()
-    sampler = ParentBased(tracing.RateLimitedSampler(ALWAYS_ON, 2, clock=clock))
+    sampler = ParentBased(sampling.RateLimitedSampler(ALWAYS_ON, 2, clock=clock))
     provider = TracerProvider(sampler=sampler)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("test")
@@ -123,9 +123,9 @@ def test_rate_limit_samples_at_most_n_new_traces_a_second_and_counts_the_rest() 
     clock.now += 10
     assert start_traces(3) == [True, True, False]  # idle time does not bank more than one second
     # A caller that sampled its trace gets it recorded, whatever the budget.
-    remote = tracing.extract_context({"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+    remote = propagation.extract_context({"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
     with tracer.start_as_current_span("from a caller", context=remote) as span:
-        assert span.is_recording() and tracing.current_trace_id() == TRACE_ID
+        assert span.is_recording() and propagation.current_trace_id() == TRACE_ID
     assert len(exporter.get_finished_spans()) == 2 * 5 + 1
     assert REGISTRY.get_sample_value("vigil_traces_rate_limited_total") - limited_before == 5
     provider.shutdown()
@@ -140,14 +140,14 @@ def test_rate_limit_setting_builds_the_limited_sampler_and_shows_in_status() -> 
     assert "RateLimited" not in unlimited.provider.sampler.get_description()
     assert unlimited.shutdown(timeout_seconds=5)
     with pytest.raises(ValueError):
-        tracing.RateLimitedSampler(ALWAYS_ON, 0)
+        sampling.RateLimitedSampler(ALWAYS_ON, 0)
 
 
 def test_off_mode_creates_cheap_unsampled_spans() -> None:
     built = tracing.build_tracing("vigil-test", settings=settings(tracing="off"))
     with built.provider.get_tracer("test").start_as_current_span("anything") as span:
         assert not span.is_recording()
-        assert tracing.current_trace_id() == ""
+        assert propagation.current_trace_id() == ""
     assert built.status()["exporters"] == []
 
 
@@ -159,9 +159,9 @@ def test_traceparent_round_trip_with_rest_headers_and_grpc_metadata(
     rest_headers = {"Traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "Content-Type": "application/json"}
     grpc_metadata = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "x-bin": b"\x00"}  # type: ignore[dict-item]
     for carrier in (rest_headers, grpc_metadata):
-        with tracer.start_as_current_span("server", context=tracing.extract_context(carrier)) as span:
-            outgoing = tracing.inject_traceparent({})
-            assert tracing.current_trace_id() == TRACE_ID
+        with tracer.start_as_current_span("server", context=propagation.extract_context(carrier)) as span:
+            outgoing = propagation.inject_traceparent({})
+            assert propagation.current_trace_id() == TRACE_ID
             own_span_id = format_span_id(span.get_span_context().span_id)
         assert outgoing["traceparent"] == f"00-{TRACE_ID}-{own_span_id}-01"
     spans = exporter.get_finished_spans()
@@ -172,9 +172,9 @@ def test_traceparent_round_trip_with_rest_headers_and_grpc_metadata(
 
 def test_no_traceparent_means_a_new_trace(memory: tuple[TracerProvider, InMemorySpanExporter]) -> None:
     provider, _ = memory
-    assert tracing.current_trace_id() == ""
-    with provider.get_tracer("test").start_as_current_span("root", context=tracing.extract_context({})):
-        new_id = tracing.current_trace_id()
+    assert propagation.current_trace_id() == ""
+    with provider.get_tracer("test").start_as_current_span("root", context=propagation.extract_context({})):
+        new_id = propagation.current_trace_id()
     assert len(new_id) == 32 and new_id != TRACE_ID
     int(new_id, 16)
 
@@ -206,10 +206,10 @@ def test_mlflow_down_degrades_with_one_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
-    with caplog.at_level(logging.WARNING, logger="telemetry.tracing"):
+    with caplog.at_level(logging.WARNING, logger="telemetry"):
         built = tracing.build_tracing("t", settings=settings(tracing="otlp", langsmith_api_key="lsv2-test",
                                                              langsmith_endpoint="http://127.0.0.1:9"))
-    assert len([r for r in caplog.records if r.name == "telemetry.tracing"]) == 1
+    assert len([r for r in caplog.records if r.name.startswith("telemetry.")]) == 1
     status = built.status()
     assert status["degraded"] is True
     mlflow, langsmith = status["exporters"]
@@ -268,7 +268,7 @@ def test_setup_tracing_installs_one_provider_per_process() -> None:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-        from telemetry import tracing
+        from telemetry import propagation, tracing
         from vigil.settings import Settings
 
         exporter = InMemorySpanExporter()
@@ -278,7 +278,7 @@ def test_setup_tracing_installs_one_provider_per_process() -> None:
                                       tracer_provider=injected)
         second = tracing.setup_tracing("other", settings=Settings(_env_file=None, tracing="console"))
         with tracing.get_tracer("test").start_as_current_span("sentiment.predict"):
-            trace_id = tracing.current_trace_id()
+            trace_id = propagation.current_trace_id()
         print(json.dumps({
             "same": first is second is injected is trace.get_tracer_provider(),
             "spans": [s.name for s in exporter.get_finished_spans()],
@@ -298,8 +298,8 @@ def test_setup_tracing_installs_one_provider_per_process() -> None:
 
 
 def test_helpers_are_safe_outside_a_span() -> None:
-    assert tracing.current_trace_id() == ""
-    assert "traceparent" not in tracing.inject_traceparent({})
+    assert propagation.current_trace_id() == ""
+    assert "traceparent" not in propagation.inject_traceparent({})
     with tracing.get_tracer("x").start_as_current_span("anything"):
         pass
 
