@@ -20,7 +20,6 @@ any unseen text, so it would flag every window.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -38,6 +37,7 @@ from monitoring.reference import ServedVersion, load_reference, resolve_version
 from monitoring.window import Window
 from monitoring.workspace import HtmlPolicy, SavedSnapshot, combine, report_path, save_snapshot
 from telemetry import records
+from telemetry.redaction import is_text_digest
 from vigil.settings import Settings
 from vigil.text_features import FEATURE_COLUMNS, describe
 
@@ -61,8 +61,6 @@ DESCRIPTOR_DRIFT_SHARE = 0.5
 LABEL_PSI_THRESHOLD = 0.2
 LABEL_COLUMN = "prediction"
 SCORE_COLUMN = "score"
-# The inference log's "hash" redaction stores a hex digest (sha256 today); "drop" stores nothing.
-_DIGEST = re.compile(r"^(?:[a-z0-9-]+:)?[0-9a-f]{32,128}$")
 
 
 class DriftStatus(StrEnum):
@@ -116,10 +114,10 @@ class DriftResult(BaseModel):
 
 
 def usable_text(value: object) -> bool:
-    """Whether a logged ``input_text`` is the text itself, not a redaction (None, empty, or a hex digest)."""
+    """Whether a logged ``input_text`` is the text itself, not a redaction (None, empty, or a text digest)."""
     if not isinstance(value, str) or not value.strip():
         return False
-    return _DIGEST.match(value.strip()) is None
+    return not is_text_digest(value.strip())
 
 
 def describe_texts(texts: Sequence[str]) -> pd.DataFrame:

@@ -10,18 +10,18 @@ SQLite (default) and PostgreSQL by URL.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from telemetry.records import InferenceRecord, create_engine, inference_log
+from telemetry.redaction import TEXT_REDACTIONS, TextRedaction, redact_text
 from vigil.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -29,20 +29,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Redaction = Literal["keep", "hash", "drop"]
-
 # A failed batch is retried this many times (the database may be restarting) before its rows are given up.
 WRITE_ATTEMPTS = 3
 RETRY_PAUSE_SECONDS = 1.0
-
-
-def redact(text: str | None, redaction: Redaction) -> str | None:
-    """Request text as the log keeps it: unchanged, its sha256 hex digest, or nothing."""
-    if text is None or redaction == "keep":
-        return text
-    if redaction == "hash":
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return None
 
 
 class InferenceLogWriter:
@@ -59,12 +48,12 @@ class InferenceLogWriter:
         queue_size: int = 10_000,
         batch_size: int = 256,
         flush_seconds: float = 0.5,
-        redaction: Redaction = "keep",
+        redaction: TextRedaction = "keep",
     ) -> None:
-        if redaction not in ("keep", "hash", "drop"):
+        if redaction not in TEXT_REDACTIONS:
             raise ValueError(f"redaction must be keep, hash or drop, not {redaction!r}")
         self.url = url
-        self.redaction: Redaction = redaction
+        self.redaction: TextRedaction = redaction
         self._batch_size = max(1, batch_size)
         self._flush_seconds = flush_seconds
         self._queue: queue.Queue[InferenceRecord] = queue.Queue(maxsize=queue_size)
@@ -172,7 +161,7 @@ class InferenceLogWriter:
 
     def _row(self, record: InferenceRecord) -> dict[str, Any]:
         row = record.model_dump()
-        row["input_text"] = redact(record.input_text, self.redaction)
+        row["input_text"] = redact_text(record.input_text, self.redaction)
         return row
 
     def _connect(self) -> sa.Engine | None:

@@ -12,7 +12,6 @@ Telemetry never blocks or fails a request: exports run on background threads beh
 from __future__ import annotations
 
 import atexit
-import hashlib
 import logging
 import threading
 import time
@@ -25,12 +24,11 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from telemetry import semconv
 from telemetry.exporters import CountingBatchSpanProcessor, ExporterStatus, span_processors
+from telemetry.redaction import text_digest
 from telemetry.sampling import sampler_from_settings
 from vigil.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
-
-TEXT_HASH_PREFIX = "sha256:"
 
 
 class Tracing:
@@ -204,9 +202,7 @@ def get_tracer(name: str) -> trace.Tracer:
 
 
 def text_attribute(text: str) -> str:
-    """Request text as a span attribute: the text itself, or ``sha256:`` + 16 hex when raw text is off."""
+    """Request text as a span attribute: the text itself, or its :func:`~telemetry.redaction.text_digest`."""
     tracing = _active
     raw = tracing.raw_text if tracing is not None else get_settings().trace_raw_text
-    if raw:
-        return text
-    return TEXT_HASH_PREFIX + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return text if raw else text_digest(text)

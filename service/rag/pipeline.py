@@ -7,7 +7,6 @@ the Milvus client — are built once, on first use or in ``warm_up``; nothing he
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,6 +31,7 @@ from service.rag.schemas import (
 )
 from service.rag.store import Hit, MilvusStore, redact, store_from_settings
 from telemetry import semconv
+from telemetry.redaction import text_digest
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -187,7 +187,7 @@ class RagPipeline:
     def _traced_text(self, text: str) -> str:
         if self.settings.trace_raw_text:
             return text
-        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+        return text_digest(text)
 
     # --- ingest, delete, stats -----------------------------------------------------------------------------------
 

@@ -77,7 +77,7 @@ def test_a_full_batch_is_written_before_the_flush_interval(url: str) -> None:
 
 @pytest.mark.parametrize(("redaction", "expected"), [
     ("keep", "the battery lasts for days"),
-    ("hash", hashlib.sha256(b"the battery lasts for days").hexdigest()),
+    ("hash", "sha256:" + hashlib.sha256(b"the battery lasts for days").hexdigest()),
     ("drop", None),
 ])
 def test_redaction(url: str, redaction: str, expected: str | None) -> None:

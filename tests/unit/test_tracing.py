@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from monitoring import traces_cli
 from monitoring.traces_cli import SpanView, span_tree
 from telemetry import propagation, sampling, semconv, tracing
+from telemetry.redaction import text_digest
 from tests.conftest import REPO_ROOT, free_port
 from vigil.errors import MlflowUnavailable, VigilError
 from vigil.settings import Settings
@@ -187,7 +188,7 @@ def test_text_attribute_is_raw_or_a_hash(monkeypatch: pytest.MonkeyPatch) -> Non
 
     get_settings.cache_clear()
     hashed = tracing.text_attribute("great phone")
-    assert hashed == "sha256:" + hashlib.sha256(b"great phone").hexdigest()[:16]
+    assert hashed == text_digest("great phone") == "sha256:" + hashlib.sha256(b"great phone").hexdigest()
     assert "great" not in hashed
 
 
