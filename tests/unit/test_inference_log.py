@@ -44,10 +44,17 @@ def url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'log' / 'inference.db'}"
 
 
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def test_every_row_is_written_exactly_once(url: str) -> None:
+    writes_before = counter("vigil_inference_log_writes_total")
     writer = InferenceLogWriter(url, batch_size=64, flush_seconds=0.05)
     assert all(writer.log(record(i)) for i in range(500))
     assert writer.close(timeout=30)
+    assert counter("vigil_inference_log_writes_total") - writes_before == 500
+    assert REGISTRY.get_sample_value("vigil_inference_log_queue_depth") == 0.0
     written = rows(url)
     assert sorted(r["request_id"] for r in written) == sorted(f"req-{i}" for i in range(500))
     assert (writer.written, writer.dropped) == (500, 0)
@@ -90,6 +97,7 @@ def test_redaction(url: str, redaction: str, expected: str | None) -> None:
 
 def test_close_writes_everything_queued(url: str) -> None:
     # Neither size nor time would flush these: only close() does.
+    closed_before = counter("vigil_inference_log_drops_total", reason="closed")
     writer = InferenceLogWriter(url, batch_size=100_000, flush_seconds=3600)
     for i in range(1000):
         writer.log(record(i))
@@ -97,10 +105,11 @@ def test_close_writes_everything_queued(url: str) -> None:
     assert len(rows(url)) == 1000
     assert writer.log(record(1001)) is False
     assert writer.dropped == 1
+    assert counter("vigil_inference_log_drops_total", reason="closed") - closed_before == 1
 
 
 def test_a_full_queue_drops_and_counts_without_waiting(url: str) -> None:
-    drops_before = REGISTRY.get_sample_value("vigil_inference_log_drops_total", {"reason": "queue_full"}) or 0.0
+    drops_before = counter("vigil_inference_log_drops_total", reason="queue_full")
     writer = InferenceLogWriter(url, queue_size=5, batch_size=1, flush_seconds=0.05)
     writer.log(record(0))
     wait_until(lambda: writer.written == 1, timeout=10, what="the table to exist")
@@ -120,8 +129,7 @@ def test_a_full_queue_drops_and_counts_without_waiting(url: str) -> None:
     assert writer.close(timeout=30)
     assert (writer.written, writer.dropped) == (7, 10)
     assert len(rows(url)) == 7
-    drops_after = REGISTRY.get_sample_value("vigil_inference_log_drops_total", {"reason": "queue_full"})
-    assert drops_after == drops_before + 10
+    assert counter("vigil_inference_log_drops_total", reason="queue_full") - drops_before == 10
 
 
 def test_threads_and_event_loops_log_concurrently(url: str) -> None:
@@ -161,8 +169,10 @@ def test_from_settings_writes_under_vigil_home(tmp_path: Path) -> None:
 def test_an_unreachable_database_never_blocks_logging(tmp_path: Path) -> None:
     # A directory where the database file should be: every connection fails, log() still answers at once.
     (tmp_path / "db").mkdir()
+    failed_before = counter("vigil_inference_log_drops_total", reason="write_error")
     writer = InferenceLogWriter(f"sqlite:///{tmp_path / 'db'}", queue_size=10, flush_seconds=0.05)
     assert writer.log(record(1)) is True
     writer.close(timeout=30)
     assert writer.written == 0
     assert writer.dropped == 1
+    assert counter("vigil_inference_log_drops_total", reason="write_error") - failed_before == 1

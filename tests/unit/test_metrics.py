@@ -61,9 +61,34 @@ def test_every_metric_has_its_conventional_name_type_and_labels() -> None:
     metrics.rag_retrieval_seconds.observe(0.004)
     metrics.requests_rejected.labels(reason="too_many_texts").inc()
     assert exposed(registry) == EXPECTED
+    # Each series holds what was recorded on it, under the labels it was recorded with.
+    assert {name: registry.get_sample_value(name, labels) for name, labels in [
+        ("vigil_predictions_total", {"model": "sentiment", "version": "2", "label": "positive"}),
+        ("vigil_model_loads_total", {"model": "sentiment", "version": "2", "outcome": "success"}),
+        ("vigil_model_swaps_total", {"model": "sentiment"}),
+        ("vigil_batch_size_sum", {}),
+        ("vigil_inference_log_queue_depth", {}),
+        ("vigil_inference_log_writes_total", {}),
+        ("vigil_inference_log_drops_total", {"reason": "queue_full"}),
+        ("vigil_span_export_failures_total", {"exporter": "mlflow"}),
+        ("vigil_spans_dropped_total", {"exporter": "mlflow"}),
+        ("vigil_traces_rate_limited_total", {}),
+        ("vigil_rag_prompt_tokens_total", {"generator": "extractive", "model": "extractive"}),
+        ("vigil_rag_completion_tokens_total", {"generator": "extractive", "model": "extractive"}),
+        ("vigil_rag_retrieval_seconds_count", {}),
+        ("vigil_requests_rejected_total", {"reason": "too_many_texts"}),
+    ]} == {
+        "vigil_predictions_total": 1.0, "vigil_model_loads_total": 1.0, "vigil_model_swaps_total": 1.0,
+        "vigil_batch_size_sum": 8.0, "vigil_inference_log_queue_depth": 3.0, "vigil_inference_log_writes_total": 5.0,
+        "vigil_inference_log_drops_total": 1.0, "vigil_span_export_failures_total": 1.0,
+        "vigil_spans_dropped_total": 1.0, "vigil_traces_rate_limited_total": 1.0,
+        "vigil_rag_prompt_tokens_total": 120.0, "vigil_rag_completion_tokens_total": 30.0,
+        "vigil_rag_retrieval_seconds_count": 1.0, "vigil_requests_rejected_total": 1.0,
+    }
+    # A label set nothing was recorded under has no series.
     assert registry.get_sample_value(
-        "vigil_predictions_total", {"model": "sentiment", "version": "2", "label": "positive"}
-    ) == 1.0
+        "vigil_predictions_total", {"model": "sentiment", "version": "2", "label": "negative"}
+    ) is None
 
 
 def test_process_metrics_are_created_once() -> None:
