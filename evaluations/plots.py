@@ -1,44 +1,18 @@
-"""The figures of an evaluation run: the confusion matrix and the reliability (calibration) diagram."""
+"""The reliability (calibration) diagram of an evaluation run; the confusion matrix is training's
+(:func:`training.plots.confusion_figure`), so a run and an evaluation draw it alike."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from evaluations.metrics import ECE_BINS, Predictions, reliability_bins
-from vigil.sentiment_model import LABELS
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and in CI
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def confusion_figure(matrix: list[list[int]], title: str) -> Any:
-    plt = _pyplot()
-    counts = np.asarray(matrix)
-    figure, axis = plt.subplots(figsize=(4, 4))
-    axis.imshow(counts, cmap="Blues")
-    axis.set_xticks([0, 1], LABELS)
-    axis.set_yticks([0, 1], LABELS)
-    axis.set_xlabel("predicted")
-    axis.set_ylabel("true")
-    axis.set_title(title)
-    for (row, column), count in np.ndenumerate(counts):
-        axis.text(column, row, str(count), ha="center", va="center",
-                  color="white" if count > counts.max() / 2 else "black")
-    figure.tight_layout()
-    return figure
+from evaluations.metrics import reliability_bins
+from training.metrics import ECE_BINS, Predictions
+from training.plots import pyplot
 
 
 def reliability_figure(predictions: Predictions, ece: float, title: str, bins: int = ECE_BINS) -> Any:
     """Accuracy against mean confidence per bin; bars below the diagonal are over-confident bins."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, (upper, lower) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, height_ratios=[3, 1])
     points = reliability_bins(predictions, bins)
     width = 1.0 / bins

@@ -19,18 +19,8 @@ import pandas as pd
 
 from evaluations import tracking
 from evaluations.datasets import EvalData, resolve_data, training_params
-from evaluations.metrics import (
-    ECE_BINS,
-    Interval,
-    Predictions,
-    confusion_counts,
-    latency_per_text,
-    paired_bootstrap,
-    paired_bootstrap_latency,
-    per_text_ms,
-    point_metrics,
-)
-from evaluations.plots import confusion_figure, reliability_figure
+from evaluations.metrics import Interval, latency_per_text, paired_bootstrap, paired_bootstrap_latency, per_text_ms
+from evaluations.plots import reliability_figure
 from evaluations.policy import HIGHER_IS_BETTER, Policy, judge
 from evaluations.schemas import (
     ClassifierMetrics,
@@ -53,6 +43,8 @@ from evaluations.scoring import (
     resolve,
     score,
 )
+from training.metrics import ECE_BINS, Predictions, confusion_counts, point_metrics
+from training.plots import confusion_figure
 from vigil.settings import get_settings
 
 if TYPE_CHECKING:
