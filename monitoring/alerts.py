@@ -10,7 +10,6 @@ import logging
 from datetime import UTC, datetime
 from typing import Literal
 
-import httpx
 from pydantic import BaseModel, Field
 
 logger = logging.getLogger(__name__)
@@ -40,6 +39,8 @@ def send_alert(alert: Alert, url: str, timeout: float = 5.0) -> bool:
     """POST ``alert`` to ``url``; True when the receiver answered 2xx. Never raises."""
     if not url:
         return False
+    import httpx
+
     try:
         response = httpx.post(url, json=alert.model_dump(mode="json"), timeout=timeout)
     except httpx.HTTPError as error:

@@ -1,7 +1,7 @@
 """`vigil monitor …`: Evidently drift and token-usage jobs, dashboards, the Evidently UI, alerts, scheduling.
 
-The jobs exit 0 (all clear), 1 (drift, or a budget exceeded) and 2 (too little data, or an error), so cron, CI and
-Kubernetes can act on them. Errors are exit 2, never 1, so that "drift" keeps meaning drift.
+The jobs exit 0 (all clear), 1 (drift, or a budget exceeded) and 2 (too little data, or an error): see
+:mod:`monitoring.job`.
 """
 
 from __future__ import annotations
@@ -10,14 +10,16 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from monitoring.job import ExitCode, JobResult
 from vigil.errors import VigilError
 from vigil.settings import Settings, get_settings
 
@@ -31,8 +33,11 @@ logger = logging.getLogger(__name__)
 console = Console()
 app = typer.Typer(help="Drift and token-usage monitoring with Evidently.", no_args_is_help=True)
 
-EXIT_ERROR = 2
 JOBS = ("drift", "tokens")
+Result = TypeVar("Result", bound=JobResult)
+# The window options every job takes; --last differs per job (its default window).
+Since = Annotated[str | None, typer.Option("--since", help="Window start: ISO time, or a duration ago (2h).")]
+Until = Annotated[str | None, typer.Option("--until", help="Window end (default now).")]
 
 
 class ModelKind(StrEnum):
@@ -48,7 +53,7 @@ def _usage_error(message: str) -> typer.Exit:
     # Printed and exit 2 here rather than typer.BadParameter: the job's exit code must not depend on how the
     # caller's entry point renders click's exceptions.
     console.print(f"[red]usage error:[/] {message}", highlight=False)
-    return typer.Exit(EXIT_ERROR)
+    return typer.Exit(ExitCode.NO_VERDICT)
 
 
 def _window(since: str | None, until: str | None, last: str | None, default_last: str) -> Window:
@@ -67,7 +72,37 @@ def _fail(error: BaseException) -> typer.Exit:
     else:
         logger.debug("monitoring job failed", exc_info=error)
         console.print(f"[red]error:[/] {type(error).__name__}: {error}", highlight=False)
-    return typer.Exit(EXIT_ERROR)
+    return typer.Exit(ExitCode.NO_VERDICT)
+
+
+def _run_job(job: Callable[[], Result], show: Callable[[Result], None], as_json: bool,
+             spinner: str | None = None) -> NoReturn:
+    """Run a job, show its result (a table, or ``--json``) and exit with its code; an error is 2, never 1."""
+    try:
+        if spinner:
+            with console.status(spinner):
+                result = job()
+        else:
+            result = job()
+    except Exception as error:
+        raise _fail(error) from None
+    if as_json:
+        console.print_json(result.model_dump_json())
+    else:
+        show(result)
+    raise typer.Exit(result.exit_code)
+
+
+def _print_outcome(result: DriftResult | TokenResult, delivered: list[bool]) -> None:
+    """The verdict line, where the snapshot and the report went, and whether each alert arrived."""
+    colour = "red" if result.exit_code == ExitCode.ALERT else "green"
+    console.print(f"[{colour}]{result.message}[/]", highlight=False)
+    console.print(f"snapshot {result.snapshot_id} in project '{result.project}': {result.snapshot_location}",
+                  highlight=False)
+    if result.report:
+        console.print(f"report: {result.report}", highlight=False)
+    for arrived in delivered:
+        console.print("alert: " + ("delivered" if arrived else "[yellow]webhook failed (logged)[/]"))
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -106,14 +141,7 @@ def print_drift(result: DriftResult) -> None:
             verdict = "[green]ok[/]"
         table.add_row(check.name, verdict, _fmt(check.score), _fmt(check.threshold), check.method, check.detail)
     console.print(table)
-    colour = "red" if result.status is DriftStatus.DRIFT else "green"
-    console.print(f"[{colour}]{result.message}[/]", highlight=False)
-    console.print(f"snapshot {result.snapshot_id} in project '{result.project}': {result.snapshot_location}",
-                  highlight=False)
-    if result.report:
-        console.print(f"report: {result.report}", highlight=False)
-    if result.alert_delivered is not None:
-        console.print("alert: " + ("delivered" if result.alert_delivered else "[yellow]webhook failed (logged)[/]"))
+    _print_outcome(result, [] if result.alert_delivered is None else [result.alert_delivered])
 
 
 @app.command("drift")
@@ -121,8 +149,8 @@ def drift_command(
     model: ModelKind = typer.Option(ModelKind.sentiment, "--model", help="Which model to watch."),
     version: str | None = typer.Option(None, "--version", help="Version to judge (default: the one the serving "
                                        "alias, VIGIL_SERVE_ALIAS, points at)."),
-    since: str | None = typer.Option(None, "--since", help="Window start: ISO time, or a duration ago (2h)."),
-    until: str | None = typer.Option(None, "--until", help="Window end (default now)."),
+    since: Since = None,
+    until: Until = None,
     last: str | None = typer.Option(None, "--last", help="Window length, e.g. 1h (default 1h, ending now)."),
     min_rows: int | None = typer.Option(None, "--min-rows", min=1, help="Fewest rows for a verdict "
                                         "(default VIGIL_DRIFT_MIN_ROWS)."),
@@ -132,16 +160,8 @@ def drift_command(
     _quiet_libraries()
     window = _window(since, until, last, "1h")
     settings = get_settings()
-    try:
-        with console.status(f"drift job for {model.value} …"):
-            result = run_drift_job(settings, window, version, min_rows)
-    except Exception as error:
-        raise _fail(error) from None
-    if as_json:
-        console.print_json(result.model_dump_json())
-    else:
-        print_drift(result)
-    raise typer.Exit(result.exit_code)
+    _run_job(lambda: run_drift_job(settings, window, version, min_rows), print_drift, as_json,
+             spinner=f"drift job for {model.value} …")
 
 
 # --- tokens --------------------------------------------------------------------------------------------------
@@ -177,14 +197,7 @@ def print_tokens(result: TokenResult) -> None:
         console.print(f"retrieval top-1 score: mean {_fmt(health.top1_mean)} "
                       f"(baseline {_fmt(health.baseline_top1_mean)}, {health.baseline_rows} queries) · {verdict} · "
                       f"{health.method} {_fmt(health.drift_score)} · {health.detail}", highlight=False)
-    colour = "red" if result.status is TokenStatus.ALERT else "green"
-    console.print(f"[{colour}]{result.message}[/]", highlight=False)
-    console.print(f"snapshot {result.snapshot_id} in project '{result.project}': {result.snapshot_location}",
-                  highlight=False)
-    if result.report:
-        console.print(f"report: {result.report}", highlight=False)
-    for delivered in result.alerts_delivered:
-        console.print("alert: " + ("delivered" if delivered else "[yellow]webhook failed (logged)[/]"))
+    _print_outcome(result, result.alerts_delivered)
 
 
 def run_tokens_job(settings: Settings, window: Window, min_rows: int | None, rebaseline: bool,
@@ -196,8 +209,8 @@ def run_tokens_job(settings: Settings, window: Window, min_rows: int | None, reb
 
 @app.command("tokens")
 def tokens_command(
-    since: str | None = typer.Option(None, "--since", help="Window start: ISO time, or a duration ago (2h)."),
-    until: str | None = typer.Option(None, "--until", help="Window end (default now)."),
+    since: Since = None,
+    until: Until = None,
     last: str | None = typer.Option(None, "--last", help="Window length (default 24h, ending now)."),
     min_rows: int | None = typer.Option(None, "--min-rows", min=1, help="Fewest scored queries to compare or "
                                         "establish the retrieval baseline (default VIGIL_DRIFT_MIN_ROWS)."),
@@ -207,15 +220,8 @@ def tokens_command(
     """RAG token usage, cost, daily budget and retrieval health; exit 0 ok, 1 alert, 2 no data or error."""
     _quiet_libraries()
     window = _window(since, until, last, "24h")
-    try:
-        result = run_tokens_job(get_settings(), window, min_rows, rebaseline)
-    except Exception as error:
-        raise _fail(error) from None
-    if as_json:
-        console.print_json(result.model_dump_json())
-    else:
-        print_tokens(result)
-    raise typer.Exit(result.exit_code)
+    settings = get_settings()
+    _run_job(lambda: run_tokens_job(settings, window, min_rows, rebaseline), print_tokens, as_json)
 
 
 # --- dashboards and UI ---------------------------------------------------------------------------------------
@@ -288,7 +294,8 @@ def run_once(jobs: list[str], drift_window: str, tokens_window: str) -> dict[str
         started = time.perf_counter()
         try:
             if job == "drift":
-                # HTML files only for windows that alert: ~4 MB each, 96 a day at 15 minutes.
+                # HTML files only for windows that alert: the workspace's snapshot holds the same report, and
+                # a 15-minute schedule runs 96 times a day.
                 drift = run_drift_job(settings, resolve_window(last=drift_window), None, None, "on_alert")
                 codes[job], summary = drift.exit_code, drift.message
             else:
@@ -296,7 +303,7 @@ def run_once(jobs: list[str], drift_window: str, tokens_window: str) -> dict[str
                 codes[job], summary = usage.exit_code, usage.message
         except Exception as error:
             logger.debug("%s job failed", job, exc_info=error)
-            codes[job], summary = EXIT_ERROR, f"error: {type(error).__name__}: {error}"
+            codes[job], summary = ExitCode.NO_VERDICT, f"error: {type(error).__name__}: {error}"
         colour = {0: "green", 1: "red"}.get(codes[job], "yellow")
         console.print(f"{datetime.now():%H:%M:%S} [{colour}]{job} → {codes[job]}[/] "
                       f"({time.perf_counter() - started:.1f}s) {summary}", highlight=False)

@@ -20,10 +20,8 @@ any unseen text, so it would flag every window.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from datetime import datetime
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,12 +29,12 @@ import pandas as pd
 from pydantic import BaseModel, Field
 from threadpoolctl import threadpool_limits
 
-from monitoring.alerts import Alert, send_alert
+from monitoring.alerts import Alert
 from monitoring.embeddings import EmbeddingCache, embedder_id
+from monitoring.job import Clock, ExitCode, JobResult, JobStatus, deliver, publish, read_rows
 from monitoring.reference import ServedVersion, load_reference, resolve_version
 from monitoring.window import Window
-from monitoring.workspace import HtmlPolicy, SavedSnapshot, combine, report_path, save_snapshot
-from telemetry import records
+from monitoring.workspace import HtmlPolicy
 from telemetry.redaction import is_text_digest
 from vigil.settings import Settings
 from vigil.text_features import FEATURE_COLUMNS, describe
@@ -49,9 +47,9 @@ logger = logging.getLogger(__name__)
 PROJECT = "sentiment"
 EMBEDDINGS_NAME = "text_embedder"
 # Domain-classifier ROC AUC above which the embeddings count as drifted. Evidently's default (0.55) flags any
-# change of mix: a window of amazon-only reviews against an amazon+yelp reference scores ~0.70, because a
-# sub-population that is half the reference can reach 1 - 0.5/2 = 0.75 at most. Above 0.8 the window holds text
-# the reference does not cover (imdb scores ~0.97). Measured in bench/RESULTS.md (drift section).
+# change of mix: a window of amazon-only reviews against an amazon+yelp reference scores above it, a
+# sub-population that is half the reference reaching up to 1 - 0.5/2 = 0.75. Above 0.8 the window holds text the
+# reference does not cover. The scores of both cases: bench/RESULTS.md, drift section.
 EMBEDDING_AUC_THRESHOLD = 0.8
 # Evidently's dataset-drift rule: the descriptors drift as a set when at least this share of them drifts.
 DESCRIPTOR_DRIFT_SHARE = 0.5
@@ -63,14 +61,10 @@ LABEL_COLUMN = "prediction"
 SCORE_COLUMN = "score"
 
 
-class DriftStatus(StrEnum):
-    NO_DRIFT = "no_drift"
-    DRIFT = "drift"
-    INSUFFICIENT = "insufficient_data"  # too little data for a verdict; errors raise, and the CLI exits 2
-
-    @property
-    def exit_code(self) -> int:
-        return {"no_drift": 0, "drift": 1}.get(self.value, 2)
+class DriftStatus(JobStatus):
+    NO_DRIFT = "no_drift", ExitCode.OK
+    DRIFT = "drift", ExitCode.ALERT
+    INSUFFICIENT = "insufficient_data", ExitCode.NO_VERDICT  # too little data; errors raise, and the CLI exits 2
 
 
 class Check(BaseModel):
@@ -85,7 +79,7 @@ class Check(BaseModel):
     detail: str = ""
 
 
-class DriftResult(BaseModel):
+class DriftResult(JobResult):
     """What one run of the drift job found; the CLI prints it and ``--json`` emits it as is."""
 
     status: DriftStatus
@@ -107,10 +101,6 @@ class DriftResult(BaseModel):
     alert_delivered: bool | None = None
     seconds: float = 0.0
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per phase")
-
-    @property
-    def exit_code(self) -> int:
-        return self.status.exit_code
 
 
 def usable_text(value: object) -> bool:
@@ -139,22 +129,17 @@ def run_drift(
 ) -> DriftResult:
     """Run the drift job for ``settings.sentiment_model_name`` over ``window``; never raises for bad data.
 
-    ``html``: when to write the standalone HTML report (~4 MB each; the snapshot in the workspace holds the same
-    report, so a schedule writes files only for windows that drifted).
+    ``html``: when to write the standalone HTML report (:func:`monitoring.job.publish`).
     """
-    clock = _Clock()
+    clock = Clock()
     model_name = settings.sentiment_model_name
     min_rows = settings.drift_min_rows if min_rows is None else min_rows
     served, client = resolve_version(settings, model_name, version)
     base = {"model_name": model_name, "model_version": served.version, "window_start": window.since,
             "window_end": window.until, "project": project}
 
-    engine = records.create_engine(settings.inference_log_sqlalchemy_url)
-    try:
-        rows = records.read_frame(engine, kind="sentiment", model_name=model_name, model_version=served.version,
-                                  since=window.since, until=window.until)
-    finally:
-        engine.dispose()
+    rows = read_rows(settings, "sentiment", window.since, window.until, model_name=model_name,
+                     model_version=served.version)
     rows = rows[rows["label"].notna()].reset_index(drop=True) if len(rows) else rows
     clock.lap("read rows")
     if len(rows) < min_rows:
@@ -194,35 +179,16 @@ def run_drift(
     drifted = any(check.drifted and check.votes for check in result.checks)
     result.status = DriftStatus.DRIFT if drifted else DriftStatus.NO_DRIFT
     result.message = _message(result)
-    # The verdict goes into the snapshot too, so the UI can filter and count by it.
-    snapshot = combine(parts, {"verdict": result.status.value, "drifted": ",".join(result.drifted)})
 
-    saved = save_snapshot(settings, project, snapshot)
-    result.snapshot_id, result.snapshot_location = saved.snapshot_id, saved.location
-    clock.lap("save snapshot")
-    if html == "always" or (html == "on_alert" and drifted):
-        path = report_path(settings, f"drift-{model_name}-v{served.version}-{window.slug()}.html")
-        snapshot.save_html(str(path))
-        result.report = str(path)
-        clock.lap("write html")
-    if drifted and send_alerts and settings.alert_webhook:
-        result.alert_delivered = send_alert(_alert(result, saved), settings.alert_webhook)
+    published = publish(settings, project, parts, {"verdict": result.status.value, "drifted": ",".join(result.drifted)},
+                        alerting=drifted, html=html, clock=clock,
+                        report_name=f"drift-{model_name}-v{served.version}-{window.slug()}.html")
+    result.snapshot_id, result.snapshot_location, result.report = (published.snapshot_id, published.location,
+                                                                   published.report)
+    delivered = deliver(settings, [_alert(result)] if drifted else [], send_alerts=send_alerts)
+    result.alert_delivered = delivered[0] if delivered else None
     result.seconds, result.timings = clock.total(), clock.laps
     return result
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.started = self.last = time.perf_counter()
-        self.laps: dict[str, float] = {}
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = round(now - self.last, 3)
-        self.last = now
-
-    def total(self) -> float:
-        return time.perf_counter() - self.started
 
 
 def _metadata(served: ServedVersion, window: Window, result: DriftResult) -> dict[str, Any]:
@@ -294,7 +260,7 @@ def _embedding_report(reference_vectors: np.ndarray, current_vectors: np.ndarray
                              tests=[lte(EMBEDDING_AUC_THRESHOLD)])
     definition = DataDefinition(numerical_columns=columns, embeddings={EMBEDDINGS_NAME: columns})
     # The metric draws its widget with t-SNE, whose OpenMP threads spin-wait when the cores are busy (the job
-    # shares its machine with the service): one thread made it 4× faster at load 9 on 2 cores (38 s → 10 s).
+    # shares its machine with the service): one thread is much faster then (bench/RESULTS.md, drift section).
     with threadpool_limits(limits=1, user_api="openmp"):
         return _run([metric], pd.DataFrame(current_vectors, columns=columns),
                     pd.DataFrame(reference_vectors, columns=columns), definition, window, meta, tags)
@@ -385,11 +351,11 @@ def _message(result: DriftResult) -> str:
     return f"no drift in {subject}{partial}"
 
 
-def _alert(result: DriftResult, saved: SavedSnapshot) -> Alert:
+def _alert(result: DriftResult) -> Alert:
     details: dict[str, float | int | str] = {"rows": result.rows, "text_rows": result.text_rows}
     for check in result.checks:
         if check.score is not None:
             details[check.name] = round(check.score, 4)
     return Alert(kind="drift", summary=result.message, drifted=result.drifted, window_start=result.window_start,
                  window_end=result.window_end, model_name=result.model_name, model_version=result.model_version,
-                 project=saved.project, snapshot_id=saved.snapshot_id, report=result.report, details=details)
+                 project=result.project, snapshot_id=result.snapshot_id, report=result.report, details=details)

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from datetime import UTC, date, datetime, timedelta
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from monitoring.alerts import Alert, send_alert
+from monitoring.alerts import Alert
+from monitoring.job import Clock, ExitCode, JobResult, JobStatus, deliver, publish, read_rows
 from monitoring.window import Window
-from monitoring.workspace import HtmlPolicy, combine, report_path, save_snapshot
-from telemetry import records
+from monitoring.workspace import HtmlPolicy
 from vigil.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,14 +38,10 @@ COST_COLUMN = "cost_estimate"
 TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
-class TokenStatus(StrEnum):
-    OK = "ok"
-    ALERT = "alert"
-    INSUFFICIENT = "insufficient_data"  # too little data for a verdict; errors raise, and the CLI exits 2
-
-    @property
-    def exit_code(self) -> int:
-        return {"ok": 0, "alert": 1}.get(self.value, 2)
+class TokenStatus(JobStatus):
+    OK = "ok", ExitCode.OK
+    ALERT = "alert", ExitCode.ALERT
+    INSUFFICIENT = "insufficient_data", ExitCode.NO_VERDICT  # no queries; errors raise, and the CLI exits 2
 
 
 class GeneratorUsage(BaseModel):
@@ -82,7 +76,9 @@ class RetrievalHealth(BaseModel):
     detail: str = ""
 
 
-class TokenResult(BaseModel):
+class TokenResult(JobResult):
+    """What one run of the tokens job found; the CLI prints it and ``--json`` emits it as is."""
+
     status: TokenStatus
     message: str
     window_start: datetime
@@ -107,10 +103,6 @@ class TokenResult(BaseModel):
     report: str | None = None
     alerts_delivered: list[bool] = Field(default_factory=list)
     seconds: float = 0.0
-
-    @property
-    def exit_code(self) -> int:
-        return self.status.exit_code
 
 
 def price_for(prices: dict[str, float], generator: str, generator_model: str) -> float | None:
@@ -156,15 +148,11 @@ def run_tokens(
     html: HtmlPolicy = "always",
 ) -> TokenResult:
     """Run the token-usage job over ``window``; never raises for bad data."""
-    started = time.perf_counter()
+    clock = Clock()
     min_rows = settings.drift_min_rows if min_rows is None else min_rows
+    # Whole days from the first day the window touches, so the budget sees each day's full spend so far.
     day_start = datetime.combine(window.since.astimezone(UTC).date(), datetime.min.time(), tzinfo=UTC)
-    engine = records.create_engine(settings.inference_log_sqlalchemy_url)
-    try:
-        # Whole days from the first day the window touches, so the budget sees each day's full spend so far.
-        days_rows = records.read_frame(engine, kind="rag", since=day_start, until=window.until)
-    finally:
-        engine.dispose()
+    days_rows = read_rows(settings, "rag", day_start, window.until)
     result = TokenResult(status=TokenStatus.OK, message="", window_start=window.since, window_end=window.until,
                          budget=settings.token_budget_daily)
     if days_rows.empty:
@@ -185,8 +173,7 @@ def run_tokens(
         result.status = TokenStatus.ALERT if result.budget_exceeded else TokenStatus.INSUFFICIENT
         result.message = "no RAG queries in this window; " + (
             _budget_text(result) if result.budget_exceeded else "nothing to report.")
-        if result.budget_exceeded and send_alerts and settings.alert_webhook:
-            result.alerts_delivered = [send_alert(alert, settings.alert_webhook) for alert in _alerts(result)]
+        result.alerts_delivered = deliver(settings, _alerts(result), send_alerts=send_alerts)
         return result
 
     _summarise(result, usage, settings)
@@ -202,18 +189,13 @@ def run_tokens(
     result.status = TokenStatus.ALERT if alerting else TokenStatus.OK
     result.message = _message(result)
 
-    snapshot = combine([snapshot], {"verdict": result.status.value,
-                                    "budget_exceeded": str(result.budget_exceeded).lower()})
-    saved = save_snapshot(settings, PROJECT, snapshot)
-    result.snapshot_id, result.snapshot_location = saved.snapshot_id, saved.location
-    if html == "always" or (html == "on_alert" and alerting):
-        path = report_path(settings, f"tokens-{window.slug()}.html")
-        snapshot.save_html(str(path))
-        result.report = str(path)
-    if send_alerts and settings.alert_webhook:
-        for alert in _alerts(result):
-            result.alerts_delivered.append(send_alert(alert, settings.alert_webhook))
-    result.seconds = time.perf_counter() - started
+    published = publish(settings, PROJECT, [snapshot], {"verdict": result.status.value,
+                                                        "budget_exceeded": str(result.budget_exceeded).lower()},
+                        alerting=alerting, html=html, report_name=f"tokens-{window.slug()}.html", clock=clock)
+    result.snapshot_id, result.snapshot_location, result.report = (published.snapshot_id, published.location,
+                                                                   published.report)
+    result.alerts_delivered = deliver(settings, _alerts(result), send_alerts=send_alerts)
+    result.seconds = clock.total()
     return result
 
 
