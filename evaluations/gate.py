@@ -18,9 +18,9 @@ from rich.console import Console
 
 from evaluations.policy import load_policy
 from evaluations.progress import progress_bars
-from evaluations.scoring import ModelRef, ResolvedModel, resolve
 from evaluations.sentiment import compare_sentiment
 from vigil import registry
+from vigil.registry import ModelReference, RegisteredVersion
 from vigil.settings import get_settings
 
 if TYPE_CHECKING:
@@ -34,9 +34,10 @@ EVALUATION_VERDICT_TAG = "vigil.{alias}.evaluation_verdict"
 
 def sentiment_gate(client: MlflowClient, name: str, version: str, alias: str) -> list[str] | None:
     """None when ``name`` v``version`` may take ``alias``; otherwise the policy's reasons to refuse."""
-    candidate: ResolvedModel = resolve(client, ModelRef(name, version=str(version)))
-    current = registry.alias_version(client, name, alias)
-    if current is None:
+    candidate = registry.resolve(client, ModelReference(name, version=str(version)))
+    try:
+        current = registry.resolve(client, ModelReference(name, alias=alias))
+    except registry.ModelNotFound:
         _record(client, candidate, alias, run_id="", verdict="not-needed")
         logger.info("%s has no @%s: v%s needs no comparison", name, alias, version)
         return None
@@ -54,7 +55,7 @@ def sentiment_gate(client: MlflowClient, name: str, version: str, alias: str) ->
     return [*comparison.refusals, f"evidence: MLflow run {comparison.run_id} in experiment `evaluations`"]
 
 
-def _record(client: MlflowClient, model: ResolvedModel, alias: str, run_id: str, verdict: str) -> None:
+def _record(client: MlflowClient, model: RegisteredVersion, alias: str, run_id: str, verdict: str) -> None:
     client.set_model_version_tag(model.name, model.version, EVALUATION_RUN_TAG.format(alias=alias), run_id)
     client.set_model_version_tag(model.name, model.version, EVALUATION_VERDICT_TAG.format(alias=alias), verdict)
 

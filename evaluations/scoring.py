@@ -1,4 +1,4 @@
-"""Which version to evaluate, and getting its predictions: loaded in-process or from a running Vigil over HTTP.
+"""A registered version's predictions: loaded in-process or from a running Vigil over HTTP.
 
 Both paths reduce a prediction to the service's contract — a label and the probability of that label — so the
 numbers computed from them are the same for the same version, whichever way they were obtained.
@@ -10,18 +10,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import httpx
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from vigil import registry
+from vigil import model_cache, registry
 from vigil.errors import VigilError
+from vigil.registry import RegisteredVersion
 from vigil.sentiment_model import LABELS, SentimentClassifier
-
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
 
 logger = logging.getLogger(__name__)
 Answer = TypeVar("Answer", bound=BaseModel)
@@ -32,60 +30,6 @@ MAX_TEXTS_PER_REQUEST = 256
 
 # Called as (phase, completed, total) so the CLI can draw progress without the evaluation knowing about rich.
 ProgressCallback = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """`name@alias`, `name/version`, or a bare alias or version next to a known name."""
-
-    name: str
-    alias: str | None = None
-    version: str | None = None
-
-    @classmethod
-    def parse(cls, text: str, default_name: str) -> ModelRef:
-        text = text.strip()
-        if text.startswith("models:/"):
-            text = text.removeprefix("models:/")
-        if "@" in text:
-            name, _, alias = text.rpartition("@")
-            return cls(name or default_name, alias=alias)
-        if "/" in text:
-            name, _, version = text.rpartition("/")
-            return cls(name or default_name, version=version)
-        if text.isdigit():
-            return cls(default_name, version=text)
-        # A bare word is an alias of the default model; `vigil eval compare NAME --candidate challenger`.
-        return cls(default_name, alias=text)
-
-    def __str__(self) -> str:
-        return f"{self.name}@{self.alias}" if self.alias else f"{self.name}/{self.version}"
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    name: str
-    version: str
-    alias: str | None
-    run_id: str | None
-
-
-def resolve(client: MlflowClient, ref: ModelRef) -> ResolvedModel:
-    """The registry's version for a reference; a readable error when the alias or version does not exist."""
-    from mlflow.exceptions import MlflowException
-
-    if ref.alias:
-        found = registry.alias_version(client, ref.name, ref.alias)
-        if found is None:
-            raise VigilError(f"{ref.name} has no @{ref.alias}; see `vigil models show {ref.name}`.")
-        return ResolvedModel(ref.name, str(found.version), ref.alias, found.run_id)
-    if not ref.version or not ref.version.isdigit():
-        raise VigilError(f"{ref}: give a model as NAME@ALIAS or NAME/VERSION.")
-    try:
-        found = client.get_model_version(ref.name, ref.version)
-    except MlflowException:
-        raise VigilError(f"{ref.name} has no version {ref.version}.") from None
-    return ResolvedModel(ref.name, str(found.version), None, found.run_id)
 
 
 @dataclass(frozen=True)
@@ -109,18 +53,20 @@ class InProcessPredictor:
 
     source = "in-process"
 
-    def __init__(self, model: ResolvedModel, predict: Callable[[list[str]], tuple[list[str], list[float]]]) -> None:
+    def __init__(self, model: RegisteredVersion, predict: Callable[[list[str]], tuple[list[str], list[float]]]) -> None:
         self.model = model
         self._predict = predict
 
     @classmethod
-    def load(cls, model: ResolvedModel) -> InProcessPredictor:
-        """Load ``models:/name/version``; the classifier inside is called directly, skipping pandas round trips."""
-        import mlflow
+    def load(cls, model: RegisteredVersion) -> InProcessPredictor:
+        """Load the version (through the local model cache); the classifier inside is called directly, skipping
+        pandas round trips."""
+        import mlflow.pyfunc
         import pandas as pd
         from mlflow.exceptions import MlflowException
 
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{model.name}/{model.version}")
+        folder = model_cache.download_version(registry.connect(), model.name, model.version)
+        pyfunc = mlflow.pyfunc.load_model(str(folder))
         try:
             classifier = getattr(pyfunc.unwrap_python_model(), "classifier", None)
         except MlflowException:  # not a python-function model of ours
@@ -183,7 +129,7 @@ class EndpointPredictor:
 
     source = "endpoint"
 
-    def __init__(self, url: str, expected: ResolvedModel | None = None, timeout: float = 120.0) -> None:
+    def __init__(self, url: str, expected: RegisteredVersion | None = None, timeout: float = 120.0) -> None:
         self.url = url.rstrip("/")
         self.expected = expected
         self._client = httpx.Client(timeout=timeout)
@@ -290,7 +236,7 @@ def _collect(batches: list[BatchOutput], seconds: list[float], batch_size: int, 
     )
 
 
-def check_identity(name: str, version: str, expected: ResolvedModel, where: str) -> None:
+def check_identity(name: str, version: str, expected: RegisteredVersion, where: str) -> None:
     """Refuse figures that would be filed under another version than the one that produced them."""
     if (name, version) != (expected.name, expected.version):
         asked = f" (@{expected.alias})" if expected.alias else ""

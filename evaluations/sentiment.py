@@ -35,16 +35,15 @@ from evaluations.scoring import (
     MAX_TEXTS_PER_REQUEST,
     EndpointPredictor,
     InProcessPredictor,
-    ModelRef,
     Predictor,
     ProgressCallback,
-    ResolvedModel,
     Scored,
-    resolve,
     score,
 )
 from training.metrics import ECE_BINS, Predictions, confusion_counts, point_metrics
 from training.plots import confusion_figure
+from vigil import registry
+from vigil.registry import RegisteredVersion
 from vigil.settings import get_settings
 
 if TYPE_CHECKING:
@@ -59,7 +58,7 @@ IN_PROCESS_BATCH = 32
 class _Scoring:
     """One version's answers on the data, with what the report and the run need."""
 
-    model: ResolvedModel
+    model: RegisteredVersion
     scored: Scored
     predictions: Predictions
     evaluation: SentimentEvaluation
@@ -72,7 +71,7 @@ def _dataset_info(data: EvalData) -> DatasetInfo:
 
 
 def _summarize(
-    model: ResolvedModel, data: EvalData, scored: Scored, batch_size: int, endpoint: str | None = None
+    model: RegisteredVersion, data: EvalData, scored: Scored, batch_size: int, endpoint: str | None = None
 ) -> _Scoring:
     """The metrics of one version's answers on ``data``."""
     predictions = Predictions.from_arrays(data.frame["label"].to_numpy(), scored.y_pred, scored.p_positive)
@@ -150,7 +149,7 @@ def _log_evaluation(
     return run_id
 
 
-def _load(model: ResolvedModel, progress: ProgressCallback | None) -> InProcessPredictor:
+def _load(model: RegisteredVersion, progress: ProgressCallback | None) -> InProcessPredictor:
     phase = f"loading {model.name} v{model.version}"
     if progress:
         progress(phase, 0, 1)
@@ -174,7 +173,7 @@ def evaluate_sentiment(
 
     With ``endpoint`` the predictions come from a running Vigil's `POST /predict`; it must serve that version.
     """
-    resolved = resolve(client, ModelRef.parse(model, get_settings().sentiment_model_name))
+    resolved = registry.resolve(client, model, default_name=get_settings().sentiment_model_name)
     eval_data = resolve_data(data, [training_params(client, resolved.run_id)], limit)
     predictor: Predictor
     if endpoint:
@@ -221,8 +220,8 @@ def compare_sentiment(
     limit = gate.limit if limit is None else limit
     samples = gate.bootstrap if bootstrap is None else bootstrap
     size = batch_size or gate.batch_size
-    new = resolve(client, ModelRef.parse(candidate, name))
-    old = resolve(client, ModelRef.parse(baseline, name))
+    new = registry.resolve(client, candidate, default_name=name)
+    old = registry.resolve(client, baseline, default_name=name)
     eval_data = resolve_data(
         data, [training_params(client, new.run_id), training_params(client, old.run_id)], limit or None
     )

@@ -23,7 +23,8 @@ _MAX_TAG = 5000
 
 
 def experiment_id(client: MlflowClient, name: str = EXPERIMENT) -> str:
-    return registry.experiment_id(client, name)
+    """The id of experiment ``name`` (default `evaluations`) on ``client``'s server, created when missing."""
+    return registry.experiment_id(name, uri=client.tracking_uri)
 
 
 def run_url(client: MlflowClient, run_id: str) -> str:

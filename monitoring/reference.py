@@ -59,19 +59,16 @@ def resolve_version(
                 logger.warning("MLflow unreachable; using the cached reference of %s v%s", model_name, version)
                 return ServedVersion(model_name, str(version), cached, None), None
             raise
-        from mlflow.exceptions import MlflowException
-
-        try:
-            found = client.get_model_version(model_name, str(version))
-        except MlflowException:
-            raise VigilError(f"{model_name} has no version {version}; see `vigil models show {model_name}`.") from None
-        return ServedVersion(model_name, str(version), str(found.run_id), None), client
+        found = registry.resolve(client, registry.ModelReference(model_name, version=str(version)))
+        return ServedVersion(model_name, found.version, str(found.run_id), None), client
     client = registry.connect(settings.mlflow_tracking_uri)
     alias = settings.serve_alias
-    served = registry.alias_version(client, model_name, alias)
-    if served is None:
-        raise VigilError(f"{model_name}@{alias} does not exist: train and promote a version, or pass --version.")
-    return ServedVersion(model_name, str(served.version), str(served.run_id), alias), client
+    try:
+        served = registry.resolve(client, registry.ModelReference(model_name, alias=alias))
+    except registry.ModelNotFound:
+        raise VigilError(f"{model_name}@{alias} does not exist: train and promote a version, "
+                         "or pass --version.") from None
+    return ServedVersion(model_name, served.version, str(served.run_id), alias), client
 
 
 def load_reference(settings: Settings, served: ServedVersion, client: MlflowClient | None) -> pd.DataFrame:

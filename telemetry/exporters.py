@@ -21,9 +21,10 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from pydantic import BaseModel
 
 from telemetry import semconv
+from vigil import registry
+from vigil.errors import VigilError
 from vigil.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -189,19 +190,6 @@ def span_processors(settings: Settings) -> tuple[list[ExporterStatus], list[Coun
 # --- the exporters ----------------------------------------------------------------------------------------------
 
 
-class _ExperimentRef(BaseModel):
-    experiment_id: str
-    lifecycle_stage: str = "active"
-
-
-class _GetExperimentByName(BaseModel):
-    experiment: _ExperimentRef
-
-
-class _CreatedExperiment(BaseModel):
-    experiment_id: str
-
-
 class ExporterUnavailable(Exception):
     """An exporter's backend cannot take spans at start; the message says why."""
 
@@ -213,54 +201,6 @@ def _configured_otlp_endpoint(settings: Settings) -> str:
     if base := os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         return f"{base.rstrip('/')}/v1/traces"
     return settings.otlp_endpoint
-
-
-def _mlflow_auth_headers() -> dict[str, str]:
-    # Same variables the MLflow client reads, so a secured server accepts spans from the same environment.
-    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
-        return {"Authorization": f"Bearer {token}"}
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    if user and password:
-        import base64
-
-        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-    return {}
-
-
-def mlflow_experiment_id(tracking_uri: str, name: str, timeout: float = MLFLOW_LOOKUP_TIMEOUT_SECONDS) -> str:
-    """The id of experiment ``name`` on the MLflow server, created if missing (one short REST round-trip).
-
-    Raises :class:`ExporterUnavailable` when the server cannot be reached or refuses.
-    """
-    import httpx
-
-    def by_name(client: httpx.Client) -> str | None:
-        response = client.get("/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name})
-        if response.status_code == 404:
-            return None
-        response.raise_for_status()
-        experiment = _GetExperimentByName.model_validate_json(response.content).experiment
-        if experiment.lifecycle_stage != "active":
-            raise ExporterUnavailable(f"experiment {name!r} is deleted; restore it in the MLflow UI or rename it")
-        return experiment.experiment_id
-
-    try:
-        with httpx.Client(base_url=tracking_uri.rstrip("/"), timeout=timeout,
-                          headers=_mlflow_auth_headers()) as client:
-            if (found := by_name(client)) is not None:
-                return found
-            created = client.post("/api/2.0/mlflow/experiments/create", json={"name": name})
-            if created.status_code == 200:
-                return _CreatedExperiment.model_validate_json(created.content).experiment_id
-            # Another worker may have created it between our two calls.
-            if (found := by_name(client)) is not None:
-                return found
-            created.raise_for_status()
-            raise ExporterUnavailable(f"could not create experiment {name!r}")
-    except httpx.HTTPStatusError as error:
-        raise ExporterUnavailable(f"MLflow answered {error.response.status_code}") from None
-    except httpx.HTTPError as error:
-        raise ExporterUnavailable(type(error).__name__) from None
 
 
 def _otlp_exporter(endpoint: str, settings: Settings, headers: Mapping[str, str] | None = None) -> SpanExporter:
@@ -280,16 +220,18 @@ def _primary_exporter(settings: Settings) -> tuple[ExporterStatus, SpanExporter 
     endpoint = f"{tracking_uri}/v1/traces"
     status = ExporterStatus(EXPORTER_MLFLOW, endpoint)
     try:
-        if not tracking_uri.startswith(("http://", "https://")):
+        if not registry.is_server(tracking_uri):
             raise ExporterUnavailable("the tracking URI is not an MLflow server; traces need `mlflow server`")
-        experiment_id = mlflow_experiment_id(tracking_uri, settings.traces_experiment)
-    except ExporterUnavailable as error:
+        # Bounded: every process sets tracing up at start, and must not wait long on an absent server.
+        experiment_id = registry.experiment_id(settings.traces_experiment, uri=tracking_uri,
+                                               timeout=MLFLOW_LOOKUP_TIMEOUT_SECONDS)
+    except (ExporterUnavailable, VigilError) as error:
         status.active, status.detail = False, f"MLflow unavailable at start: {error}"
         logger.warning("MLflow at %s is unavailable (%s): spans are not exported to MLflow until restart",
                        tracking_uri, error)
         return status, None
     status.detail = f"experiment {settings.traces_experiment} ({experiment_id})"
-    headers = {MLFLOW_EXPERIMENT_HEADER: experiment_id, **_mlflow_auth_headers()}
+    headers = {MLFLOW_EXPERIMENT_HEADER: experiment_id, **registry.auth_headers()}
     return status, _otlp_exporter(endpoint, settings, headers)
 
 

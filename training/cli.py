@@ -16,7 +16,11 @@ app = typer.Typer(help="Train models and register them in MLflow.", no_args_is_h
 def _champion_exists(name: str) -> bool:
     from vigil import registry
 
-    return registry.alias_version(registry.connect(), name, registry.CHAMPION) is not None
+    try:
+        registry.resolve(registry.connect(), registry.ModelReference(name, alias=registry.CHAMPION))
+    except registry.ModelNotFound:
+        return False
+    return True
 
 
 @app.command("sentiment")

@@ -28,6 +28,8 @@ def register_embedder() -> EmbedderResult:
     offline()
     settings = get_settings()
     client = registry.connect()
+    # The run below is logged through MLflow's fluent API, which reads only the process-wide URI.
+    registry.use_for_fluent_api(client.tracking_uri)
     from sentence_transformers import SentenceTransformer
 
     encoder: Any = SentenceTransformer(str(minilm_path()), device="cpu")

@@ -147,7 +147,7 @@ def _record_alias_move(client: MlflowClient, move: registry.AliasMove, refusals:
     """
     from vigil import registry
 
-    experiment_id = registry.experiment_id(client, EVALUATIONS_EXPERIMENT)
+    experiment_id = registry.experiment_id(EVALUATIONS_EXPERIMENT, uri=client.tracking_uri)
     version_tags = client.get_model_version(move.name, move.version).tags
     evaluation_run = version_tags.get(f"vigil.{move.alias}.evaluation_run_id", "")
     verdict = version_tags.get(f"vigil.{move.alias}.evaluation_verdict", "none")
@@ -200,9 +200,12 @@ def models_promote(
         if not refused:
             raise
         refused_version, refusals = refused[-1]
-        current = registry.alias_version(client, name, to)
+        try:
+            previous: str | None = registry.resolve(client, registry.ModelReference(name, alias=to)).version
+        except registry.ModelNotFound:
+            previous = None
         attempt = registry.AliasMove(
-            name=name, alias=to, version=refused_version, previous=str(current.version) if current else None,
+            name=name, alias=to, version=refused_version, previous=previous,
             action="refused", reason=reason, by=registry.operator(),
             at=datetime.now(UTC).isoformat(timespec="seconds"),
         )

@@ -16,9 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
-
-from vigil.errors import VigilError
+from vigil import registry
+from vigil.errors import MlflowUnavailable, VigilError
 from vigil.settings import Settings
 
 STATE_FILE = "server.json"
@@ -65,11 +64,12 @@ def process_alive(pid: int) -> bool:
         return True
 
 
-def healthy(uri: str, timeout: float = 2.0) -> bool:
+def _healthy(uri: str) -> bool:
     try:
-        return httpx.get(f"{uri}/health", timeout=timeout).status_code == 200
-    except httpx.HTTPError:
+        registry.check_reachable(uri, timeout=2.0)
+    except MlflowUnavailable:
         return False
+    return True
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -103,7 +103,7 @@ def status(settings: Settings) -> tuple[ServerState | None, str]:
     state = read_state(settings)
     if state is None or not process_alive(state.pid):
         return state, "stopped"
-    return state, "running" if healthy(state.uri) else "unhealthy"
+    return state, "running" if _healthy(state.uri) else "unhealthy"
 
 
 def up(settings: Settings, port: int | None = None) -> tuple[ServerState, bool]:
@@ -134,7 +134,7 @@ def up(settings: Settings, port: int | None = None) -> tuple[ServerState, bool]:
         if process.poll() is not None:
             state_path(settings).unlink(missing_ok=True)
             raise VigilError(f"mlflow server exited with code {process.returncode}; see {log_path}.")
-        if healthy(uri):
+        if _healthy(uri):
             return state, True
         time.sleep(0.5)
     _terminate(process.pid)

@@ -15,25 +15,24 @@ from evaluations.datasets import from_file, held_out_split, resolve_data
 from evaluations.scoring import (
     BatchOutput,
     EndpointPredictor,
-    ModelRef,
-    ResolvedModel,
     positive_probability,
     score,
 )
 from tests.support.local_http import respond, serve_in_thread, stop_serving
 from training.data import SplitParams, fingerprint, limit_stratified, load_sentiment, split_sentiment
 from vigil.errors import VigilError
+from vigil.registry import ModelReference, RegisteredVersion
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("sentiment@challenger", ModelRef("sentiment", alias="challenger")),
-    ("sentiment/3", ModelRef("sentiment", version="3")),
-    ("models:/other@champion", ModelRef("other", alias="champion")),
-    ("champion", ModelRef("default", alias="champion")),
-    ("7", ModelRef("default", version="7")),
+    ("sentiment@challenger", ModelReference("sentiment", alias="challenger")),
+    ("sentiment/3", ModelReference("sentiment", version="3")),
+    ("models:/other@champion", ModelReference("other", alias="champion")),
+    ("champion", ModelReference("default", alias="champion")),
+    ("7", ModelReference("default", version="7")),
 ])
-def test_model_references(text: str, expected: ModelRef) -> None:
-    assert ModelRef.parse(text, default_name="default") == expected
+def test_model_references(text: str, expected: ModelReference) -> None:
+    assert ModelReference.parse(text, default_name="default") == expected
 
 
 def test_test_split_is_the_one_training_made() -> None:
@@ -160,7 +159,7 @@ def stand_in() -> Iterator[str]:
 
 def test_endpoint_client_chunks_requests_and_checks_the_version(stand_in: str) -> None:
     texts = [f"good {i}" if i % 3 else f"bad {i}" for i in range(600)]
-    expected = ResolvedModel("sentiment", "4", "champion", None)
+    expected = RegisteredVersion("sentiment", "4", "champion", None)
     (scored,) = score([EndpointPredictor(stand_in, expected=expected)], texts, batch_size=256)
     assert _StandIn.sizes == [256, 256, 88]
     assert scored.model_version == "4"
@@ -168,7 +167,7 @@ def test_endpoint_client_chunks_requests_and_checks_the_version(stand_in: str) -
     assert np.allclose(scored.p_positive, [0.75 if i % 3 else 0.25 for i in range(600)])
 
     with pytest.raises(VigilError, match=r"serves sentiment v4, not sentiment v5 \(@champion\)"):
-        EndpointPredictor(stand_in, expected=ResolvedModel("sentiment", "5", "champion", None)).predict(["good"])
+        EndpointPredictor(stand_in, expected=RegisteredVersion("sentiment", "5", "champion", None)).predict(["good"])
 
 
 def test_endpoint_errors_are_readable(stand_in: str) -> None:
