@@ -20,6 +20,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/tests/integration/" in str(item.path):
             item.add_marker(pytest.mark.integration)
+        elif "/tests/unit/" in str(item.path):
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture(autouse=True)
