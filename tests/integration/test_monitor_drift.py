@@ -30,7 +30,7 @@ from mlflow import MlflowClient
 from evaluations.replay import held_out
 from monitoring.workspace import save_snapshot
 from telemetry import records
-from tests.conftest import VIGIL_BIN, free_port, wait_until
+from tests.conftest import CHROMIUM, VIGIL_BIN, free_port, wait_until
 from tests.integration.conftest import VigilEnv
 from tests.unit.test_monitor_alerts import WebhookReceiver
 from tests.unit.test_monitor_tokens import settings_for
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 MODEL = "sentiment-drift"
 ROWS = 150
-CHROMIUM = "/usr/bin/chromium"
 
 
 @dataclass(frozen=True)
@@ -406,8 +405,6 @@ def dashboards_with_data(ui: str, setup: DriftSetup, imdb_run: subprocess.Comple
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                    reason=f"needs Debian's chromium ({CHROMIUM}); `make test` installs it when run as root with apt")
 @pytest.mark.parametrize("project", sorted(BROWSER_PANELS))
 def test_dashboard_page_renders_in_headless_chromium(
     ui: str, dashboards_with_data: dict[str, str], project: str, tmp_path: Path
