@@ -7,16 +7,14 @@ falls back to it when MLflow and the local cache are both absent.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from vigil import registry
+from vigil import model_cache, registry
 from vigil.settings import get_settings
 
 BENTO_MODEL_NAME = "vigil-sentiment"
-BUNDLE_META = "vigil_bundle.json"
 
 
 @dataclass(frozen=True)
@@ -30,25 +28,21 @@ def bundle_champion() -> tuple[str, dict[str, str]]:
     """Copy the champion's MLflow model into BentoML's model store; returns (model tag, labels)."""
     import bentoml
 
-    from service.model_store import ModelHolder
+    from service.model_store import BUNDLE_META, BundleMeta
 
     settings = get_settings()
-    holder = ModelHolder(settings.sentiment_model_name, settings.serve_alias, settings.model_cache_dir, 3600)
     client = registry.connect()
-    version = client.get_model_version_by_alias(settings.sentiment_model_name, settings.serve_alias)
-    model_dir = holder._download(str(version.version))
-    labels = {
-        "mlflow_model": settings.sentiment_model_name,
-        "mlflow_version": str(version.version),
-        "mlflow_alias": settings.serve_alias,
-        "mlflow_run_id": version.run_id or "",
-    }
+    champion = registry.resolve(client, registry.ModelReference(settings.sentiment_model_name,
+                                                                alias=settings.serve_alias))
+    model_dir = model_cache.download_version(client, champion.name, champion.version, settings.model_cache_dir)
+    meta = BundleMeta(name=champion.name, version=champion.version, alias=settings.serve_alias,
+                      run_id=champion.run_id or "")
+    labels = {"mlflow_model": meta.name, "mlflow_version": meta.version, "mlflow_alias": meta.alias,
+              "mlflow_run_id": meta.run_id}
     with bentoml.models.create(BENTO_MODEL_NAME, labels=labels) as stored:
         target = Path(stored.path)
         shutil.copytree(model_dir, target, dirs_exist_ok=True)
-        (target / BUNDLE_META).write_text(json.dumps(
-            {"name": labels["mlflow_model"], "version": labels["mlflow_version"], "alias": labels["mlflow_alias"],
-             "run_id": labels["mlflow_run_id"]}, indent=2))
+        (target / BUNDLE_META).write_text(meta.model_dump_json(indent=2))
     return str(stored.tag), labels
 
 
@@ -59,7 +53,6 @@ def build_bento(project_dir: Path) -> BuiltBento:
     bento = bentoml.bentos.build_bentofile(str(project_dir / "bentofile.yaml"), build_ctx=str(project_dir),
                                            labels={"project": "vigil", **labels})
     return BuiltBento(str(bento.tag), model_tag, labels)
-
 
 
 def packaged_model_dir() -> Path | None:

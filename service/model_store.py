@@ -1,31 +1,34 @@
 """The served model: resolved by registry alias, cached locally, followed without downtime.
 
-One :class:`ModelHolder` per model-service process. It loads ``models:/<name>@<alias>``, keeps a local copy of every
-version it loaded under ``$VIGIL_HOME/models/<name>/<version>`` plus a last-known-good pointer, and polls the alias:
-a moved alias loads the new version in a background thread and swaps one reference. Requests take the reference
-once, so in-flight work finishes on the model it started with.
+One :class:`ModelHolder` per model-service process. It resolves ``<name>@<alias>`` and downloads the version
+through the core (:mod:`vigil.registry`, :mod:`vigil.model_cache`: a local copy of every version it loaded under
+``$VIGIL_HOME/models/<name>/<version>`` plus a last-known-good pointer), and polls the alias: a moved alias loads
+the new version in a background thread and swaps one reference. Requests take the reference once, so in-flight
+work finishes on the model it started with.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from vigil import registry
+from pydantic import BaseModel
+
+from vigil import model_cache, registry
 from vigil.errors import VigilError
 from vigil.sentiment_model import SentimentClassifier
 
 logger = logging.getLogger(__name__)
 
-LAST_KNOWN_GOOD = "last_known_good.json"
-COMPLETE_MARKER = ".complete"
+BUNDLE_META = "vigil_bundle.json"
+# Where a served model came from: fresh from MLflow, the last known good copy, or inside a Bento.
+Source = Literal["registry", "cache", "bundle"]
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,28 @@ class LoadedModel:
     version: str
     alias: str
     run_id: str
-    source: str  # "registry" (fresh from MLflow), "cache" (last known good) or "bundle" (inside a Bento)
+    source: Source
     classifier: SentimentClassifier = field(repr=False)
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+@dataclass(frozen=True)
+class Swap:
+    """One change of the served reference, as the holder's callback sees it."""
+
+    previous: LoadedModel | None
+    current: LoadedModel
+    loaded: bool  # new weights were loaded (False: the same model, only its source changed)
+    moved: bool  # the served version changed
+
+
+class BundleMeta(BaseModel):
+    """What a Bento records about the model packed with it (written by :mod:`service.bento`)."""
+
+    name: str
+    version: str
+    alias: str
+    run_id: str = ""
 
 
 @dataclass
@@ -61,7 +83,12 @@ def load_model_dir(model_dir: Path) -> SentimentClassifier:
 
 
 class ModelHolder:
-    """Holds the current model of one registered name and follows one alias."""
+    """Holds the current model of one registered name and follows one alias.
+
+    Every change of the served model goes through :meth:`_swap` — the first load, a moved alias, the fall back to
+    the cache or the bundle, and the registry confirming a cached version — so the counters, the readiness and the
+    ``on_swap`` callback never miss one.
+    """
 
     def __init__(
         self,
@@ -70,13 +97,14 @@ class ModelHolder:
         cache_dir: Path,
         poll_seconds: float,
         bundle_dir: Path | None = None,
-        on_swap: Any = None,
+        on_swap: Callable[[Swap], None] | None = None,
         runtime: str = "torch",
         threads: int = 1,
     ) -> None:
         self.name = name
         self.alias = alias
-        self.cache_dir = cache_dir / name
+        self.cache_root = cache_dir
+        self.cache_dir = model_cache.model_dir(name, cache_dir)
         self.poll_seconds = poll_seconds
         self.bundle_dir = bundle_dir
         self.on_swap = on_swap
@@ -114,42 +142,22 @@ class ModelHolder:
         self._stop.set()
 
     def poll_once(self) -> bool:
-        """Check the alias once; load and swap when it points elsewhere. Returns True on a swap."""
+        """Check the alias once; load and swap when it points elsewhere. Returns True when new weights loaded."""
         client = registry.connect()
-        version = client.get_model_version_by_alias(self.name, self.alias)
-        current = self._current
-        if current is not None and current.version == str(version.version) and current.source != "cache":
-            return False
-        if current is not None and current.version == str(version.version):
-            # Served from cache while MLflow was away; the registry agrees, so it is no longer degraded.
-            self._current = LoadedModel(self.name, current.version, self.alias, current.run_id, "registry",
-                                        current.classifier)
-            self._mark_ready(degraded=False, reason="")
-            return False
+        found = registry.resolve(client, registry.ModelReference(self.name, alias=self.alias))
         with self._load_lock:
-            model_dir = self._download(str(version.version))
-            classifier = self._load(model_dir, version.run_id or "", str(version.version))
-            loaded = LoadedModel(self.name, str(version.version), self.alias, version.run_id or "", "registry",
-                                 classifier)
-            self._swap(loaded)
-            self._remember(loaded)
+            current = self._current
+            if current is not None and current.version == found.version:
+                if current.source == "cache":
+                    # Served from cache while MLflow was away; the registry agrees, so it is no longer degraded.
+                    self._swap(replace(current, source="registry"))
+                return False
+            model_dir = model_cache.download_version(client, self.name, found.version, self.cache_root)
+            run_id = found.run_id or ""
+            classifier = self._load(model_dir, run_id, found.version)
+            self._swap(LoadedModel(self.name, found.version, self.alias, run_id, "registry", classifier))
+            model_cache.remember(self.name, found.version, self.alias, run_id, self.cache_root)
         return True
-
-    def _download(self, version: str) -> Path:
-        import mlflow.artifacts
-
-        target = self.cache_dir / version
-        if (target / COMPLETE_MARKER).exists():
-            return target
-        staging = self.cache_dir / f".{version}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{version}", dst_path=str(staging),
-                                            tracking_uri=registry.tracking_uri())
-        (staging / COMPLETE_MARKER).touch()
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-        return target
 
     def _load(self, model_dir: Path, run_id: str, version: str) -> SentimentClassifier:
         """The classifier in ``model_dir``, on the configured runtime; torch when the ONNX path fails."""
@@ -163,44 +171,39 @@ class ModelHolder:
                 logger.exception("ONNX Runtime unavailable for %s; serving with torch", key)
         return classifier
 
-    def _swap(self, loaded: LoadedModel) -> None:
+    def _swap(self, new: LoadedModel, reason: str = "") -> None:
+        """Serve ``new``: the one place the reference changes, counted and announced."""
         previous = self._current
-        self._current = loaded  # one reference assignment: requests see the old or the new model, never half
-        self.status.loads += 1
-        if previous is not None and previous.version != loaded.version:
+        self._current = new  # one reference assignment: requests see the old or the new model, never half
+        swap = Swap(previous, new, loaded=previous is None or new.classifier is not previous.classifier,
+                    moved=previous is not None and previous.version != new.version)
+        if swap.loaded:
+            self.status.loads += 1
+        if swap.moved:
+            assert previous is not None
             self.status.swaps += 1
-            logger.info("%s@%s moved: v%s → v%s", self.name, self.alias, previous.version, loaded.version)
+            logger.info("%s@%s moved: v%s → v%s", self.name, self.alias, previous.version, new.version)
         else:
-            logger.info("%s@%s loaded: v%s (%s)", self.name, self.alias, loaded.version, loaded.source)
-        self._mark_ready(degraded=loaded.source == "cache",
-                         reason="" if loaded.source != "cache" else self.status.reason)
+            logger.info("%s@%s serving v%s (%s)", self.name, self.alias, new.version, new.source)
+        # A cached copy is served in degraded mode (it may be stale); the registry's or a Bento's is not.
+        self._mark_ready(degraded=new.source == "cache", reason=reason)
         if self.on_swap is not None:
-            self.on_swap(previous, loaded)
-
-    def _remember(self, loaded: LoadedModel) -> None:
-        pointer = {"name": loaded.name, "version": loaded.version, "alias": loaded.alias, "run_id": loaded.run_id,
-                   "saved_at": datetime.now(UTC).isoformat(timespec="seconds")}
-        (self.cache_dir / LAST_KNOWN_GOOD).write_text(json.dumps(pointer, indent=2))
+            self.on_swap(swap)
 
     def _fall_back(self, error: str) -> None:
-        pointer_file = self.cache_dir / LAST_KNOWN_GOOD
-        if pointer_file.exists():
-            pointer = json.loads(pointer_file.read_text())
-            model_dir = self.cache_dir / pointer["version"]
-            reason = f"MLflow unreachable ({error}); serving cached v{pointer['version']}"
-            self.status.reason = reason
+        """MLflow did not answer: serve the last known good copy, else the Bento's own, else stay not ready."""
+        cached = model_cache.last_known_good(self.name, self.cache_root)
+        if cached is not None:
+            pointer, model_dir = cached
+            reason = f"MLflow unreachable ({error}); serving cached v{pointer.version}"
             logger.warning(reason)
-            loaded = LoadedModel(self.name, pointer["version"], self.alias, pointer.get("run_id", ""), "cache",
-                                 self._load(model_dir, pointer.get("run_id", ""), pointer["version"]))
-            self._swap(loaded)
+            self._swap(LoadedModel(self.name, pointer.version, self.alias, pointer.run_id, "cache",
+                                   self._load(model_dir, pointer.run_id, pointer.version)), reason=reason)
             return
         if self.bundle_dir is not None and (self.bundle_dir / "MLmodel").exists():
-            meta = json.loads((self.bundle_dir / "vigil_bundle.json").read_text())
-            loaded = LoadedModel(self.name, meta["version"], meta.get("alias", self.alias), meta.get("run_id", ""),
-                                 "bundle",
-                                 self._load(self.bundle_dir, meta.get("run_id", ""), meta["version"]))
-            self._swap(loaded)
-            self._mark_ready(degraded=False, reason="")
+            meta = BundleMeta.model_validate_json((self.bundle_dir / BUNDLE_META).read_text())
+            self._swap(LoadedModel(self.name, meta.version, meta.alias or self.alias, meta.run_id, "bundle",
+                                   self._load(self.bundle_dir, meta.run_id, meta.version)))
             return
         self.status.ready = False
         self.status.reason = f"no cached model and MLflow unreachable: {error}"

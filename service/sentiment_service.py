@@ -8,7 +8,7 @@ module, because `@bentoml.api` takes them at class definition.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 from bentoml.exceptions import ServiceUnavailable
@@ -16,7 +16,12 @@ from pydantic import BaseModel
 
 from vigil.settings import get_settings
 
-_settings = get_settings()
+if TYPE_CHECKING:
+    from service.model_store import Swap
+
+# Read at import, once: `@bentoml.api` takes the batching limits at class definition, and BentoML imports this
+# module in each worker before any instance exists.
+_batching = get_settings()
 
 
 class ScoredText(BaseModel):
@@ -24,18 +29,6 @@ class ScoredText(BaseModel):
     score: float
     version: str
     batch_size: int  # of the batch this text was scored in, after adaptive batching
-
-
-def torch_threads() -> int:
-    """Intra-op threads of torch (the RAG encoder; the classifier when VIGIL_MODEL_RUNTIME=torch): one by default.
-
-    Measured on this 2-core machine: with 2 threads, MiniLM's throughput fell 20x (68 → 3 texts/s at batch 1,
-    157 → 32 at batch 64) as soon as other processes (the API worker, the load) wanted a core, because OpenMP's
-    threads wait on each other at every layer. One thread per model worker keeps it steady. ONNX Runtime's pool
-    (VIGIL_ONNX_THREADS, spinning off) did not collapse: 2 threads under two busy-looping processes gave 167
-    req/s at c=8 against 144 with one.
-    """
-    return max(1, int(os.environ.get("VIGIL_TORCH_THREADS", "1")))
 
 
 @bentoml.service(name="vigil-sentiment", workers=1, traffic={"timeout": 60})
@@ -47,8 +40,8 @@ class SentimentModel:
         from service.model_store import ModelHolder
         from telemetry.metrics import get_metrics
 
-        torch.set_num_threads(torch_threads())
         settings = get_settings()
+        torch.set_num_threads(settings.torch_threads)
         self.metrics = get_metrics()
         self.holder = ModelHolder(
             settings.sentiment_model_name,
@@ -65,8 +58,8 @@ class SentimentModel:
             # The first call through torch is several times slower than the rest: pay it before traffic.
             self.holder.current.classifier.predict(["warm up"] * 8)
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=_settings.batch_max_size,
-                 max_latency_ms=_settings.batch_max_latency_ms)
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=_batching.batch_max_size,
+                 max_latency_ms=_batching.batch_max_latency_ms)
     def predict(self, texts: list[str]) -> list[ScoredText]:
         model = self.holder.current
         if model is None:
@@ -76,10 +69,12 @@ class SentimentModel:
         return [ScoredText(label=p.label, score=p.score, version=model.version, batch_size=len(texts))
                 for p in predictions]
 
-    def _count_swap(self, previous: Any, loaded: Any) -> None:
-        self.metrics.model_loads.labels(model=loaded.name, version=loaded.version, outcome=loaded.source).inc()
-        if previous is not None and previous.version != loaded.version:
-            self.metrics.model_swaps.labels(model=loaded.name).inc()
+    def _count_swap(self, swap: Swap) -> None:
+        model = swap.current
+        if swap.loaded:
+            self.metrics.model_loads.labels(model=model.name, version=model.version, outcome=model.source).inc()
+        if swap.moved:
+            self.metrics.model_swaps.labels(model=model.name).inc()
 
     @bentoml.api
     def describe(self) -> dict[str, Any]:

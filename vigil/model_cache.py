@@ -63,14 +63,16 @@ def download_version(client: MlflowClient, name: str, version: str, cache_dir: P
     try:
         # The tracking URI is passed explicitly: MLflow would otherwise resolve `mlflow-artifacts:` locations
         # against its process-wide URI.
-        mlflow.artifacts.download_artifacts(artifact_uri=_artifact_location(client, name, str(version)),
-                                            dst_path=str(staging), tracking_uri=client.tracking_uri)
-        (staging / COMPLETE_MARKER).touch()
+        # MLflow puts a folder's files under a sub-folder named like the folder's last path part; it says which.
+        downloaded = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=_artifact_location(client, name, str(version)), dst_path=str(staging),
+            tracking_uri=client.tracking_uri))
+        (downloaded / COMPLETE_MARKER).touch()
         if (target / COMPLETE_MARKER).exists():
             return target  # another process finished first; its copy is the same version
         shutil.rmtree(target, ignore_errors=True)  # an incomplete copy from before a crash
         try:
-            staging.rename(target)
+            downloaded.rename(target)
         except OSError:
             if not (target / COMPLETE_MARKER).exists():
                 raise  # not a race lost to another process

@@ -70,7 +70,13 @@ class Settings(BaseSettings):
     )
     onnx_threads: int = Field(
         0, ge=0, description="Intra-op threads of ONNX Runtime in the model service; 0: one per core. Unlike "
-        "torch's OpenMP threads (VIGIL_TORCH_THREADS, 1), they do not collapse when other processes want the cores."
+        "torch's OpenMP threads (VIGIL_TORCH_THREADS), they do not collapse when other processes want the cores "
+        "(bench/RESULTS.md, serving)."
+    )
+    torch_threads: int = Field(
+        1, ge=1, description="Intra-op threads of torch in each model and RAG service process (the classifier "
+        "when VIGIL_MODEL_RUNTIME=torch, the RAG encoder). One: torch's OpenMP threads collapse as soon as another "
+        "process wants a core, and a server always shares its cores (bench/RESULTS.md, serving under contention)."
     )
 
     # --- tracing -------------------------------------------------------------------------------------------
