@@ -48,3 +48,25 @@ def test_every_setting_is_documented_in_env_example() -> None:
         variable = alias if isinstance(alias, str) else f"VIGIL_{name.upper()}"
         assert f"\n{variable}=" in documented, f"{variable} is missing from .env.example"
         assert field.description, f"{name} has no description"
+
+
+def test_no_package_reads_a_vigil_variable_behind_settings_back() -> None:
+    import re
+
+    from tests.conftest import REPO_ROOT
+
+    # An environment read of a VIGIL_ name anywhere but vigil/settings.py escapes validation and .env.example.
+    direct = re.compile(r"""(environ\.get\(|environ\[|getenv\()\s*["']VIGIL_""")
+    packages = ("vigil", "telemetry", "training", "service", "monitoring", "evaluations")
+    offenders = [str(path.relative_to(REPO_ROOT)) for package in packages
+                 for path in sorted((REPO_ROOT / package).rglob("*.py")) if direct.search(path.read_text())]
+    assert offenders == []
+
+
+def test_torch_threads_is_a_validated_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VIGIL_TORCH_THREADS", raising=False)
+    assert get_settings().torch_threads == 1
+    get_settings.cache_clear()
+    monkeypatch.setenv("VIGIL_TORCH_THREADS", "0")
+    with pytest.raises(ValueError, match="torch_threads"):
+        get_settings()
