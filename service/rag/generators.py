@@ -25,7 +25,7 @@ from service.rag.store import STOP_WORDS, Hit
 if TYPE_CHECKING:
     import httpx
 
-    from service.rag.embedder import TextEmbedder
+    from vigil.embedding import TextEmbedder
     from vigil.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from opentelemetry import trace
 
 from service.rag.chunking import Chunk, chunk_document
-from service.rag.embedder import TextEmbedder, resolve_registered_version
 from service.rag.errors import InvalidQuestion, InvalidTopK, QuestionTooLong
 from service.rag.generators import Generator, build_generator
 from service.rag.schemas import (
@@ -32,6 +31,7 @@ from service.rag.schemas import (
 from service.rag.store import Hit, MilvusStore, redact, store_from_settings
 from telemetry import semconv
 from telemetry.redaction import text_digest
+from vigil.embedding import TextEmbedder, resolve_registered_version
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider

@@ -140,3 +140,24 @@ def test_redacted_rows_get_a_prediction_only_verdict(offline: Settings) -> None:
     assert "50 redacted" in checks["text descriptors"].detail
     assert "not evaluated: text redacted" in result.message
     assert result.snapshot_id and result.report and Path(result.report).exists()
+
+
+@pytest.mark.slow  # MiniLM and Evidently's t-SNE widget on real text
+def test_text_rows_are_embedded_by_the_registered_text_embedder(offline: Settings) -> None:
+    from evidently.ui.workspace import Workspace
+
+    settings = offline
+    cache_reference(settings)
+    texts: list[str | None] = list(SENTENCES * 5)
+    log(settings, texts)
+
+    result = run_drift(settings, WINDOW, version="7", html="never")
+
+    assert (result.rows, result.text_rows, result.embedded_rows) == (30, 30, 30)
+    checks = {check.name: check for check in result.checks}
+    assert checks["text embeddings"].drifted is False  # the served sentences are the reference's own
+    workspace = Workspace(str(settings.evidently_workspace_path))
+    [project] = workspace.search_project("sentiment")
+    stored = workspace.get_run(project.id, result.snapshot_id)
+    # MLflow is down: the vectors are named as RAG names its own then (text-embedder's version is unknown).
+    assert stored is not None and stored.metadata["embedder"] == "text-embedder vunregistered"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.rag.embedder import UNREGISTERED, TextEmbedder, resolve_registered_version
 from tests.conftest import free_port
+from vigil.embedding import UNREGISTERED, TextEmbedder, resolve_registered_version
 
 
 def test_version_is_unregistered_when_mlflow_does_not_answer(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from service.rag.embedder import TextEmbedder
 from service.rag.errors import GeneratorTimeout, GeneratorUnavailable, RagConfigError
 from service.rag.generators import NO_CONTEXT_ANSWER, ExtractiveGenerator, OpenAIGenerator
 from service.rag.store import Hit
 from tests.support.local_http import respond, serve_in_thread, stop_serving
+from vigil.embedding import TextEmbedder
 
 
 @pytest.fixture(scope="module")
