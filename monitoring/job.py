@@ -9,7 +9,7 @@ CI and Kubernetes can act on them. Errors are 2, never 1, so that an alert keeps
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime
 from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING, Self
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Self
 from pydantic import BaseModel
 
 from monitoring.alerts import Alert, send_alert
-from monitoring.workspace import HtmlPolicy, combine, report_path, save_snapshot
+from monitoring.workspace import HtmlPolicy, SavedSnapshot, combine, report_path, save_snapshot
 from vigil.settings import Settings
 
 if TYPE_CHECKING:
@@ -82,15 +82,8 @@ def read_rows(settings: Settings, kind: str, since: datetime, until: datetime, *
         engine.dispose()
 
 
-@dataclass(frozen=True)
-class Published:
-    snapshot_id: str
-    location: str  # a file path (local workspace) or a URL (remote UI)
-    report: str | None  # the standalone HTML report, when the policy wrote one
-
-
 def publish(settings: Settings, project: str, parts: list[Snapshot], verdict: dict[str, str], *, alerting: bool,
-            html: HtmlPolicy, report_name: str, clock: Clock | None = None) -> Published:
+            html: HtmlPolicy, report_name: str, clock: Clock | None = None) -> SavedSnapshot:
     """One snapshot of ``parts`` into ``project``, and the HTML report as ``html`` says.
 
     ``verdict`` goes into the snapshot's metadata, so the UI can filter and count by it. ``html``: when to write
@@ -101,13 +94,12 @@ def publish(settings: Settings, project: str, parts: list[Snapshot], verdict: di
     snapshot = combine(parts, verdict)
     saved = save_snapshot(settings, project, snapshot)
     clock.lap("save snapshot")
-    report = None
     if html == "always" or (html == "on_alert" and alerting):
         path = report_path(settings, report_name)
         snapshot.save_html(str(path))
-        report = str(path)
         clock.lap("write html")
-    return Published(saved.snapshot_id, saved.location, report)
+        return replace(saved, report=str(path))
+    return saved
 
 
 def deliver(settings: Settings, alerts: list[Alert], *, send_alerts: bool = True) -> list[bool]:

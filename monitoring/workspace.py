@@ -30,6 +30,7 @@ class SavedSnapshot:
     project: str
     snapshot_id: str
     location: str  # a file path (local workspace) or a URL (remote UI)
+    report: str | None = None  # the standalone HTML report, when one was written beside it
 
 
 def open_workspace(settings: Settings) -> WorkspaceBase:
