@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import numpy as np
-from pydantic import BaseModel
 
 from evaluations import tracking
 from evaluations.datasets import QAData, QAItem, resolve_qa
@@ -44,13 +43,12 @@ from evaluations.schemas import (
     DatasetInfo,
     Distribution,
     LangSmithOutcome,
-    ModelIdentity,
     RagEvaluation,
     RagMetrics,
     RagQuestionResult,
 )
 from evaluations.scoring import ProgressCallback, post_to_vigil
-from service.rag.schemas import Citation, EmbeddingModelInfo, GeneratorInfo, Usage
+from vigil.contracts import Citation, GeneratorInfo, ModelIdentity, RagQueryResponse, Usage
 from vigil.errors import VigilError
 from vigil.settings import get_settings
 
@@ -79,7 +77,7 @@ class Answered:
     citations: list[Citation]
     usage: Usage
     generator: GeneratorInfo
-    embedding_model: EmbeddingModelInfo
+    embedding_model: ModelIdentity
     seconds: float
 
 
@@ -89,17 +87,6 @@ class Answerer(Protocol):
     def ask(self, question: str, top_k: int) -> Answered: ...
 
     def close(self) -> None: ...
-
-
-class RagQueryResponse(BaseModel):
-    """The body of ``POST /rag/query`` (``model`` is the embedding model)."""
-
-    answer: str
-    citations: list[Citation]
-    usage: Usage
-    generator: GeneratorInfo
-    model: EmbeddingModelInfo
-    trace_id: str | None = None
 
 
 class EndpointAnswerer:
@@ -163,8 +150,7 @@ class InProcessAnswerer:
         started = time.perf_counter()
         answer = self.pipeline.query(question, top_k)
         seconds = time.perf_counter() - started
-        return Answered(answer.answer, answer.citations, answer.usage, answer.generator, answer.embedding_model,
-                        seconds)
+        return Answered(answer.answer, answer.citations, answer.usage, answer.generator, answer.model, seconds)
 
     def close(self) -> None:
         self.pipeline.close()

@@ -17,11 +17,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from evaluations.datasets import training_params
 from training.data import DEFAULT_DATA_DIR, DOMAIN_FILES, SplitParams, load_sentiment, training_split
 from vigil import registry
+from vigil.contracts import PredictResponse
 from vigil.errors import MlflowUnavailable, VigilError
 from vigil.settings import Settings
 
@@ -35,22 +36,6 @@ class ServedSplit:
 
     params: SplitParams
     version: str | None  # None: MLflow unreachable, the settings' seed and the default domains assumed
-
-
-class _Label(BaseModel):
-    label: str
-
-
-class _Model(BaseModel):
-    name: str
-    version: str
-
-
-class PredictAnswer(BaseModel):
-    """The part of the service's `/predict` answer the replay reads (monitoring does not import service)."""
-
-    predictions: list[_Label]
-    model: _Model | None = None
 
 
 @dataclass
@@ -121,7 +106,7 @@ def replay(
     result = ReplayResult()
     with httpx.Client(timeout=timeout) as client:
 
-        def send(text: str) -> PredictAnswer | str:
+        def send(text: str) -> PredictResponse | str:
             try:
                 response = client.post(url, json={"text": text})
             except httpx.HTTPError as error:
@@ -129,7 +114,7 @@ def replay(
             if not response.is_success:
                 return f"HTTP {response.status_code}"
             try:
-                return PredictAnswer.model_validate_json(response.content)
+                return PredictResponse.model_validate_json(response.content)
             except ValidationError:
                 return "unexpected answer"
 
@@ -142,8 +127,7 @@ def replay(
                     continue
                 result.ok += 1
                 result.labels.update(p.label for p in answer.predictions)
-                if answer.model:
-                    result.served_by[f"{answer.model.name} v{answer.model.version}"] += 1
+                result.served_by[f"{answer.model.name} v{answer.model.version}"] += 1
                 if on_done:
                     on_done(result.sent)
     return result

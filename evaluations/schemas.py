@@ -6,11 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-
-class ModelIdentity(BaseModel):
-    name: str
-    version: str
-    alias: str | None = Field(None, description="the alias the version was asked for by, if any")
+from vigil.contracts import ModelIdentity
 
 
 class DatasetInfo(BaseModel):

@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from vigil import model_cache, registry
+from vigil.contracts import ErrorResponse, PredictResponse
 from vigil.errors import VigilError
 from vigil.registry import RegisteredVersion
 from vigil.sentiment_model import LABELS, SentimentClassifier
@@ -92,23 +93,6 @@ class InProcessPredictor:
         return BatchOutput(labels, scores, self.model.name, self.model.version)
 
 
-class _ServedPrediction(BaseModel):
-    label: str
-    score: float
-
-
-class _ServedModel(BaseModel):
-    name: str
-    version: str
-
-
-class PredictResponse(BaseModel):
-    """The body of the service's `POST /predict`."""
-
-    predictions: list[_ServedPrediction]
-    model: _ServedModel
-
-
 def post_to_vigil(client: httpx.Client, url: str, path: str, payload: dict[str, object],
                   schema: type[Answer]) -> Answer:
     """POST JSON to a running Vigil and parse its answer; any failure is a VigilError naming the endpoint."""
@@ -117,7 +101,12 @@ def post_to_vigil(client: httpx.Client, url: str, path: str, payload: dict[str, 
     except httpx.HTTPError as error:
         raise VigilError(f"Vigil endpoint {url} not reachable ({type(error).__name__}).") from None
     if response.status_code != 200:
-        raise VigilError(f"{url}{path} answered {response.status_code}: {response.text[:300]}")
+        try:
+            refusal = ErrorResponse.model_validate_json(response.content).error
+            reason = f"{refusal.code}: {refusal.message}"
+        except ValidationError:
+            reason = response.text[:300]
+        raise VigilError(f"{url}{path} answered {response.status_code}: {reason}")
     try:
         return schema.model_validate_json(response.content)
     except ValidationError as error:

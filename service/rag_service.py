@@ -2,15 +2,24 @@
 
 Milvus Lite is single-process, so queries and ingestion both go through this service's single worker; the API
 service reaches it with `bentoml.depends`, which carries the trace context across.
+
+Answers and ingest reports cross as the contract's models. A typed RAG error crosses as a response of its own
+(`service.errors.error_response`), because BentoML would drop its type and, for a 5xx, its message; the API
+raises it again as that type (`service.errors.remote_error`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import bentoml
+from starlette.responses import Response
 
+from service.errors import error_response
+from service.rag.errors import RagError
+from vigil.contracts import IngestReport, IngestRequest, RagQueryResponse
 from vigil.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -21,15 +30,13 @@ class RagService:
     def __init__(self) -> None:
         import torch
 
-        from service.rag.errors import RagError
         from service.rag.pipeline import RagPipeline
-        from service.sentiment_service import torch_threads
         from telemetry.metrics import get_metrics
         from telemetry.tracing import setup_tracing
 
-        # One thread, as for the sentiment model: two made one question's embedding 602 ms instead of 24 under load.
-        torch.set_num_threads(torch_threads())
         self.settings = get_settings()
+        # One thread, as for the sentiment model: two made one question's embedding 602 ms instead of 24 under load.
+        torch.set_num_threads(self.settings.torch_threads)
         setup_tracing("vigil-rag", settings=self.settings)
         self.metrics = get_metrics()
         self.pipeline = RagPipeline.from_settings(self.settings)
@@ -41,38 +48,29 @@ class RagService:
             self.store_error = str(error)
             logger.error("RAG store unavailable at start: %s", error)
 
-    @bentoml.api
-    def query(self, question: str, top_k: int) -> dict[str, Any]:
-        """The answer as a dict, or {"error": {...}} with the HTTP status the API should answer with."""
-        import time
-
-        from service.rag.errors import RagError
-
+    # The declared output is what BentoML's client parses a 2xx into; a refusal is a Response and passes through.
+    @bentoml.api(output_spec=RagQueryResponse)
+    def query(self, question: str, top_k: int) -> RagQueryResponse | Response:
+        """The answer (its trace id left for the API to fill in), or the typed error as its own response."""
         started = time.perf_counter()
         try:
             answer = self.pipeline.query(question, top_k)
         except RagError as error:
-            return {"error": {"status": error.http_status, "code": type(error).__name__, "message": str(error)}}
+            return error_response(error)
         self.metrics.rag_retrieval_seconds.observe(time.perf_counter() - started)
-        return answer.model_dump()
+        return answer
 
-    @bentoml.api
-    def ingest(self, documents: list[dict[str, Any]], chunk_tokens: int | None = None,
-               overlap_tokens: int | None = None) -> dict[str, Any]:
-        from service.rag.errors import RagError
-        from service.rag.schemas import Document
-
+    @bentoml.api(output_spec=IngestReport)
+    def ingest(self, request: IngestRequest) -> IngestReport | Response:
+        """Chunk, embed and store the documents (the API validated them against the contract already)."""
         try:
-            report = self.pipeline.ingest([Document.model_validate(d) for d in documents],
-                                          chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens)
+            return self.pipeline.ingest(request.documents, chunk_tokens=request.chunk_tokens,
+                                        overlap_tokens=request.overlap_tokens)
         except RagError as error:
-            return {"error": {"status": error.http_status, "code": type(error).__name__, "message": str(error)}}
-        return report.model_dump()
+            return error_response(error)
 
     @bentoml.api
     def stats(self) -> dict[str, Any]:
-        from service.rag.errors import RagError
-
         try:
             return {"ready": True, **self.pipeline.stats().model_dump()}
         except RagError as error:

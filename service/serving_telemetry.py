@@ -22,6 +22,7 @@ from telemetry.metrics import get_metrics
 from telemetry.propagation import extract_context
 from telemetry.records import InferenceRecord
 from telemetry.tracing import get_tracer, setup_tracing, shutdown_tracing, text_attribute
+from vigil.contracts import RagQueryResponse
 from vigil.settings import Settings
 
 
@@ -119,32 +120,32 @@ class ServingTelemetry:
                 span.set_attribute(semconv.ENDPOINT, endpoint)
                 yield span
 
-    def record_rag(self, span: Span, protocol: str, endpoint: str, question: str, answer: dict[str, Any],
+    def record_rag(self, span: Span, protocol: str, endpoint: str, question: str, answer: RagQueryResponse,
                    latency_ms: float) -> tuple[str, str]:
         """Token counters and one inference-log row for a RAG answer; returns (trace id, traceparent)."""
         context = span.get_span_context()
         sampled = context.is_valid and context.trace_flags.sampled
         trace_id = f"{context.trace_id:032x}" if sampled else ""
         traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-01" if sampled else ""
-        usage, generator, embedder = answer["usage"], answer["generator"], answer["embedding_model"]
-        labels = {"generator": generator["name"], "model": generator["model"]}
-        self.metrics.rag_prompt_tokens.labels(**labels).inc(usage["prompt_tokens"])
-        self.metrics.rag_completion_tokens.labels(**labels).inc(usage["completion_tokens"])
+        usage, generator, embedder = answer.usage, answer.generator, answer.model
+        labels = {"generator": generator.name, "model": generator.model}
+        self.metrics.rag_prompt_tokens.labels(**labels).inc(usage.prompt_tokens)
+        self.metrics.rag_completion_tokens.labels(**labels).inc(usage.completion_tokens)
         request_id = uuid.uuid4().hex
         if span.is_recording():
             span.set_attribute(semconv.REQUEST_ID, request_id)
-            span.set_attribute(semconv.GEN_AI_USAGE_INPUT_TOKENS, usage["prompt_tokens"])
-            span.set_attribute(semconv.GEN_AI_USAGE_OUTPUT_TOKENS, usage["completion_tokens"])
+            span.set_attribute(semconv.GEN_AI_USAGE_INPUT_TOKENS, usage.prompt_tokens)
+            span.set_attribute(semconv.GEN_AI_USAGE_OUTPUT_TOKENS, usage.completion_tokens)
         if self.log is not None:
             self.log.log(InferenceRecord(
                 request_id=request_id, trace_id=trace_id, endpoint=endpoint,
-                protocol="grpc" if protocol == "grpc" else "rest", kind="rag", model_name=embedder["name"],
-                model_version=embedder["version"], input_text=question, latency_ms=latency_ms,
-                retrieved_ids=[c["id"] for c in answer["citations"]],
+                protocol="grpc" if protocol == "grpc" else "rest", kind="rag", model_name=embedder.name,
+                model_version=embedder.version, input_text=question, latency_ms=latency_ms,
+                retrieved_ids=[c.id for c in answer.citations],
                 # Cosine similarity, not the rank-fusion score: it is what retrieval-health monitoring compares.
-                retrieved_scores=[float(c.get("similarity", c["score"])) for c in answer["citations"]],
-                prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
-                total_tokens=usage["total_tokens"], generator=generator["name"], generator_model=generator["model"],
+                retrieved_scores=[c.similarity for c in answer.citations],
+                prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens, generator=generator.name, generator_model=generator.model,
             ))
         return trace_id, traceparent
 

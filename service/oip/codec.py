@@ -1,14 +1,16 @@
-"""Open Inference Protocol v2 tensors <-> Python lists, for REST JSON and gRPC messages alike."""
+"""Open Inference Protocol v2 over gRPC: tensors <-> Python lists, and the tensor checks REST shares (`rest.py`)."""
 
 from __future__ import annotations
 
 import math
 import struct
 from collections.abc import Sequence
-from typing import Any
+
+import orjson
 
 from service.errors import ApiError
 from service.oip import grpc_service_pb2 as pb
+from vigil.contracts import RagQueryResponse
 
 INPUT_NAME = "text"
 LABEL_OUTPUT = "label"
@@ -37,30 +39,6 @@ def decode_utf8(raw: bytes, index: int) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_encoding", f"text element {index} is not valid UTF-8") from None
-
-
-def texts_from_rest(inputs: Sequence[Any], expected: str = INPUT_NAME) -> list[str]:
-    if len(inputs) != 1:
-        raise ApiError(400, "invalid_tensor", f"expected exactly one input tensor {expected!r}, got {len(inputs)}")
-    tensor = inputs[0]
-    data = _flatten(tensor.data)
-    check_text_tensor(tensor.name, tensor.datatype, tensor.shape, len(data), expected)
-    texts: list[str] = []
-    for index, value in enumerate(data):
-        if not isinstance(value, str):
-            raise ApiError(422, "invalid_type", f"text element {index} is {type(value).__name__}, expected a string")
-        texts.append(value)
-    return texts
-
-
-def _flatten(data: Sequence[Any]) -> list[Any]:
-    flat: list[Any] = []
-    for value in data:
-        if isinstance(value, list):
-            flat.extend(_flatten(value))
-        else:
-            flat.append(value)
-    return flat
 
 
 def texts_from_grpc(request: pb.ModelInferRequest, expected: str = INPUT_NAME) -> list[str]:
@@ -121,13 +99,17 @@ def single_question(questions: list[str]) -> str:
     return questions[0]
 
 
-def rag_grpc_response(request: pb.ModelInferRequest, version: str, answer: str, citations_json: str,
-                      usage: Sequence[int]) -> pb.ModelInferResponse:
-    response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id)
+def rag_grpc_response(request: pb.ModelInferRequest, answer: RagQueryResponse) -> pb.ModelInferResponse:
+    """The answer as three outputs: `answer` BYTES, `citations` BYTES (JSON), `usage` INT64 [3]."""
+    usage = answer.usage
+    citations = orjson.dumps([c.model_dump() for c in answer.citations])
+    response = pb.ModelInferResponse(model_name=request.model_name, model_version=answer.model.version,
+                                     id=request.id)
     response.outputs.add(name=ANSWER_OUTPUT, datatype="BYTES", shape=[1])
-    response.raw_output_contents.append(pack_bytes_tensor([answer.encode()]))
+    response.raw_output_contents.append(pack_bytes_tensor([answer.answer.encode()]))
     response.outputs.add(name=CITATIONS_OUTPUT, datatype="BYTES", shape=[1])
-    response.raw_output_contents.append(pack_bytes_tensor([citations_json.encode()]))
+    response.raw_output_contents.append(pack_bytes_tensor([citations]))
     response.outputs.add(name=USAGE_OUTPUT, datatype="INT64", shape=[3])
-    response.raw_output_contents.append(struct.pack("<3q", *usage))
+    response.raw_output_contents.append(
+        struct.pack("<3q", usage.prompt_tokens, usage.completion_tokens, usage.total_tokens))
     return response

@@ -15,23 +15,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.errors import ApiError
+from service.errors import ApiError, grpc_status
 from service.oip import grpc_service_pb2 as pb
 from service.oip import grpc_service_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
-
-_STATUS_TO_GRPC = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.INVALID_ARGUMENT,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    503: grpc.StatusCode.UNAVAILABLE,
-    502: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
 
 
 @dataclass(frozen=True)
@@ -104,7 +94,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             response, traceparent, trace_id = await backend.infer(request, metadata)
         except ApiError as error:
-            await context.abort(_STATUS_TO_GRPC.get(error.status, grpc.StatusCode.INTERNAL), error.message)
+            await context.abort(grpc_status(error.status), error.message)
             raise  # unreachable: abort raises
         if traceparent:
             context.set_trailing_metadata((("traceparent", traceparent), ("vigil-trace-id", trace_id)))

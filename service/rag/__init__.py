@@ -4,8 +4,9 @@ What the service calls (each module imports its heavy libraries lazily, so impor
 
 - :class:`service.rag.pipeline.RagPipeline` — ``from_settings()``, ``warm_up()``, ``query()``, ``ingest()``,
   ``delete()``, ``stats()``, ``close()``; plus ``validate_question()`` / ``validate_top_k()``.
-- :mod:`service.rag.schemas` — the typed payloads (``Document``, ``IngestRequest``, ``IngestReport``,
-  ``RagAnswer``, ``StoreStats``, ``DeleteReport``).
-- :mod:`service.rag.errors` — ``RagError`` subclasses, each with the ``http_status`` the service answers.
+- :mod:`vigil.contracts` — what crosses the HTTP boundary (``Document``, ``IngestRequest``, ``IngestReport``,
+  ``RagQueryResponse``); :mod:`service.rag.schemas` — what stays inside (``StoreStats``, ``DeleteReport``).
+- :mod:`service.rag.errors` — ``RagError`` subclasses, one per reason; ``service.errors.REFUSALS`` maps each to
+  the HTTP and gRPC status the API answers.
 - :func:`evaluations.rag_metrics.retrieval_metrics` — recall@k and MRR, for the evaluation CLI.
 """

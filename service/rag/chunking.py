@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from service.rag.schemas import Document
+from vigil.contracts import Document
 
 # The encoder's window (256) minus [CLS] and [SEP]: a chunk never loses tokens to truncation.
 MAX_CONTENT_TOKENS = 254

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from service.rag.schemas import IngestReport
+from vigil.contracts import IngestReport
 from vigil.settings import get_settings
 
 console = Console()
@@ -150,4 +150,4 @@ def query(
     usage = answer.usage
     console.print(f"usage: {usage.prompt_tokens} prompt + {usage.completion_tokens} completion = "
                   f"{usage.total_tokens} tokens · generator {answer.generator.name} ({answer.generator.model}) · "
-                  f"embedder {answer.embedding_model.name} v{answer.embedding_model.version}")
+                  f"embedder {answer.model.name} v{answer.model.version}")

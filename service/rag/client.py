@@ -10,9 +10,9 @@ from pydantic import ValidationError
 
 from service.rag.documents import iter_batches
 from service.rag.errors import ServiceIngestError
-from service.rag.schemas import Document, IngestReport, IngestRequest
+from vigil.contracts import Document, ErrorResponse, IngestReport, IngestRequest
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 READY_PATH = "/readyz"
 DOCUMENTS_PATH = "/rag/documents"
@@ -57,9 +57,8 @@ def ingest_via_service(base_url: str, token: str, documents: Sequence[Document],
                 raise ServiceIngestError(f"the Vigil service at {base_url} refused the ingest "
                                          f"(HTTP {response.status_code}); set VIGIL_API_TOKEN to its token")
             if response.status_code != 200:
-                detail = " ".join(response.text.split())[:300]
                 raise ServiceIngestError(f"the Vigil service at {base_url} answered HTTP {response.status_code} "
-                                         f"to {DOCUMENTS_PATH}: {detail}")
+                                         f"to {DOCUMENTS_PATH}: {_reason(response)}")
             try:
                 report = report.merged(IngestReport.model_validate_json(response.content))
             except ValidationError:
@@ -68,3 +67,12 @@ def ingest_via_service(base_url: str, token: str, documents: Sequence[Document],
             if progress is not None:
                 progress(len(batch))
     return report
+
+
+def _reason(response: httpx.Response) -> str:
+    """The service's own words: its error body's code and message, or the start of whatever else it answered."""
+    try:
+        error = ErrorResponse.model_validate_json(response.content).error
+    except ValidationError:
+        return " ".join(response.text.split())[:300]
+    return f"{error.code}: {error.message}"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.rag.schemas import MAX_DOCUMENT_ID_CHARS, Document, FileError
+from vigil.contracts import MAX_DOCUMENT_ID_CHARS, Document, FileError
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from pydantic import BaseModel, ValidationError
 
 from service.rag.chunking import split_sentences
 from service.rag.errors import GeneratorTimeout, GeneratorUnavailable, RagConfigError
-from service.rag.schemas import Usage
 from service.rag.store import STOP_WORDS, Hit
+from vigil.contracts import Usage
 
 if TYPE_CHECKING:
     import httpx

@@ -17,20 +17,19 @@ from opentelemetry import trace
 from service.rag.chunking import Chunk, chunk_document
 from service.rag.errors import InvalidQuestion, InvalidTopK, QuestionTooLong
 from service.rag.generators import Generator, build_generator
-from service.rag.schemas import (
-    Citation,
-    DeleteReport,
-    Document,
-    EmbeddingModelInfo,
-    FileError,
-    GeneratorInfo,
-    IngestReport,
-    RagAnswer,
-    StoreStats,
-)
+from service.rag.schemas import DeleteReport, StoreStats
 from service.rag.store import Hit, MilvusStore, redact, store_from_settings
 from telemetry import semconv
 from telemetry.redaction import text_digest
+from vigil.contracts import (
+    Citation,
+    Document,
+    FileError,
+    GeneratorInfo,
+    IngestReport,
+    ModelIdentity,
+    RagQueryResponse,
+)
 from vigil.embedding import TextEmbedder, resolve_registered_version
 
 if TYPE_CHECKING:
@@ -119,8 +118,8 @@ class RagPipeline:
         self.close()
 
     @property
-    def embedding_model(self) -> EmbeddingModelInfo:
-        return EmbeddingModelInfo(name=self.embedder.name, version=self.embedder.version)
+    def embedding_model(self) -> ModelIdentity:
+        return ModelIdentity(name=self.embedder.name, version=self.embedder.version)
 
     @property
     def generator_info(self) -> GeneratorInfo:
@@ -128,7 +127,7 @@ class RagPipeline:
 
     # --- query -------------------------------------------------------------------------------------------------
 
-    def query(self, question: str, top_k: int | None = None) -> RagAnswer:
+    def query(self, question: str, top_k: int | None = None) -> RagQueryResponse:
         """Answer ``question`` from the ``top_k`` best chunks, citing them, with token usage.
 
         Raises InvalidQuestion (400), QuestionTooLong (413), InvalidTopK (422), StoreUnavailable (503),
@@ -155,13 +154,13 @@ class RagPipeline:
                     gen_span.set_attribute(semconv.GEN_AI_RESPONSE_FINISH_REASONS, [generation.finish_reason])
             span.set_attribute(semconv.GEN_AI_USAGE_INPUT_TOKENS, generation.usage.prompt_tokens)
             span.set_attribute(semconv.GEN_AI_USAGE_OUTPUT_TOKENS, generation.usage.completion_tokens)
-        return RagAnswer(
+        return RagQueryResponse(
             answer=generation.answer,
             citations=[Citation(id=h.id, document_id=h.document_id, title=h.title, score=h.score,
                                 similarity=h.similarity, text=h.text) for h in hits[:generation.contexts_used]],
             usage=generation.usage,
             generator=self.generator_info,
-            embedding_model=self.embedding_model,
+            model=self.embedding_model,
         )
 
     def retrieve(self, question: str, top_k: int) -> list[Hit]:

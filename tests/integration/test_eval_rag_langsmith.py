@@ -15,11 +15,11 @@ from mlflow import MlflowClient
 
 from evaluations.datasets import resolve_qa
 from evaluations.rag import Answered, log_to_langsmith, outputs_of, reference_of, score_outputs, summarize
-from evaluations.schemas import DatasetInfo, ModelIdentity, RagEvaluation, RagQuestionResult
-from service.rag.schemas import Citation, EmbeddingModelInfo, GeneratorInfo, Usage
+from evaluations.schemas import DatasetInfo, RagEvaluation, RagQuestionResult
 from tests.conftest import free_port
 from tests.integration.conftest import VigilEnv
 from tests.support.langsmith_standin import LangSmithStandIn, langsmith_standin
+from vigil.contracts import Citation, GeneratorInfo, ModelIdentity, Usage
 from vigil.settings import get_settings
 
 QUESTIONS = 4
@@ -172,7 +172,7 @@ def test_runs_langsmith_refuses_make_the_outcome_failed_not_logged(
     answers = [Answered(f"answer {i}", [Citation(id=f"c{i}", document_id=f"Doc_{i}_p000", title="Doc", score=1.0,
                                                  similarity=0.9, text=f"answer {i} is here")],
                         Usage.of(10, 2), GeneratorInfo(name="extractive", model="extractive"),
-                        EmbeddingModelInfo(name="text-embedder", version="1"), 0.01) for i in range(2)]
+                        ModelIdentity(name="text-embedder", version="1"), 0.01) for i in range(2)]
     results = [RagQuestionResult(
         id=item.id, question=item.question, gold_answers=item.answers, gold_passages=item.passage_ids,
         answer=answered.answer, passages=outputs_of(answered)["passages"], first_relevant_rank=1,

@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from service.rag.cli import app
-from service.rag.schemas import IngestReport
 from tests.conftest import REPO_ROOT, free_port
 from tests.support.local_http import respond
+from vigil.contracts import IngestReport
 
 CORPUS = REPO_ROOT / "data" / "rag" / "corpus.jsonl"
 

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from evaluations.datasets import QAItem, load_qa
+from service.errors import refusal
 from service.rag.documents import read_paths
 from service.rag.errors import StoreUnavailable
 from service.rag.pipeline import RagPipeline
@@ -124,7 +125,7 @@ def test_query_answers_with_citations_usage_and_versions(pipeline: RagPipeline) 
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
     assert answer.usage.prompt_tokens > sum(len(c.text.split()) for c in answer.citations)
     assert (answer.generator.name, answer.generator.model) == ("extractive", "extractive")
-    assert (answer.embedding_model.name, answer.embedding_model.version) == ("text-embedder", "7")
+    assert (answer.model.name, answer.model.version) == ("text-embedder", "7")
 
 
 def test_reingest_is_idempotent_and_replaces_changed_documents(pipeline: RagPipeline,
@@ -231,7 +232,7 @@ def test_a_second_process_gets_store_unavailable(tmp_path: Path) -> None:
         wait_until(lambda: output.readline().strip() == "open", timeout=60, what="the holder process")
         with pytest.raises(StoreUnavailable, match="single-process") as caught:
             MilvusStore(str(target), "vigil_documents").open()
-        assert caught.value.http_status == 503
+        assert refusal(caught.value) == (503, "StoreUnavailable")
     finally:
         holder.communicate("", timeout=60)
 

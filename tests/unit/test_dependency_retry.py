@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from service.api import retry_once_on_dropped_connection
+from service.http import retry_once_on_dropped_connection
 
 
 class Flaky:

@@ -12,9 +12,10 @@ import pytest
 
 from evaluations.datasets import resolve_qa
 from evaluations.rag import InProcessAnswerer, log_to_langsmith, score_outputs, summarize
-from evaluations.schemas import DatasetInfo, ModelIdentity, RagEvaluation, RagQuestionResult
+from evaluations.schemas import DatasetInfo, RagEvaluation, RagQuestionResult
 from tests.conftest import free_port
 from tests.support.local_http import serve_in_thread, stop_serving
+from vigil.contracts import ModelIdentity
 from vigil.errors import VigilError
 from vigil.settings import get_settings
 

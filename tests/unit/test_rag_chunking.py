@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from service.rag.chunking import MAX_CONTENT_TOKENS, chunk_document, chunk_id, split_sentences
-from service.rag.schemas import Document
+from vigil.contracts import Document
 from vigil.embedding import TextEmbedder
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from service.rag.documents import iter_batches, read_file, read_paths
-from service.rag.schemas import Document
+from vigil.contracts import Document
 
 
 def write(path: Path, content: str | bytes) -> Path:

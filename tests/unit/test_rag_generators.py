@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from service.errors import refusal
 from service.rag.errors import GeneratorTimeout, GeneratorUnavailable, RagConfigError
 from service.rag.generators import NO_CONTEXT_ANSWER, ExtractiveGenerator, OpenAIGenerator
 from service.rag.store import Hit
@@ -180,7 +181,7 @@ def test_openai_server_error_is_generator_unavailable(stand_in: StandIn, embedde
     stand_in.respond = lambda _: (500, b'{"error": {"message": "model crashed"}}')
     with pytest.raises(GeneratorUnavailable, match=r"HTTP 500.*model crashed") as caught:
         openai(stand_in.url, embedder).generate("Who won?", HITS)
-    assert caught.value.http_status == 502
+    assert refusal(caught.value) == (502, "GeneratorUnavailable")
 
 
 def test_openai_non_completion_body_is_generator_unavailable(stand_in: StandIn, embedder: TextEmbedder) -> None:
@@ -194,7 +195,7 @@ def test_openai_slow_answer_is_generator_timeout(stand_in: StandIn, embedder: Te
     stand_in.respond = lambda _: (200, completion("late"))
     with pytest.raises(GeneratorTimeout, match=r"did not answer within 0.3 s") as caught:
         openai(stand_in.url, embedder, timeout=0.3).generate("Who won?", HITS)
-    assert caught.value.http_status == 504
+    assert refusal(caught.value) == (504, "GeneratorTimeout")
 
 
 def test_openai_unreachable_endpoint_is_generator_unavailable(embedder: TextEmbedder) -> None:

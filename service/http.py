@@ -1,0 +1,138 @@
+"""HTTP plumbing of the API service: the FastAPI app, reading bodies into contract models, error answers, JSON
+responses, and the retry of a dependency call whose pooled connection dropped."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import aiohttp
+import orjson
+from _bentoml_sdk.service import get_current_service
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from service.errors import ApiError
+from vigil.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+Result = TypeVar("Result")
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def create_app(title: str, version: str, description: str) -> FastAPI:
+    """The API's FastAPI app: docs under /api, contract error bodies, and no per-request work it does not need."""
+    app = FastAPI(
+        # BentoML's middleware already opens the server span; FastAPI's own two spans per request (dependencies,
+        # endpoint) only added to what the trace backend ingests. Its metrics and logs would go to OTel providers
+        # nobody configures (Prometheus is BentoML's and ours), yet it asked for them on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+        title=title,
+        version=version,
+        description=description,
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+        redoc_url=None,
+    )
+    # BentoML hands each route its service instance through a plain-function dependency, which FastAPI runs on its
+    # thread pool: a thread hop per request on the hot path. The same lookup as a coroutine stays on the event loop.
+    app.dependency_overrides[get_current_service] = _current_service
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    return app
+
+
+async def _current_service() -> Any:
+    return get_current_service()
+
+
+async def _api_error(_: Request, error: ApiError) -> Response:
+    return error_response(error)
+
+
+async def _validation_error(_: Request, error: RequestValidationError) -> Response:
+    return error_response(ApiError(422, "invalid_request", describe_validation(error.errors())))
+
+
+def error_response(error: ApiError) -> Response:
+    return Response(error.body().model_dump_json(), status_code=error.status, media_type="application/json",
+                    headers=error.headers)
+
+
+def describe_validation(errors: Iterable[Mapping[str, Any]]) -> str:
+    """The first three problems, each naming its field by path (e.g. `documents.0.id: ...`)."""
+    parts = []
+    for item in list(errors)[:3]:
+        where = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'body'}: {item.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def openapi_body(schema: type[BaseModel], examples: dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its own body (:func:`read_json`), where FastAPI cannot see it."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": _inlined(schema.model_json_schema()),
+        "examples": {name: {"value": value} for name, value in examples.items()},
+    }}}}
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with its nested models written in place: its `#/$defs/...` refs mean nothing inside OpenAPI."""
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    inlined: dict[str, Any] = resolve(schema)
+    return inlined
+
+
+def json_response(payload: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    # orjson and no response-model validation: this is the hot path's serialiser.
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers)
+
+
+async def read_json(request: Request, schema: type[Body]) -> Body:
+    """The body parsed into ``schema``, refusing oversize, non-UTF-8 and malformed bodies with clear 4xx."""
+    limit = get_settings().max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"request body of {declared} bytes; the limit is {limit}")
+    body = await request.body()
+    if len(body) > limit:
+        raise ApiError(413, "body_too_large", f"request body of {len(body)} bytes; the limit is {limit}")
+    if not body.strip():
+        raise ApiError(400, "empty_request", "the request body is empty")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_encoding", "the request body is not valid UTF-8") from None
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as error:
+        if any(e.get("type") == "json_invalid" for e in error.errors()):
+            raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+        raise ApiError(422, "invalid_request", describe_validation(error.errors())) from None
+
+
+async def retry_once_on_dropped_connection(call: Callable[[], Awaitable[Result]]) -> Result:
+    """Call a dependency service; once more on a fresh connection when a pooled one closed under us.
+
+    Seen under load on both dependencies: bursts of `ServerDisconnectedError` on pooled connections (cause not
+    found). Both calls are reads (a prediction, a query), so a retry is safe even if the first one arrived.
+    """
+    try:
+        return await call()
+    except aiohttp.ClientConnectionError as error:
+        logger.info("a connection to a dependency service dropped (%r); retrying once", error)
+        return await call()
