@@ -46,6 +46,10 @@ def test_openapi_has_examples(server: Server) -> None:
     spec = httpx.get(f"{server.http}/api/openapi.json", timeout=10).json()
     assert "/predict" in spec["paths"] and "/v2/models/{name}/infer" in spec["paths"]
     assert "examples" in json.dumps(spec["paths"]["/predict"])
+    rag = spec["paths"]["/rag/query"]["post"]
+    assert "Super Bowl 50" in json.dumps(rag["requestBody"])
+    assert rag["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/RagQueryResponse")
+    assert "ErrorResponse" in json.dumps(rag["responses"])
 
 
 def test_open_inference_rest(server: Server) -> None:
@@ -138,17 +142,20 @@ def test_malformed_bodies(server: Server) -> None:
 def test_open_inference_refusals(server: Server) -> None:
     url = f"{server.http}/v2/models/{MODEL}/infer"
     cases = [
-        ({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, 400),
-        ({"inputs": [{"name": "text", "shape": [2, 2], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}]}, 400),
-        ({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]}, 400),
-        ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}, 400),
-        ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [7]}]}, 422),
-        ({"inputs": []}, 400),
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, 400, "invalid_tensor"),
+        ({"inputs": [{"name": "text", "shape": [2, 2], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}]}, 400,
+         "invalid_tensor"),
+        ({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]}, 400, "invalid_tensor"),
+        ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}, 400, "invalid_tensor"),
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [7]}]}, 422, "invalid_type"),
+        ({"inputs": []}, 400, "invalid_tensor"),
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}], "outputs": [{"name": "x"}]},
+         400, "invalid_tensor"),
     ]
-    for body, status in cases:
+    for body, status, code in cases:
         response = httpx.post(url, json=body, timeout=30)
         assert response.status_code == status, (body, response.text)
-        assert response.json()["error"]["message"]
+        assert response.json()["error"]["code"] == code and response.json()["error"]["message"]
     unknown = httpx.post(f"{server.http}/v2/models/nope/infer", json=cases[0][0], timeout=30)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
     assert httpx.get(f"{server.http}/v2/models/nope").status_code == 404
@@ -337,22 +344,37 @@ def test_rag_over_open_inference_rest_and_grpc(server: Server) -> None:
     assert result.as_numpy("usage").tolist() == outputs["usage"]["data"]
 
 
-@pytest.mark.parametrize(("body", "status"), [
-    ({"question": ""}, 400), ({"question": "   "}, 400), ({"question": "x" * 4001}, 413),
-    ({"question": "ok?", "top_k": 0}, 422), ({"question": "ok?", "top_k": 51}, 422), ({"question": 5}, 422),
+@pytest.mark.parametrize(("body", "status", "code"), [
+    ({"question": ""}, 400, "InvalidQuestion"), ({"question": "   "}, 400, "InvalidQuestion"),
+    ({"question": "x" * 4001}, 413, "QuestionTooLong"), ({"question": "ok?", "top_k": 0}, 422, "InvalidTopK"),
+    ({"question": "ok?", "top_k": 51}, 422, "InvalidTopK"), ({"question": 5}, 422, "invalid_request"),
 ])
-def test_rag_refusals(server: Server, body: object, status: int) -> None:
+def test_rag_refusals(server: Server, body: object, status: int, code: str) -> None:
     response = httpx.post(f"{server.http}/rag/query", json=body, timeout=30)
     assert response.status_code == status, response.text
-    assert response.json()["error"]["message"]
+    assert response.json()["error"]["code"] == code and response.json()["error"]["message"]
+
+
+def test_rag_refusals_over_open_inference_grpc(server: Server) -> None:
+    client = triton_grpc.InferenceServerClient(server.grpc_target)
+    tensor = triton_grpc.InferInput("question", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([b"   "], dtype=object))
+    with pytest.raises(triton_grpc.InferenceServerException) as caught:
+        client.infer("rag", [tensor])
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT" and "question is empty" in caught.value.message()
 
 
 def test_rag_ingest_through_the_service_needs_the_token(server: Server) -> None:
     document = {"id": "vigil-note", "title": "Vigil", "text": "Vigil keeps its vectors in Milvus Lite by default."}
     url = f"{server.http}/rag/documents"
-    assert httpx.post(url, json={"documents": [document]}).status_code == 401
-    assert httpx.post(url, json={"documents": [document]}, headers={"Authorization": "Bearer nope"}
-                      ).status_code == 401
+    for headers in ({}, {"Authorization": "Bearer nope"}):
+        refused = httpx.post(url, json={"documents": [document]}, headers=headers)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (401, "unauthorized")
+    # The API checks documents against the contract before the RAG service sees them.
+    invalid = httpx.post(url, json={"documents": [{"id": "", "text": ""}]}, timeout=60,
+                         headers={"Authorization": "Bearer test-token"})
+    assert (invalid.status_code, invalid.json()["error"]["code"]) == (422, "invalid_request"), invalid.text
+    assert "documents.0.id" in invalid.json()["error"]["message"]
     report = httpx.post(url, json={"documents": [document]}, timeout=60,
                         headers={"Authorization": "Bearer test-token"})
     assert report.status_code == 200, report.text

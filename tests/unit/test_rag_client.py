@@ -12,15 +12,16 @@ import pytest
 
 from service.rag import client
 from service.rag.errors import ServiceIngestError
-from service.rag.schemas import Document, IngestReport
 from tests.conftest import free_port
 from tests.support.local_http import respond, serve_in_thread, stop_serving
+from vigil.contracts import Document, IngestReport
 
 
 @dataclass
 class FakeService:
     url: str
     status: int = 200
+    error: dict[str, Any] = field(default_factory=lambda: {"detail": "store is unavailable"})
     bodies: list[dict[str, Any]] = field(default_factory=list)
     authorization: list[str | None] = field(default_factory=list)
 
@@ -39,8 +40,7 @@ def service() -> Iterator[FakeService]:
             state.authorization.append(self.headers.get("Authorization"))
             documents = body["documents"]
             report = IngestReport(documents=len(documents), chunks=2 * len(documents), seconds=0.25)
-            self._reply(state.status, json.loads(report.model_dump_json()) if state.status == 200
-                        else {"detail": "store is unavailable"})
+            self._reply(state.status, json.loads(report.model_dump_json()) if state.status == 200 else state.error)
 
         def _reply(self, status: int, payload: dict[str, Any]) -> None:
             data = json.dumps(payload).encode()
@@ -83,4 +83,8 @@ def test_a_refused_ingest_says_why(service: FakeService) -> None:
         client.ingest_via_service(service.url, "", documents(1))
     service.status = 503
     with pytest.raises(ServiceIngestError, match=r"HTTP 503.*store is unavailable"):
+        client.ingest_via_service(service.url, "t", documents(1))
+    service.status = 422
+    service.error = {"error": {"code": "invalid_request", "message": "documents.0.id: too short"}}
+    with pytest.raises(ServiceIngestError, match=r"HTTP 422 to /rag/documents: invalid_request: documents.0.id"):
         client.ingest_via_service(service.url, "t", documents(1))
