@@ -182,16 +182,22 @@ def served_qa_subset(server: Server, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="module")
-def rag_endpoint(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The session's service; when the serving tests have shut it down already, one on a copy of its first store."""
+def live_server(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The session's service; when the serving tests have shut it down already, the same service started again on
+    a copy of its first store."""
     if server.process.poll() is None:
-        yield server.http
+        yield server
         return
     assert server.milvus_snapshot is not None
-    home = tmp_path_factory.mktemp("rag-serve")
+    home = tmp_path_factory.mktemp("serve-again")
     shutil.copytree(server.milvus_snapshot, home / "milvus")
     again = start_server({**server.env, "VIGIL_HOME": str(home)}, home / "serve.log")
     try:
-        yield again.http
+        yield again
     finally:
         again.stop()
+
+
+@pytest.fixture(scope="module")
+def rag_endpoint(live_server: Server) -> str:
+    return live_server.http

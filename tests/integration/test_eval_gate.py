@@ -8,13 +8,10 @@ promotion are one story told in steps.
 
 from __future__ import annotations
 
-import json
 import subprocess
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import mlflow
 import pandas as pd
 import pytest
@@ -22,8 +19,8 @@ from mlflow import MlflowClient
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from evaluations.schemas import Comparison, SentimentEvaluation
-from tests.integration.conftest import VigilEnv
-from tests.support.local_http import respond
+from tests.integration.conftest import MODEL as SERVED_MODEL
+from tests.integration.conftest import Server, VigilEnv
 from training.data import fingerprint, limit_stratified, load_sentiment, split_sentiment
 
 MODEL = "sentiment-evalgate"
@@ -98,53 +95,22 @@ def test_eval_sentiment_scores_the_training_test_split(
     assert plots == {"plots/confusion_matrix.png", "plots/calibration.png"}
 
 
-class _StandIn(BaseHTTPRequestHandler):
-    """The service's `POST /predict` contract, answered by a registered version loaded in this process."""
-
-    classifier: object = None
-    name = MODEL
-    version = ""
-
-    def do_POST(self) -> None:
-        texts = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["texts"]
-        assert self.path == "/predict" and len(texts) <= 256
-        predictions = self.classifier.predict(texts)  # type: ignore[attr-defined]
-        payload = json.dumps({
-            "predictions": [{"label": p.label, "score": p.score} for p in predictions],
-            "model": {"name": self.name, "version": self.version},
-        }).encode()
-        respond(self, 200, payload)
-
-    def log_message(self, *args: object) -> None:
-        return None
-
-
-@pytest.fixture(scope="module")
-def stand_in(client: MlflowClient, versions: tuple[str, str]) -> Iterator[str]:
-    good, _ = versions
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{good}")
-    _StandIn.classifier = model.unwrap_python_model().classifier
-    _StandIn.version = good
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
 def test_endpoint_evaluation_equals_in_process(
-    vigil_env: VigilEnv, env: dict[str, str], client: MlflowClient, versions: tuple[str, str], stand_in: str,
+    vigil_env: VigilEnv, env: dict[str, str], client: MlflowClient, versions: tuple[str, str], live_server: Server,
     tmp_path: Path,
 ) -> None:
-    good, weak = versions
-    common = ("eval", "sentiment", "--model", f"{MODEL}/{good}", "--data", "imdb", "--limit", "150")
+    """The real `vigil serve` (the session's) answers the evaluation's requests; in process, the same registered
+    version scores the same rows."""
+    _, weak = versions
+    served = httpx.get(f"{live_server.http}/status", timeout=10).json()["models"][SERVED_MODEL]["version"]
+    common = ("eval", "sentiment", "--model", f"{SERVED_MODEL}/{served}", "--data", "imdb", "--limit", "150")
     vigil_env.run(*common, "--json", str(tmp_path / "local.json"), extra_env=env)
-    vigil_env.run(*common, "--endpoint", stand_in, "--json", str(tmp_path / "http.json"), extra_env=env)
+    vigil_env.run(*common, "--endpoint", live_server.http, "--json", str(tmp_path / "http.json"), extra_env=env)
     local = SentimentEvaluation.model_validate_json((tmp_path / "local.json").read_text())
     remote = SentimentEvaluation.model_validate_json((tmp_path / "http.json").read_text())
     assert (local.source, remote.source) == ("in-process", "endpoint")
-    assert remote.model.version == good and remote.dataset.fingerprint == local.dataset.fingerprint
+    assert (remote.model.name, remote.model.version) == (SERVED_MODEL, served)
+    assert remote.dataset.fingerprint == local.dataset.fingerprint
 
     assert local.run_id and remote.run_id
     ours, theirs = predictions_of(client, local.run_id, tmp_path / "a"), predictions_of(client, remote.run_id,
@@ -157,10 +123,10 @@ def test_endpoint_evaluation_equals_in_process(
         assert getattr(local.metrics, metric) == pytest.approx(getattr(remote.metrics, metric), abs=1e-4), metric
     assert client.get_run(remote.run_id).data.tags["vigil.eval.source"] == "endpoint"
 
-    wrong = vigil_env.run("eval", "sentiment", "--model", f"{MODEL}/{weak}", "--endpoint", stand_in, "--limit", "20",
-                          check=False, extra_env=env)
+    wrong = vigil_env.run("eval", "sentiment", "--model", f"{MODEL}/{weak}", "--endpoint", live_server.http,
+                          "--limit", "20", check=False, extra_env=env)
     assert wrong.returncode == 1
-    assert f"serves {MODEL} v{good}, not {MODEL} v{weak}" in said(wrong)
+    assert f"serves {SERVED_MODEL} v{served}, not {MODEL} v{weak}" in said(wrong)
 
 
 def test_compare_refuses_the_weak_candidate_with_reasons(
