@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.integration.conftest import VigilEnv
+from tests.conftest import wait_until
+from tests.integration.conftest import VigilEnv, start_server
 
 OBVIOUS = {
     "I love this phone, it works great and the battery lasts forever.": "positive",
@@ -82,25 +84,43 @@ def test_same_seed_same_metrics(client: MlflowClient, trained_twice: tuple[str, 
 
 
 def test_promote_and_rollback_are_recorded(
-    vigil_env: VigilEnv, client: MlflowClient, trained_twice: tuple[str, str]
+    vigil_env: VigilEnv, client: MlflowClient, trained_twice: tuple[str, str], tmp_path: Path
 ) -> None:
+    """Each alias move is recorded in the registry, and a running service follows it: after the rollback it
+    answers with the first version again."""
     first, second = trained_twice
-    promoted = vigil_env.run("models", "promote", "sentiment", "--reason", "second run")
-    assert "v2" in promoted.stdout
-    assert client.get_model_version_by_alias("sentiment", "champion").version == second
-    tags = client.get_model_version("sentiment", second).tags
-    assert tags["vigil.champion.from_version"] == first
-    assert tags["vigil.champion.reason"] == "second run"
-    assert tags["vigil.champion.by"] == "pytest"
+    env = {**vigil_env.env, "VIGIL_HOME": str(tmp_path), "VIGIL_SENTIMENT_MODEL_NAME": "sentiment",
+           "VIGIL_ALIAS_POLL_SECONDS": "1", "VIGIL_TRACING": "off"}
+    service = start_server(env, tmp_path / "serve.log")
 
-    again = vigil_env.run("models", "promote", "sentiment", check=False)
-    assert again.returncode == 1 and "already version 2" in again.stdout
+    def serves(version: str) -> bool:
+        status = httpx.get(f"{service.http}/status", timeout=10).json()["models"]["sentiment"]
+        return bool(status.get("version") == version)
 
-    vigil_env.run("models", "rollback", "sentiment", "--reason", "regression seen")
-    assert client.get_model_version_by_alias("sentiment", "champion").version == first
-    tags = client.get_model_version("sentiment", first).tags
-    assert tags["vigil.champion.action"] == "rollback"
-    assert tags["vigil.champion.from_version"] == second
+    try:
+        assert serves(first)
+        promoted = vigil_env.run("models", "promote", "sentiment", "--reason", "second run")
+        assert "v2" in promoted.stdout
+        assert client.get_model_version_by_alias("sentiment", "champion").version == second
+        tags = client.get_model_version("sentiment", second).tags
+        assert tags["vigil.champion.from_version"] == first
+        assert tags["vigil.champion.reason"] == "second run"
+        assert tags["vigil.champion.by"] == "pytest"
+        wait_until(lambda: serves(second), timeout=30, what=f"the service to follow the promotion to v{second}")
+
+        again = vigil_env.run("models", "promote", "sentiment", check=False)
+        assert again.returncode == 1 and "already version 2" in again.stdout
+
+        vigil_env.run("models", "rollback", "sentiment", "--reason", "regression seen")
+        assert client.get_model_version_by_alias("sentiment", "champion").version == first
+        tags = client.get_model_version("sentiment", first).tags
+        assert tags["vigil.champion.action"] == "rollback"
+        assert tags["vigil.champion.from_version"] == second
+        wait_until(lambda: serves(first), timeout=30, what=f"the service to follow the rollback to v{first}")
+        answer = httpx.post(f"{service.http}/predict", json={"text": next(iter(OBVIOUS))}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["model"] == {"name": "sentiment", "version": first}
+    finally:
+        service.stop()
 
     nothing_left = vigil_env.run("models", "rollback", "sentiment", check=False)
     assert nothing_left.returncode == 1 and "no earlier version" in nothing_left.stdout
