@@ -45,7 +45,20 @@ def test_rest_predict_single_and_batch(server: Server) -> None:
 def test_openapi_has_examples(server: Server) -> None:
     spec = httpx.get(f"{server.http}/api/openapi.json", timeout=10).json()
     assert "/predict" in spec["paths"] and "/v2/models/{name}/infer" in spec["paths"]
-    assert "examples" in json.dumps(spec["paths"]["/predict"])
+
+    def examples(path: str) -> dict[str, object]:
+        body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        return {name: example["value"] for name, example in body["examples"].items()}
+
+    assert examples("/predict") == {"one": {"text": "Great phone, the battery lasts all day."},
+                                    "many": {"texts": ["Loved it.", "Broke after a week."]}}
+    assert examples("/rag/query") == {
+        "question": {"question": "Which NFL team represented the AFC at Super Bowl 50?", "top_k": 5}}
+    # What the page offers to try works as it is.
+    for path in ("/predict", "/rag/query"):
+        for body in examples(path).values():
+            tried = httpx.post(f"{server.http}{path}", json=body, timeout=60)
+            assert tried.status_code == 200, (path, tried.text)
     rag = spec["paths"]["/rag/query"]["post"]
     assert "Super Bowl 50" in json.dumps(rag["requestBody"])
     assert rag["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/RagQueryResponse")
@@ -158,7 +171,8 @@ def test_open_inference_refusals(server: Server) -> None:
         assert response.json()["error"]["code"] == code and response.json()["error"]["message"]
     unknown = httpx.post(f"{server.http}/v2/models/nope/infer", json=cases[0][0], timeout=30)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
-    assert httpx.get(f"{server.http}/v2/models/nope").status_code == 404
+    metadata = httpx.get(f"{server.http}/v2/models/nope")
+    assert (metadata.status_code, metadata.json()["error"]["code"]) == (404, "model_not_found")
 
 
 def test_grpc_refusals(server: Server) -> None:
@@ -268,12 +282,15 @@ def test_grpc_request_is_traced_into_mlflow(server: Server, registry_client: Mlf
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         request = pb.ModelInferRequest(model_name=MODEL)
         request.inputs.add(name="text", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"Superb!")
-        _, call = stub.ModelInfer.with_call(request, metadata=(("traceparent", header),), timeout=30)
+        reply, call = stub.ModelInfer.with_call(request, metadata=(("traceparent", header),), timeout=30)
     trailing = dict(call.trailing_metadata())
     assert trailing["traceparent"].split("-")[1] == trace_id
     trace = find_trace(registry_client, trace_id)
     names = {span.name for span in trace.data.spans}  # type: ignore[attr-defined]
     assert {"inference.GRPCInferenceService/ModelInfer", "sentiment.predict"} <= names
+    predict_span = next(s for s in trace.data.spans if s.name == "sentiment.predict")  # type: ignore[attr-defined]
+    assert predict_span.attributes["vigil.model.name"] == MODEL
+    assert reply.model_version and predict_span.attributes["vigil.model.version"] == reply.model_version
 
 
 def test_langsmith_receives_the_same_spans(server: Server, langsmith: OtlpReceiver) -> None:
@@ -290,19 +307,40 @@ def test_langsmith_receives_the_same_spans(server: Server, langsmith: OtlpReceiv
     assert span.attributes["vigil.model.name"] == MODEL
 
 
-def test_metrics_move_with_traffic(server: Server) -> None:
-    def predictions_total() -> float:
-        text = httpx.get(f"{server.http}/metrics").text
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("vigil_predictions_total{") and f'model="{MODEL}"' in line)
+def metric(server: Server, sample: str, **labels: str) -> float:
+    """The sum of the service's ``/metrics`` samples named ``sample`` whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
 
-    before = predictions_total()
+    families = text_string_to_metric_families(httpx.get(f"{server.http}/metrics", timeout=10).text)
+    return sum(s.value for family in families for s in family.samples
+               if s.name == sample and labels.items() <= s.labels.items())
+
+
+def test_metrics_move_with_traffic(server: Server) -> None:
+    series = {
+        "positive": ("vigil_predictions_total", {"model": MODEL, "label": "positive"}),
+        "negative": ("vigil_predictions_total", {"model": MODEL, "label": "negative"}),
+        "texts batched": ("vigil_batch_size_sum", {}),
+        "refused empty": ("vigil_requests_rejected_total", {"reason": "empty_text"}),
+        "log rows": ("vigil_inference_log_writes_total", {}),
+    }
+
+    def scrape() -> dict[str, float]:
+        return {what: metric(server, sample, **labels) for what, (sample, labels) in series.items()}
+
+    before = scrape()
     assert predict(server, {"texts": [POSITIVE, NEGATIVE]}).status_code == 200
-    assert predictions_total() == before + 2
-    metrics = httpx.get(f"{server.http}/metrics").text
-    for series in ("vigil_batch_size_bucket", "vigil_model_loads_total", "vigil_requests_rejected_total",
-                   "vigil_inference_log_writes_total"):
-        assert series in metrics, series
+    assert predict(server, {"text": "  "}).status_code == 400
+    # Log rows are written by a background thread every VIGIL_INFERENCE_LOG_FLUSH_SECONDS: the count reaches ours
+    # after a while, and rows of an earlier test's requests may still land in between, hence at least two.
+    def written() -> dict[str, float] | None:
+        now = scrape()
+        return now if now["log rows"] >= before["log rows"] + 2 else None
+
+    after = wait_until(written, timeout=30, what="the two predictions' log rows to be written")
+    moved = {what: after[what] - before[what] for what in series if what != "log rows"}
+    assert moved == {"positive": 1, "negative": 1, "texts batched": 2, "refused empty": 1}, moved
+    assert metric(server, "vigil_model_loads_total", model=MODEL) >= 1
 
 
 def test_rag_query_cites_the_gold_passage_with_usage(server: Server, registry_client: MlflowClient) -> None:
