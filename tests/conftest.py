@@ -16,12 +16,19 @@ from vigil.settings import get_settings
 T = TypeVar("T")
 
 
+# pytest-timeout's default (pyproject.toml) is sized for integration tests, which may start the session's servers;
+# a unit test that takes this long is hanging.
+UNIT_TIMEOUT_SECONDS = 120
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/tests/integration/" in str(item.path):
             item.add_marker(pytest.mark.integration)
         elif "/tests/unit/" in str(item.path):
             item.add_marker(pytest.mark.unit)
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT_SECONDS))
 
 
 CHROMIUM = "/usr/bin/chromium"

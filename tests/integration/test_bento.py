@@ -9,11 +9,14 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import REPO_ROOT, free_port, wait_until
 from tests.integration.conftest import VigilEnv
 
 
+# As the session's first test it also trains the models; then it builds, ships and serves a Bento.
+@pytest.mark.timeout(1200)
 def test_built_bento_serves_offline(vigil_env: VigilEnv, trained_twice: tuple[str, str], tmp_path: Path) -> None:
     bentoml_home = tmp_path / "bentoml"
     env = {"BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "True"}
