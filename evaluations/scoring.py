@@ -93,13 +93,28 @@ class InProcessPredictor:
         return BatchOutput(labels, scores, self.model.name, self.model.version)
 
 
+# A busy service answers 503 with Retry-After (its batcher is full or a batch would miss its latency budget); both
+# endpoints are reads, so the same request is sent again, a bounded number of times.
+OVERLOADED_RETRIES = 3
+MAX_RETRY_AFTER_SECONDS = 5.0
+
+
 def post_to_vigil(client: httpx.Client, url: str, path: str, payload: dict[str, object],
-                  schema: type[Answer]) -> Answer:
+                  schema: type[Answer], sleep: Callable[[float], None] = time.sleep) -> Answer:
     """POST JSON to a running Vigil and parse its answer; any failure is a VigilError naming the endpoint."""
-    try:
-        response = client.post(f"{url}{path}", json=payload)
-    except httpx.HTTPError as error:
-        raise VigilError(f"Vigil endpoint {url} not reachable ({type(error).__name__}).") from None
+    for attempt in range(OVERLOADED_RETRIES + 1):
+        try:
+            response = client.post(f"{url}{path}", json=payload)
+        except httpx.HTTPError as error:
+            raise VigilError(f"Vigil endpoint {url} not reachable ({type(error).__name__}).") from None
+        retry_after = response.headers.get("retry-after", "")
+        if response.status_code != 503 or not retry_after or attempt == OVERLOADED_RETRIES:
+            break
+        try:
+            wait = min(MAX_RETRY_AFTER_SECONDS, max(0.0, float(retry_after)))
+        except ValueError:
+            wait = 1.0  # an HTTP date instead of seconds: Vigil never sends one
+        sleep(wait)
     if response.status_code != 200:
         try:
             refusal = ErrorResponse.model_validate_json(response.content).error

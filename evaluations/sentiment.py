@@ -28,7 +28,6 @@ from evaluations.schemas import (
     DatasetInfo,
     LatencyStats,
     MetricDelta,
-    ModelIdentity,
     SentimentEvaluation,
 )
 from evaluations.scoring import (
@@ -43,6 +42,7 @@ from evaluations.scoring import (
 from training.metrics import ECE_BINS, Predictions, confusion_counts, point_metrics
 from training.plots import confusion_figure
 from vigil import registry
+from vigil.contracts import ModelIdentity
 from vigil.registry import RegisteredVersion
 from vigil.settings import get_settings
 

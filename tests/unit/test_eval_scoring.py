@@ -129,11 +129,22 @@ class _StandIn(BaseHTTPRequestHandler):
 
     sizes: ClassVar[list[int]] = []
     version = "4"
+    overloaded_answers = 0  # how many requests to refuse first with 503 + Retry-After, as a busy batcher does
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         texts = body["texts"]
         type(self).sizes.append(len(texts))
+        if type(self).overloaded_answers > 0:
+            type(self).overloaded_answers -= 1
+            refusal = {"error": {"code": "overloaded", "message": "the model service is at capacity"}}
+            self.send_response(503)
+            self.send_header("Retry-After", "0")
+            payload = json.dumps(refusal).encode()
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
         if self.path != "/predict" or len(texts) > 256:
             self.send_response(413)
             self.end_headers()
@@ -152,6 +163,7 @@ class _StandIn(BaseHTTPRequestHandler):
 @pytest.fixture()
 def stand_in() -> Iterator[str]:
     _StandIn.sizes = []
+    _StandIn.overloaded_answers = 0
     server = serve_in_thread(_StandIn, "vigil-predict-stand-in")
     yield f"http://127.0.0.1:{server.server_address[1]}"
     stop_serving(server)
@@ -175,3 +187,15 @@ def test_endpoint_errors_are_readable(stand_in: str) -> None:
         EndpointPredictor(stand_in + "/nothing-here").predict(["good"])
     with pytest.raises(VigilError, match="not reachable"):
         EndpointPredictor("http://127.0.0.1:9").predict(["good"])
+
+
+def test_an_overloaded_service_is_asked_again_a_bounded_number_of_times(stand_in: str) -> None:
+    _StandIn.overloaded_answers = 2
+    output = EndpointPredictor(stand_in).predict(["good", "bad"])
+    assert output.labels == ["positive", "negative"] and _StandIn.sizes == [2, 2, 2]
+
+    _StandIn.sizes, _StandIn.overloaded_answers = [], 10
+    with pytest.raises(VigilError, match=r"answered 503: overloaded: the model service is at capacity"):
+        EndpointPredictor(stand_in).predict(["good"])
+    assert len(_StandIn.sizes) == 4  # the first request and three retries
+
