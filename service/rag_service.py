@@ -35,7 +35,7 @@ class RagService:
         from telemetry.tracing import setup_tracing
 
         self.settings = get_settings()
-        # One thread, as for the sentiment model: two made one question's embedding 602 ms instead of 24 under load.
+        # One thread, as for the sentiment model: two collapse when other processes want the cores (bench/RESULTS.md).
         torch.set_num_threads(self.settings.torch_threads)
         setup_tracing("vigil-rag", settings=self.settings)
         self.metrics = get_metrics()
