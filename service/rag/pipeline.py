@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from vigil.settings import Settings
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MIN_TOP_K = 1
 MAX_TOP_K = 50
@@ -241,7 +241,7 @@ class RagPipeline:
         report = IngestReport(documents=len(chunked), chunks=total, embedded=embedded, removed=removed,
                               skipped=len(problems), errors=problems, seconds=round(time.perf_counter() - started, 3),
                               embedding_model=self.embedding_model)
-        log.info("ingested %d documents (%d chunks, %d embedded, %d stale removed) into %s/%s in %.1f s; %d skipped",
+        logger.info("ingested %d documents (%d chunks, %d embedded, %d stale removed) into %s/%s in %.1f s; %d skipped",
                  report.documents, report.chunks, embedded, removed, redact(self.store.target),
                  self.store.collection, report.seconds, report.skipped)
         return report
