@@ -24,7 +24,7 @@ from service.coalescer import Coalescer
 from service.errors import ApiError, api_error, not_ready, overloaded, remote_error
 from service.http import create_app, json_response, openapi_body, read_json, retry_once_on_dropped_connection
 from service.oip import codec, rest
-from service.oip.grpc_server import InferOutcome, ModelBackend, TensorSpec, start_grpc_server
+from service.oip.grpc_server import InferAnswer, InferOutcome, ModelBackend, TensorSpec, start_grpc_server
 from service.rag.errors import RagError, RagServiceUnavailable
 from service.rag_service import RagService
 from service.sentiment_service import SentimentModel
@@ -35,6 +35,7 @@ from service.serving_telemetry import (
     skip_asgi_message_spans,
 )
 from service.validation import validate_texts
+from telemetry.propagation import REQUEST_ID_HEADER, request_id_from
 from vigil.contracts import (
     ErrorResponse,
     IngestReport,
@@ -60,6 +61,16 @@ app = create_app("Vigil", VIGIL_VERSION, "Sentiment predictions over plain JSON 
 REFUSED: dict[int | str, dict[str, Any]] = {"4XX": {"model": ErrorResponse}, "5XX": {"model": ErrorResponse}}
 
 
+
+
+def response_headers(request_id: str, traceparent: str) -> dict[str, str]:
+    """What every answer hands back to tie it to its trace and its log rows."""
+    headers = {REQUEST_ID_HEADER: request_id}
+    if traceparent:
+        headers["traceparent"] = traceparent
+    return headers
+
+
 # Probes and scrapes would flood the trace store; every API call is traced.
 @bentoml.service(name="vigil", workers=1, traffic={"timeout": 60},
                  tracing={"excluded_urls": ["/metrics", "/livez", "/readyz", "/healthz", "/api/docs"]})
@@ -81,6 +92,7 @@ class Vigil:
     async def infer(self, texts: list[str], headers: Mapping[str, str], endpoint: str,
                     protocol: str = "rest") -> InferOutcome:
         started = time.perf_counter()
+        request_id = request_id_from(headers)
         with self.telemetry.predict_span(headers, protocol, endpoint) as span:
             try:
                 validate_texts(texts, self.settings)
@@ -93,8 +105,9 @@ class Vigil:
                 version=str(scored[0].version), batch_size=int(scored[0].batch_size),
                 latency_ms=(time.perf_counter() - started) * 1000,
             )
-            trace_id, traceparent = self.telemetry.record(span, protocol, endpoint, prediction)
-        return InferOutcome(prediction.version, prediction.labels, prediction.scores, trace_id, traceparent)
+            trace_id, traceparent = self.telemetry.record(span, protocol, endpoint, request_id, prediction)
+        return InferOutcome(prediction.version, prediction.labels, prediction.scores, request_id, trace_id,
+                            traceparent)
 
     async def _call_model(self, texts: list[str]) -> list[Any]:
         try:
@@ -132,7 +145,8 @@ class Vigil:
                             for label, score in zip(outcome.labels, outcome.scores, strict=True)],
             "model": {"name": self.model_name, "version": outcome.version},
             "trace_id": outcome.trace_id,
-        }, headers={"traceparent": outcome.traceparent} if outcome.traceparent else None)
+            "request_id": outcome.request_id,
+        }, headers=response_headers(outcome.request_id, outcome.traceparent))
 
     @app.get("/status", tags=["health"])
     async def status(self) -> dict[str, Any]:
@@ -150,6 +164,7 @@ class Vigil:
         """One RAG query through the RAG service, traced and logged; the answer with its trace id, and the
         traceparent to hand back."""
         started = time.perf_counter()
+        request_id = request_id_from(headers)
         with self.telemetry.rag_span(headers, protocol, endpoint) as span:
             try:
                 answer: RagQueryResponse = await retry_once_on_dropped_connection(lambda: self.rag.to_async.query(
@@ -159,8 +174,8 @@ class Vigil:
             except aiohttp.ClientConnectionError as error:
                 raise api_error(RagServiceUnavailable(f"the RAG service is unavailable: {error!r}")) from None
             trace_id, traceparent = self.telemetry.record_rag(
-                span, protocol, endpoint, question, answer, (time.perf_counter() - started) * 1000)
-        return answer.model_copy(update={"trace_id": trace_id}), traceparent
+                span, protocol, endpoint, request_id, question, answer, (time.perf_counter() - started) * 1000)
+        return answer.model_copy(update={"trace_id": trace_id, "request_id": request_id}), traceparent
 
     def _refused(self, error: RagError) -> ApiError:
         refused = api_error(error)
@@ -180,7 +195,7 @@ class Vigil:
         """Answer a question from the document collection, with citations and token usage."""
         body = await read_json(request, RagQueryRequest)
         answer, traceparent = await self.ask(body.question, body.top_k, dict(request.headers), "/rag/query", "rest")
-        return json_response(answer.model_dump(), headers={"traceparent": traceparent} if traceparent else None)
+        return json_response(answer.model_dump(), headers=response_headers(answer.request_id, traceparent))
 
     @app.post("/rag/documents", response_model=IngestReport, tags=["rag"], responses=REFUSED,
               openapi_extra=openapi_body(IngestRequest, {"one": {"documents": [{
@@ -246,19 +261,20 @@ class Vigil:
         if name == RAG_MODEL:
             return await self._rest_rag_infer(request)
         self._require_model(name)
-        body = await read_json(request, rest.InferRequest)
+        body = await rest.read_infer_request(request)
         outcome = await self.infer(rest.texts_from_rest(body.inputs), dict(request.headers),
                                    f"/v2/models/{name}/infer")
-        payload = rest.sentiment_response(body, self.model_name, outcome.version, outcome.labels, outcome.scores)
-        return json_response(payload, headers={"traceparent": outcome.traceparent} if outcome.traceparent else None)
+        payload = rest.sentiment_response(body, self.model_name, outcome.version, outcome.request_id,
+                                          outcome.labels, outcome.scores)
+        return rest.infer_response(body, payload, response_headers(outcome.request_id, outcome.traceparent))
 
     async def _rest_rag_infer(self, request: Request) -> Response:
-        body = await read_json(request, rest.InferRequest)
+        body = await rest.read_infer_request(request)
         question = codec.single_question(rest.texts_from_rest(body.inputs, expected=codec.QUESTION_INPUT))
         answer, traceparent = await self.ask(question, None, dict(request.headers), f"/v2/models/{RAG_MODEL}/infer",
                                              "rest")
         payload = rest.rag_response(body, RAG_MODEL, answer)
-        return json_response(payload, headers={"traceparent": traceparent} if traceparent else None)
+        return rest.infer_response(body, payload, response_headers(answer.request_id, traceparent))
 
     def _require_model(self, name: str) -> None:
         if name != self.model_name:
@@ -288,16 +304,16 @@ class Vigil:
         self._grpc_server = await start_grpc_server([sentiment, rag], VIGIL_VERSION, self.settings.serve_host,
                                                     self.settings.grpc_port)
 
-    async def _grpc_sentiment(self, request: Any, metadata: dict[str, str]) -> tuple[Any, str, str]:
+    async def _grpc_sentiment(self, request: Any, metadata: dict[str, str]) -> InferAnswer:
         texts = codec.texts_from_grpc(request)
         outcome = await self.infer(texts, metadata, "grpc:ModelInfer", protocol="grpc")
-        response = codec.grpc_response(request, outcome.version, outcome.labels, outcome.scores)
-        return response, outcome.traceparent, outcome.trace_id
+        response = codec.grpc_response(request, outcome.version, outcome.request_id, outcome.labels, outcome.scores)
+        return InferAnswer(response, outcome.request_id, outcome.trace_id, outcome.traceparent)
 
-    async def _grpc_rag(self, request: Any, metadata: dict[str, str]) -> tuple[Any, str, str]:
+    async def _grpc_rag(self, request: Any, metadata: dict[str, str]) -> InferAnswer:
         question = codec.single_question(codec.texts_from_grpc(request, expected=codec.QUESTION_INPUT))
         answer, traceparent = await self.ask(question, None, metadata, "grpc:ModelInfer", "grpc")
-        return codec.rag_grpc_response(request, answer), traceparent, answer.trace_id
+        return InferAnswer(codec.rag_grpc_response(request, answer), answer.request_id, answer.trace_id, traceparent)
 
     @bentoml.on_shutdown
     async def stop(self) -> None:

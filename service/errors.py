@@ -1,7 +1,8 @@
 """Every refusal the API makes, and the one table that says which HTTP and gRPC status each error type gets.
 
 The API refuses with :class:`ApiError` (status, stable code, message), answered as the contract's
-`{"error": {"code", "message"}}` by REST and as the mapped status code by gRPC. Errors that other layers raise by
+`{"error": {"code", "message"}}` on Vigil's own routes, as the protocol's `{"error": "<message>"}` on the Open
+Inference `/v2` routes, and as the mapped status code by gRPC. Errors that other layers raise by
 type (the RAG pipeline's) become ApiErrors through :data:`REFUSALS`.
 
 The RAG service runs in another process behind `bentoml.depends`, and BentoML 1.4 does not carry an exception
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import grpc
 from bentoml.exceptions import BentoMLException
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from service.rag.errors import (
@@ -44,6 +45,16 @@ class ApiError(Exception):
 
     def body(self) -> ErrorResponse:
         return ErrorResponse(error=ErrorDetail(code=self.code, message=self.message))
+
+    def oip_body(self) -> OipErrorResponse:
+        return OipErrorResponse(error=self.message)
+
+
+class OipErrorResponse(BaseModel):
+    """The Open Inference Protocol's error body, answered on every `/v2` route: its clients read `error` as a
+    string (Triton's `tritonclient.http` concatenates it), so Vigil's richer body would break them."""
+
+    error: str
 
 
 def overloaded(retry_after_seconds: int = 1) -> ApiError:

@@ -50,16 +50,24 @@ async def _current_service() -> Any:
     return get_current_service()
 
 
-async def _api_error(_: Request, error: ApiError) -> Response:
-    return error_response(error)
+async def _api_error(request: Request, error: ApiError) -> Response:
+    return error_response(error, oip=is_oip_route(request))
 
 
-async def _validation_error(_: Request, error: RequestValidationError) -> Response:
-    return error_response(ApiError(422, "invalid_request", describe_validation(error.errors())))
+async def _validation_error(request: Request, error: RequestValidationError) -> Response:
+    return error_response(ApiError(422, "invalid_request", describe_validation(error.errors())),
+                          oip=is_oip_route(request))
 
 
-def error_response(error: ApiError) -> Response:
-    return Response(error.body().model_dump_json(), status_code=error.status, media_type="application/json",
+def is_oip_route(request: Request) -> bool:
+    """Whether ``request`` speaks the Open Inference Protocol, whose error body is its own."""
+    path = request.url.path
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_response(error: ApiError, oip: bool = False) -> Response:
+    body = error.oip_body() if oip else error.body()
+    return Response(body.model_dump_json(), status_code=error.status, media_type="application/json",
                     headers=error.headers)
 
 
@@ -104,6 +112,11 @@ def json_response(payload: dict[str, Any], status: int = 200, headers: dict[str,
 
 async def read_json(request: Request, schema: type[Body]) -> Body:
     """The body parsed into ``schema``, refusing oversize, non-UTF-8 and malformed bodies with clear 4xx."""
+    return parse_json(await read_body(request), schema)
+
+
+async def read_body(request: Request) -> bytes:
+    """The whole body within ``VIGIL_MAX_BODY_BYTES``; an empty one is refused."""
     limit = get_settings().max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -113,6 +126,11 @@ async def read_json(request: Request, schema: type[Body]) -> Body:
         raise ApiError(413, "body_too_large", f"request body of {len(body)} bytes; the limit is {limit}")
     if not body.strip():
         raise ApiError(400, "empty_request", "the request body is empty")
+    return body
+
+
+def parse_json(body: bytes, schema: type[Body]) -> Body:
+    """``body`` (UTF-8 JSON) parsed into ``schema``; 400 for bad encoding or JSON, 422 naming the bad field."""
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:

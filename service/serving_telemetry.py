@@ -6,7 +6,6 @@ Built once per API worker. REST requests arrive inside BentoML's server span (it
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -120,8 +119,8 @@ class ServingTelemetry:
                 span.set_attribute(semconv.ENDPOINT, endpoint)
                 yield span
 
-    def record_rag(self, span: Span, protocol: str, endpoint: str, question: str, answer: RagQueryResponse,
-                   latency_ms: float) -> tuple[str, str]:
+    def record_rag(self, span: Span, protocol: str, endpoint: str, request_id: str, question: str,
+                   answer: RagQueryResponse, latency_ms: float) -> tuple[str, str]:
         """Token counters and one inference-log row for a RAG answer; returns (trace id, traceparent)."""
         context = span.get_span_context()
         sampled = context.is_valid and context.trace_flags.sampled
@@ -131,7 +130,6 @@ class ServingTelemetry:
         labels = {"generator": generator.name, "model": generator.model}
         self.metrics.rag_prompt_tokens.labels(**labels).inc(usage.prompt_tokens)
         self.metrics.rag_completion_tokens.labels(**labels).inc(usage.completion_tokens)
-        request_id = uuid.uuid4().hex
         if span.is_recording():
             span.set_attribute(semconv.REQUEST_ID, request_id)
             span.set_attribute(semconv.GEN_AI_USAGE_INPUT_TOKENS, usage.prompt_tokens)
@@ -152,9 +150,9 @@ class ServingTelemetry:
     def refused(self, reason: str) -> None:
         self.metrics.requests_rejected.labels(reason=reason).inc()
 
-    def record(self, span: Span, protocol: str, endpoint: str, prediction: PredictionRecord) -> tuple[str, str]:
+    def record(self, span: Span, protocol: str, endpoint: str, request_id: str,
+               prediction: PredictionRecord) -> tuple[str, str]:
         """Attributes, metrics and one log row per text; returns (trace id, traceparent) for the response."""
-        request_id = uuid.uuid4().hex
         context = span.get_span_context()
         sampled = context.is_valid and context.trace_flags.sampled
         trace_id = f"{context.trace_id:032x}" if sampled else ""

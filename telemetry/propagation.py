@@ -1,7 +1,10 @@
-"""W3C trace context across process boundaries: a caller's ``traceparent`` in, ours out, the current trace id."""
+"""What ties a request together across processes: W3C trace context (a caller's ``traceparent`` in, ours out, the
+current trace id) and the request id (a caller's ``x-request-id`` in, the one on the response and the log rows out)."""
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Mapping, MutableMapping
 
 from opentelemetry import propagate, trace
@@ -29,3 +32,18 @@ def current_trace_id() -> str:
     if not (span_context.is_valid and span_context.trace_flags.sampled):
         return ""
     return format_trace_id(span_context.trace_id)
+
+
+REQUEST_ID_HEADER = "x-request-id"
+# A caller's id is kept when it could not harm a log or a header: short, and letters, digits and `-_.:` only.
+_USABLE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def request_id_from(carrier: Mapping[str, str]) -> str:
+    """The caller's ``x-request-id`` (REST header or gRPC metadata) when usable, else a new 32-hex-digit id."""
+    offered = carrier.get(REQUEST_ID_HEADER)
+    if offered is None:
+        offered = next((value for key, value in carrier.items() if str(key).lower() == REQUEST_ID_HEADER), None)
+    if isinstance(offered, str) and _USABLE_REQUEST_ID.match(offered):
+        return offered
+    return uuid.uuid4().hex

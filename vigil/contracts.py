@@ -57,6 +57,11 @@ class PredictRequest(BaseModel):
     texts: list[str] | None = Field(None, description="Several texts, classified together.")
 
 
+REQUEST_ID_DESCRIPTION = (
+    "the request's id, also in the `x-request-id` header and on its inference-log rows: the caller's `x-request-id` "
+    "when it sent a usable one, else a new one")
+
+
 class PredictedLabel(BaseModel):
     label: str = Field(description="positive or negative")
     score: float = Field(description="probability of the predicted label")
@@ -68,12 +73,14 @@ class PredictResponse(BaseModel):
             "predictions": [{"label": "positive", "score": 0.97}],
             "model": {"name": "sentiment", "version": "3"},
             "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+            "request_id": "0af7651916cd43dd8448eb211c80319c",
         }]},
     )
 
     predictions: list[PredictedLabel] = Field(description="one per text, in the order sent")
     model: ModelIdentity
     trace_id: str = Field("", description="the request's trace (32 hex digits); empty when it was not traced")
+    request_id: str = Field("", description=REQUEST_ID_DESCRIPTION)
 
 
 # --- POST /rag/query ----------------------------------------------------------------------------------------------
@@ -127,6 +134,7 @@ class RagQueryResponse(BaseModel):
     generator: GeneratorInfo
     model: ModelIdentity = Field(description="the embedding model that retrieved the citations")
     trace_id: str = Field("", description="the request's trace (32 hex digits); empty when it was not traced")
+    request_id: str = Field("", description=REQUEST_ID_DESCRIPTION)
 
 
 # --- POST /rag/documents ------------------------------------------------------------------------------------------

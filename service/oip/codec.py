@@ -1,11 +1,15 @@
-"""Open Inference Protocol v2 over gRPC: tensors <-> Python lists, and the tensor checks REST shares (`rest.py`)."""
+"""Open Inference Protocol v2 over gRPC: tensors <-> Python lists, and what REST shares (`rest.py`): the tensor
+checks and the raw little-endian tensor layout, which gRPC's `raw_*_contents` and Triton's binary tensor extension
+over HTTP both use."""
 
 from __future__ import annotations
 
 import math
 import struct
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import orjson
 
 from service.errors import ApiError
@@ -74,8 +78,37 @@ def pack_bytes_tensor(values: Sequence[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(v)) + v for v in values)
 
 
+# OIP datatype -> the little-endian numpy dtype of its raw layout (BYTES has its own, length-prefixed).
+RAW_DTYPES: dict[str, str] = {
+    "BOOL": "?", "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
+    "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
+    "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
+}
+
+
+def values_from_raw(name: str, datatype: str, raw: bytes) -> list[Any]:
+    """The elements of a raw tensor, flat: strings for BYTES (UTF-8), numbers or booleans otherwise."""
+    if datatype == "BYTES":
+        return [decode_utf8(element, index) for index, element in enumerate(unpack_bytes_tensor(raw))]
+    dtype = RAW_DTYPES.get(datatype)
+    if dtype is None:
+        raise ApiError(400, "invalid_tensor", f"input {name!r} has unknown datatype {datatype!r}")
+    if len(raw) % np.dtype(dtype).itemsize:
+        raise ApiError(400, "invalid_tensor",
+                       f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype} elements")
+    values: list[Any] = np.frombuffer(raw, dtype=dtype).tolist()
+    return values
+
+
+def raw_from_values(datatype: str, values: Sequence[Any]) -> bytes:
+    """The raw layout of flat ``values`` of ``datatype`` (strings are UTF-8 encoded for BYTES)."""
+    if datatype == "BYTES":
+        return pack_bytes_tensor([v if isinstance(v, bytes) else str(v).encode() for v in values])
+    return np.asarray(values, dtype=RAW_DTYPES[datatype]).tobytes()
+
+
 def grpc_response(
-    request: pb.ModelInferRequest, version: str, labels: Sequence[str], scores: Sequence[float]
+    request: pb.ModelInferRequest, version: str, request_id: str, labels: Sequence[str], scores: Sequence[float]
 ) -> pb.ModelInferResponse:
     """Outputs as raw contents, as Triton answers, which both Triton's and KServe's clients read."""
     count = len(labels)
@@ -83,7 +116,8 @@ def grpc_response(
     unknown = wanted - {LABEL_OUTPUT, SCORE_OUTPUT}
     if unknown:
         raise ApiError(400, "invalid_tensor", f"unknown output(s) {sorted(unknown)}; available: label, score")
-    response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id)
+    response = pb.ModelInferResponse(model_name=request.model_name, model_version=version,
+                                     id=request.id or request_id)
     if LABEL_OUTPUT in wanted:
         response.outputs.add(name=LABEL_OUTPUT, datatype="BYTES", shape=[count])
         response.raw_output_contents.append(pack_bytes_tensor([label.encode() for label in labels]))
@@ -104,7 +138,7 @@ def rag_grpc_response(request: pb.ModelInferRequest, answer: RagQueryResponse) -
     usage = answer.usage
     citations = orjson.dumps([c.model_dump() for c in answer.citations])
     response = pb.ModelInferResponse(model_name=request.model_name, model_version=answer.model.version,
-                                     id=request.id)
+                                     id=request.id or answer.request_id)
     response.outputs.add(name=ANSWER_OUTPUT, datatype="BYTES", shape=[1])
     response.raw_output_contents.append(pack_bytes_tensor([answer.answer.encode()]))
     response.outputs.add(name=CITATIONS_OUTPUT, datatype="BYTES", shape=[1])

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from service.errors import ApiError, grpc_status
 from service.oip import grpc_service_pb2 as pb
 from service.oip import grpc_service_pb2_grpc as pb_grpc
+from telemetry.propagation import REQUEST_ID_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,19 @@ class InferOutcome:
     version: str
     labels: list[str]
     scores: list[float]
+    request_id: str
     trace_id: str = ""  # 32 hex digits of the request's trace, when tracing is on
     traceparent: str = ""  # W3C header value to hand back to the caller
+
+
+@dataclass(frozen=True)
+class InferAnswer:
+    """What a backend answers a ModelInfer with: the response and what ties it to its trace and log rows."""
+
+    response: pb.ModelInferResponse
+    request_id: str
+    trace_id: str = ""
+    traceparent: str = ""
 
 
 @dataclass(frozen=True)
@@ -44,11 +56,11 @@ class TensorSpec:
 class ModelBackend:
     """One model behind the gRPC front, as plain async callables (no BentoML types).
 
-    ``infer`` turns a request into (response, traceparent, trace id); it raises ApiError on refusals.
+    ``infer`` answers a request; it raises ApiError on refusals.
     """
 
     name: str
-    infer: Callable[[pb.ModelInferRequest, dict[str, str]], Awaitable[tuple[pb.ModelInferResponse, str, str]]]
+    infer: Callable[[pb.ModelInferRequest, dict[str, str]], Awaitable[InferAnswer]]
     metadata: Callable[[], Awaitable[dict[str, Any]]]  # {"version", "ready", ...}
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -92,13 +104,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         metadata = {item.key: item.value for item in (context.invocation_metadata() or ())
                     if isinstance(item.value, str)}
         try:
-            response, traceparent, trace_id = await backend.infer(request, metadata)
+            answer = await backend.infer(request, metadata)
         except ApiError as error:
             await context.abort(grpc_status(error.status), error.message)
             raise  # unreachable: abort raises
-        if traceparent:
-            context.set_trailing_metadata((("traceparent", traceparent), ("vigil-trace-id", trace_id)))
-        return response
+        trailing = [(REQUEST_ID_HEADER, answer.request_id)]
+        if answer.traceparent:
+            trailing += [("traceparent", answer.traceparent), ("vigil-trace-id", answer.trace_id)]
+        context.set_trailing_metadata(tuple(trailing))
+        return answer.response
 
     async def _backend(self, name: str, context: Any) -> ModelBackend:
         backend = self.backends.get(name)

@@ -15,7 +15,9 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mlflow import MlflowClient
+from tritonclient.utils import InferenceServerException
 
+from service.errors import OipErrorResponse
 from service.oip import grpc_service_pb2 as pb
 from service.oip import grpc_service_pb2_grpc as pb_grpc
 from telemetry.records import create_engine, read_frame
@@ -36,6 +38,7 @@ def test_rest_predict_single_and_batch(server: Server) -> None:
     assert one.status_code == 200, one.text
     assert one.json()["predictions"][0]["label"] == "positive"
     assert one.json()["model"] == {"name": MODEL, "version": "1"}
+    assert one.json()["request_id"] == one.headers["x-request-id"] and len(one.headers["x-request-id"]) == 32
 
     many = predict(server, {"texts": [POSITIVE, NEGATIVE, POSITIVE]})
     assert [p["label"] for p in many.json()["predictions"]] == ["positive", "negative", "positive"]
@@ -83,13 +86,28 @@ def test_open_inference_rest(server: Server) -> None:
         assert response.json()["model_version"] == "1" and response.json()["id"] == "r1"
 
 
-def test_triton_http_client_unchanged(server: Server) -> None:
+def test_triton_http_client_at_its_defaults(server: Server) -> None:
     client = triton_http.InferenceServerClient(server.http.removeprefix("http://"))
     assert client.is_server_live() and client.is_model_ready(MODEL)
-    tensor = triton_http.InferInput("text", [2], "BYTES")
-    tensor.set_data_from_numpy(np.array([POSITIVE.encode(), NEGATIVE.encode()], dtype=object), binary_data=False)
-    result = client.infer(MODEL, [tensor], outputs=[triton_http.InferRequestedOutput("label", binary_data=False)])
+    tensor = triton_http.InferInput("text", [3], "BYTES")
+    tensor.set_data_from_numpy(np.array([POSITIVE.encode(), NEGATIVE.encode(), "Café was lovely!".encode()],
+                                        dtype=object))  # binary tensors, the client's default
+    result = client.infer(MODEL, [tensor])  # no outputs named: all of them, in binary
+    assert [v.decode() for v in result.as_numpy("label")] == ["positive", "negative", "positive"]
+    assert result.as_numpy("score").dtype == np.float32 and result.as_numpy("score").shape == (3,)
+    assert result.get_response()["model_version"] == "1" and len(result.get_response()["id"]) == 32
+
+    json_tensor = triton_http.InferInput("text", [2], "BYTES")
+    json_tensor.set_data_from_numpy(np.array([POSITIVE.encode(), NEGATIVE.encode()], dtype=object),
+                                    binary_data=False)
+    result = client.infer(MODEL, [json_tensor], outputs=[triton_http.InferRequestedOutput("label", binary_data=False)])
     assert result.as_numpy("label").tolist() == ["positive", "negative"]
+
+    wrong = triton_http.InferInput("text", [1], "FP32")
+    wrong.set_data_from_numpy(np.array([1.0], dtype=np.float32))
+    with pytest.raises(InferenceServerException) as refused:  # the protocol's error body, read by the client
+        client.infer(MODEL, [wrong])
+    assert refused.value.status() == "400" and "expected BYTES" in str(refused.value.message())
 
 
 def test_grpc_with_triton_client(server: Server) -> None:
@@ -152,27 +170,32 @@ def test_malformed_bodies(server: Server) -> None:
         assert (response.status_code, response.json()["error"]["code"]) == (status, code), raw[:40]
 
 
+def oip_refusal(response: httpx.Response) -> tuple[int, str]:
+    """Status and message of an Open Inference refusal, whose body is exactly the protocol's `{"error": "..."}`."""
+    assert set(response.json()) == {"error"}, response.text
+    return response.status_code, OipErrorResponse.model_validate_json(response.content).error
+
+
 def test_open_inference_refusals(server: Server) -> None:
     url = f"{server.http}/v2/models/{MODEL}/infer"
     cases = [
-        ({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, 400, "invalid_tensor"),
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, 400, "expected BYTES"),
         ({"inputs": [{"name": "text", "shape": [2, 2], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}]}, 400,
-         "invalid_tensor"),
-        ({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]}, 400, "invalid_tensor"),
-        ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}, 400, "invalid_tensor"),
-        ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [7]}]}, 422, "invalid_type"),
-        ({"inputs": []}, 400, "invalid_tensor"),
+         "expected [N] or [N, 1]"),
+        ({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]}, 400, "holds 1 element"),
+        ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}, 400, "unknown input"),
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [7]}]}, 422, "expected a string"),
+        ({"inputs": []}, 400, "exactly one input tensor"),
         ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}], "outputs": [{"name": "x"}]},
-         400, "invalid_tensor"),
+         400, "unknown output"),
     ]
-    for body, status, code in cases:
-        response = httpx.post(url, json=body, timeout=30)
-        assert response.status_code == status, (body, response.text)
-        assert response.json()["error"]["code"] == code and response.json()["error"]["message"]
-    unknown = httpx.post(f"{server.http}/v2/models/nope/infer", json=cases[0][0], timeout=30)
-    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
-    metadata = httpx.get(f"{server.http}/v2/models/nope")
-    assert (metadata.status_code, metadata.json()["error"]["code"]) == (404, "model_not_found")
+    for body, status, message in cases:
+        refused_status, refused_message = oip_refusal(httpx.post(url, json=body, timeout=30))
+        assert refused_status == status and message in refused_message, (body, refused_message)
+    unknown = oip_refusal(httpx.post(f"{server.http}/v2/models/nope/infer", json=cases[0][0], timeout=30))
+    assert unknown[0] == 404 and "unknown model 'nope'" in unknown[1]
+    metadata = oip_refusal(httpx.get(f"{server.http}/v2/models/nope"))
+    assert metadata[0] == 404 and "unknown model 'nope'" in metadata[1]
 
 
 def test_grpc_refusals(server: Server) -> None:
@@ -424,26 +447,38 @@ def test_rag_ingest_through_the_service_needs_the_token(server: Server) -> None:
 
 def test_every_request_is_logged_even_right_before_shutdown(server: Server) -> None:
     sent: dict[str, str] = {}
+    request_ids: dict[str, str] = {}  # trace id -> the request id the response carried
     with grpc.insecure_channel(server.grpc_target) as channel, httpx.Client(timeout=30) as client:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         for index in range(10, 30):
             trace_id, header = traceparent(index)
+            # Every third caller names its own request id; the others get one from Vigil.
+            own_id = [("x-request-id", f"caller-{index}")] if index % 3 == 0 else []
             if index % 2:
                 request = pb.ModelInferRequest(model_name=MODEL)
                 request.inputs.add(name="text", datatype="BYTES", shape=[1]).contents.bytes_contents.append(
                     f"request {index} was great".encode())
-                reply = stub.ModelInfer(request, metadata=(("traceparent", header),), timeout=30)
+                reply, call = stub.ModelInfer.with_call(request, metadata=(("traceparent", header), *own_id),
+                                                        timeout=30)
                 sent[trace_id] = reply.model_version
+                request_ids[trace_id] = dict(call.trailing_metadata())["x-request-id"]
+                assert reply.id == request_ids[trace_id]  # the protocol's id, as the caller sent none
             else:
                 response = client.post(f"{server.http}/predict", json={"text": f"request {index} was bad"},
-                                       headers={"traceparent": header})
+                                       headers={"traceparent": header, **dict(own_id)})
                 sent[trace_id] = response.json()["model"]["version"]
+                request_ids[trace_id] = response.json()["request_id"]
+                assert response.headers["x-request-id"] == request_ids[trace_id]
+            if own_id:
+                assert request_ids[trace_id] == f"caller-{index}"
     server.stop()  # graceful: right after the last request
     rows = read_frame(create_engine(f"sqlite:///{Path(server.env['VIGIL_HOME']) / 'inference_log.db'}"),
                       kind="sentiment")
     logged = rows[rows["trace_id"].isin(list(sent))]
     assert len(logged) == len(sent) == 20
     assert dict(zip(logged["trace_id"], logged["model_version"], strict=True)) == sent
+    assert dict(zip(logged["trace_id"], logged["request_id"], strict=True)) == request_ids
+    assert len(set(request_ids.values())) == 20
     assert set(logged["protocol"]) == {"rest", "grpc"}
     assert logged["input_text"].str.startswith("request ").all()
 

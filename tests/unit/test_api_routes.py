@@ -17,6 +17,7 @@ from typing import Protocol
 import pytest
 from fastapi.testclient import TestClient
 
+from service.errors import OipErrorResponse
 from vigil.contracts import ErrorResponse
 
 
@@ -73,5 +74,18 @@ def test_rag_query_refusals(client: TestClient, body: bytes, status: int, code: 
     assert refusal(response) == (status, code), response.text
 
 
-def test_open_inference_refuses_an_unknown_model(client: TestClient) -> None:
-    assert refusal(client.post("/v2/models/nope/infer", json={"inputs": []})) == (404, "model_not_found")
+def test_open_inference_refuses_an_unknown_model_with_the_protocols_error_body(client: TestClient) -> None:
+    # The protocol's body is `{"error": "<message>"}`: tritonclient.http reads `error` as a string.
+    response = client.post("/v2/models/nope/infer", json={"inputs": []})
+    assert response.status_code == 404
+    assert OipErrorResponse.model_validate_json(response.content).error.startswith("unknown model 'nope'")
+    assert set(response.json()) == {"error"}
+
+
+def test_open_inference_refuses_a_binary_body_whose_tensors_do_not_fit(client: TestClient) -> None:
+    header = (b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", '
+              b'"parameters": {"binary_data_size": 99}}]}')
+    response = client.post("/v2/models/sentiment/infer", content=header + b"\x05\x00\x00\x00hello",
+                           headers={"Inference-Header-Content-Length": str(len(header))})
+    assert response.status_code == 400
+    assert "binary_data_size 99" in response.json()["error"]
