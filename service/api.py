@@ -7,6 +7,7 @@ error answers), `service.oip` (protocol) and `service.validation` (limits). REST
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import time
@@ -22,9 +23,26 @@ from fastapi.responses import JSONResponse, Response
 
 from service.coalescer import Coalescer
 from service.errors import ApiError, api_error, not_ready, overloaded, remote_error
-from service.http import create_app, json_response, openapi_body, read_json, retry_once_on_dropped_connection
+from service.http import (
+    create_app,
+    json_response,
+    openapi_body,
+    read_body,
+    read_json,
+    retry_once_on_dropped_connection,
+)
+from service.invocations import parse_invocation, predictions_json
 from service.oip import codec, rest
 from service.oip.grpc_server import InferAnswer, InferOutcome, ModelBackend, TensorSpec, start_grpc_server
+from service.pyfunc import (
+    output_tensors,
+    prediction_of,
+    rows_from_prediction_input,
+    rows_from_tensors,
+    selected_outputs,
+)
+from service.pyfunc_front import PyfuncFront, spec_from_state
+from service.pyfunc_service import pyfunc_services
 from service.rag.errors import RagError, RagServiceUnavailable
 from service.rag_service import RagService
 from service.sentiment_service import SentimentModel
@@ -71,10 +89,23 @@ def response_headers(request_id: str, traceparent: str) -> dict[str, str]:
     return headers
 
 
+# Read at import: BentoML takes every model service, with its name and batching limits, at class definition, and
+# imports this module again in each worker, where the same settings make the same classes.
+PYFUNC_SERVICES = pyfunc_services(get_settings())
+
+
+def with_pyfunc_services(cls: type) -> type:
+    """One `bentoml.depends` per pyfunc model of VIGIL_MODELS, as `pyfunc_<index>` (BentoML finds them by type)."""
+    for index, service in enumerate(PYFUNC_SERVICES.values()):
+        setattr(cls, f"pyfunc_{index}", bentoml.depends(service))
+    return cls
+
+
 # Probes and scrapes would flood the trace store; every API call is traced.
 @bentoml.service(name="vigil", workers=1, traffic={"timeout": 60},
                  tracing={"excluded_urls": ["/metrics", "/livez", "/readyz", "/healthz", "/api/docs"]})
 @bentoml.asgi_app(app, path="/")
+@with_pyfunc_services
 class Vigil:
     model = bentoml.depends(SentimentModel)
     rag = bentoml.depends(RagService)
@@ -83,9 +114,14 @@ class Vigil:
         self.settings = get_settings()
         self.model_name = self.settings.sentiment_model_name
         self.telemetry = ServingTelemetry(self.settings)
-        self.coalescer: Coalescer[Any] = Coalescer(self._call_model, max_items=self.settings.batch_max_size,
+        self.coalescer: Coalescer[str, Any] = Coalescer(self._call_model, max_items=self.settings.batch_max_size,
                                                         max_in_flight=self.settings.model_calls_in_flight)
         self._grpc_server: Any = None
+        self.pyfuncs = {
+            name: PyfuncFront(name, alias, functools.partial(getattr, self, f"pyfunc_{index}"), self.telemetry,
+                              self.settings)
+            for index, (name, alias) in enumerate(self.settings.served_models)
+        }
 
     # --- the one prediction path ---------------------------------------------------------------------------
 
@@ -150,12 +186,19 @@ class Vigil:
 
     @app.get("/status", tags=["health"])
     async def status(self) -> dict[str, Any]:
-        """Readiness details: the served version, where it came from, and why it is degraded if it is."""
-        try:
-            model_state = await self.model_state()
-        except Exception as error:
-            model_state = {"ready": False, "reason": f"model service unreachable: {error}"}
-        return {"service": "vigil", "version": VIGIL_VERSION, "models": {self.model_name: model_state}}
+        """Readiness details of every model: the served version, where it came from, why it is degraded if it is."""
+        return {"service": "vigil", "version": VIGIL_VERSION, "models": await self._states()}
+
+    async def _states(self) -> dict[str, dict[str, Any]]:
+        states: dict[str, dict[str, Any]] = {}
+        describers = {self.model_name: self.model_state, **{name: f.state for name, f in self.pyfuncs.items()}}
+        for name, describe in describers.items():
+            try:
+                states[name] = await describe()
+            except Exception as error:
+                states[name] = {"ready": False, "reason": f"model service unreachable: {error}"}
+            states[name].pop("signature", None)
+        return states
 
     # --- RAG -----------------------------------------------------------------------------------------------
 
@@ -230,12 +273,22 @@ class Vigil:
 
     @app.get("/v2/health/ready", tags=["open-inference-v2"])
     async def server_ready(self) -> JSONResponse:
-        ready = await self._model_ready()
+        ready = await self._all_ready()
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     @app.get("/v2/models/{name}", response_model=rest.ModelMetadata, tags=["open-inference-v2"])
     @app.get("/v2/models/{name}/versions/{version}", response_model=rest.ModelMetadata, tags=["open-inference-v2"])
     async def model_metadata(self, name: str, version: str | None = None) -> rest.ModelMetadata:
+        if name in self.pyfuncs:
+            state = await self.pyfuncs[name].state()
+            spec = spec_from_state(state)
+            if spec is None:
+                raise not_ready(str(state.get("reason") or "no model loaded"))
+            return rest.ModelMetadata(
+                name=name, versions=[str(state.get("version"))], platform=f"mlflow {state.get('runtime')}",
+                inputs=[rest.TensorMetadata(name=f.name, datatype=f.datatype, shape=f.shape) for f in spec.inputs],
+                outputs=[rest.TensorMetadata(name=f.name, datatype=f.datatype, shape=f.shape) for f in spec.outputs],
+            )
         self._require_model(name)
         state = await self.model_state()
         return rest.ModelMetadata(
@@ -250,6 +303,9 @@ class Vigil:
     @app.get("/v2/models/{name}/ready", tags=["open-inference-v2"])
     @app.get("/v2/models/{name}/versions/{version}/ready", tags=["open-inference-v2"])
     async def model_ready(self, name: str, version: str | None = None) -> JSONResponse:
+        if name in self.pyfuncs:
+            ready = await self._pyfunc_ready(name)
+            return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
         self._require_model(name)
         ready = await self._model_ready()
         return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
@@ -260,6 +316,8 @@ class Vigil:
     async def model_infer(self, name: str, request: Request, version: str | None = None) -> Response:
         if name == RAG_MODEL:
             return await self._rest_rag_infer(request)
+        if name in self.pyfuncs:
+            return await self._rest_pyfunc_infer(self.pyfuncs[name], request)
         self._require_model(name)
         body = await rest.read_infer_request(request)
         outcome = await self.infer(rest.texts_from_rest(body.inputs), dict(request.headers),
@@ -276,15 +334,60 @@ class Vigil:
         payload = rest.rag_response(body, RAG_MODEL, answer)
         return rest.infer_response(body, payload, response_headers(answer.request_id, traceparent))
 
+    async def _rest_pyfunc_infer(self, front: PyfuncFront, request: Request) -> Response:
+        body = await rest.read_infer_request(request)
+        _, spec = await front.spec()
+        names = [tensor.name for tensor in body.inputs]
+        if len(set(names)) != len(names):
+            raise ApiError(400, "invalid_tensor", f"an input is sent twice: {names}")
+        tensors = {t.name: (t.datatype, t.shape, rest.flatten(t.data)) for t in body.inputs}
+        rows = rows_from_tensors(spec, tensors, self.settings.max_rows_per_request)
+        outcome = await front.predict(rows, dict(request.headers), f"/v2/models/{front.name}/infer", "rest")
+        outputs = selected_outputs(output_tensors(spec, outcome.rows), [o.name for o in body.outputs or []])
+        payload = {"model_name": front.name, "model_version": outcome.version, "id": body.id or outcome.request_id,
+                   "outputs": [{"name": o.name, "datatype": o.datatype, "shape": o.shape, "data": o.data}
+                               for o in outputs]}
+        return rest.infer_response(body, payload, response_headers(outcome.request_id, outcome.traceparent))
+
+    # --- MLflow's scoring protocol ---------------------------------------------------------------------------
+
+    @app.post("/models/{name}/invocations", tags=["mlflow-scoring"], responses=REFUSED)
+    async def invocations(self, name: str, request: Request) -> Response:
+        """Predict as `mlflow models serve` does: `dataframe_split`, `dataframe_records`, `instances`, `inputs`
+        JSON or `text/csv` in, `{"predictions": ...}` out (with the request's `request_id`)."""
+        front = self.pyfuncs.get(name)
+        if front is None:
+            raise ApiError(404, "model_not_found",
+                           f"unknown model {name!r}; /invocations serves {sorted(self.pyfuncs)}")
+        body = await read_body(request)
+        _, spec = await front.spec()
+        data = parse_invocation(body, request.headers.get("content-type", ""))
+        rows = rows_from_prediction_input(spec, data, self.settings.max_rows_per_request)
+        outcome = await front.predict(rows, dict(request.headers), f"/models/{name}/invocations", "rest")
+        return Response(predictions_json(prediction_of(outcome.rows), outcome.request_id),
+                        media_type="application/json",
+                        headers=response_headers(outcome.request_id, outcome.traceparent))
+
     def _require_model(self, name: str) -> None:
         if name != self.model_name:
-            raise ApiError(404, "model_not_found", f"unknown model {name!r}; this server serves {self.model_name!r}")
+            served = sorted([self.model_name, RAG_MODEL, *self.pyfuncs])
+            raise ApiError(404, "model_not_found", f"unknown model {name!r}; this server serves {served}")
 
     async def _model_ready(self) -> bool:
         try:
             return bool((await self.model_state()).get("ready"))
         except Exception:
             return False
+
+    async def _pyfunc_ready(self, name: str) -> bool:
+        try:
+            return bool((await self.pyfuncs[name].state()).get("ready"))
+        except Exception:
+            return False
+
+    async def _all_ready(self) -> bool:
+        """The server is ready when every model of VIGIL_MODELS is."""
+        return await self._model_ready() and all([await self._pyfunc_ready(name) for name in self.pyfuncs])
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -301,8 +404,28 @@ class Vigil:
             outputs=[TensorSpec(codec.ANSWER_OUTPUT, "BYTES", [1]), TensorSpec(codec.CITATIONS_OUTPUT, "BYTES", [1]),
                      TensorSpec(codec.USAGE_OUTPUT, "INT64", [3])],
         )
-        self._grpc_server = await start_grpc_server([sentiment, rag], VIGIL_VERSION, self.settings.serve_host,
-                                                    self.settings.grpc_port)
+        pyfuncs = [ModelBackend(name=name, infer=functools.partial(self._grpc_pyfunc, front),
+                                metadata=functools.partial(self._grpc_pyfunc_state, front), inputs=[], outputs=[],
+                                platform="mlflow")
+                   for name, front in self.pyfuncs.items()]
+        self._grpc_server = await start_grpc_server([sentiment, rag, *pyfuncs], VIGIL_VERSION,
+                                                    self.settings.serve_host, self.settings.grpc_port)
+
+    async def _grpc_pyfunc_state(self, front: PyfuncFront) -> dict[str, Any]:
+        state = await front.state()
+        spec = spec_from_state(state)
+        if spec is not None:  # the gRPC front publishes the served version's tensors
+            state["inputs"] = [TensorSpec(f.name, f.datatype, f.shape) for f in spec.inputs]
+            state["outputs"] = [TensorSpec(f.name, f.datatype, f.shape) for f in spec.outputs]
+        return state
+
+    async def _grpc_pyfunc(self, front: PyfuncFront, request: Any, metadata: dict[str, str]) -> InferAnswer:
+        _, spec = await front.spec()
+        rows = rows_from_tensors(spec, codec.tensors_from_grpc(request), self.settings.max_rows_per_request)
+        outcome = await front.predict(rows, metadata, "grpc:ModelInfer", "grpc")
+        outputs = selected_outputs(output_tensors(spec, outcome.rows), [o.name for o in request.outputs])
+        response = codec.grpc_outputs_response(request, outcome.version, outcome.request_id, outputs)
+        return InferAnswer(response, outcome.request_id, outcome.trace_id, outcome.traceparent)
 
     async def _grpc_sentiment(self, request: Any, metadata: dict[str, str]) -> InferAnswer:
         texts = codec.texts_from_grpc(request)
@@ -323,4 +446,4 @@ class Vigil:
         self.telemetry.close()
 
     async def __is_ready__(self) -> bool:
-        return await self._model_ready()
+        return await self._all_ready()

@@ -15,22 +15,23 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-class Coalescer(Generic[Result]):
+class Coalescer(Generic[Item, Result]):
     """Sends concurrent ``submit`` calls to ``call`` together; each caller gets back the results for its items."""
 
     def __init__(
         self,
-        call: Callable[[list[str]], Awaitable[Sequence[Result]]],
+        call: Callable[[list[Item]], Awaitable[Sequence[Result]]],
         max_items: int,
         max_in_flight: int = 2,
     ) -> None:
         self._call = call
         self.max_items = max_items
         self.max_in_flight = max_in_flight
-        self._waiting: deque[tuple[list[str], asyncio.Future[list[Result]]]] = deque()
+        self._waiting: deque[tuple[list[Item], asyncio.Future[list[Result]]]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -38,7 +39,7 @@ class Coalescer(Generic[Result]):
     def waiting(self) -> int:
         return len(self._waiting)
 
-    async def submit(self, items: list[str]) -> list[Result]:
+    async def submit(self, items: list[Item]) -> list[Result]:
         future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
         self._waiting.append((items, future))
         self._dispatch()
@@ -61,7 +62,7 @@ class Coalescer(Generic[Result]):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, group: list[tuple[list[str], asyncio.Future[list[Result]]]]) -> None:
+    async def _send(self, group: list[tuple[list[Item], asyncio.Future[list[Result]]]]) -> None:
         try:
             merged = [item for items, _ in group for item in items]
             results = list(await self._call(merged))

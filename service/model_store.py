@@ -38,7 +38,7 @@ class LoadedModel:
     alias: str
     run_id: str
     source: Source
-    classifier: SentimentClassifier = field(repr=False)
+    model: Any = field(repr=False)  # what the loader made of the version: Vigil's classifier, or a pyfunc model
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
@@ -71,6 +71,14 @@ class HolderStatus:
     last_poll_error: str = ""
 
 
+# (model folder, run id, version) -> the loaded model; raises ModelRefused when the version cannot be served.
+Loader = Callable[[Path, str, str], Any]
+
+
+class ModelRefused(VigilError):
+    """A registered version that loads but cannot be served (e.g. no signature); the reason goes to /status."""
+
+
 def load_model_dir(model_dir: Path) -> SentimentClassifier:
     """Load a downloaded MLflow model folder through MLflow's own loader, then take its classifier."""
     import mlflow.pyfunc
@@ -100,6 +108,7 @@ class ModelHolder:
         on_swap: Callable[[Swap], None] | None = None,
         runtime: str = "torch",
         threads: int = 1,
+        loader: Loader | None = None,
     ) -> None:
         self.name = name
         self.alias = alias
@@ -110,6 +119,8 @@ class ModelHolder:
         self.on_swap = on_swap
         self.runtime = runtime
         self.threads = threads
+        self._loader: Loader = loader or self._load_sentiment
+        self._refused_version: str | None = None  # loaded once and refused: not loaded again until the alias moves
         self.status = HolderStatus()
         self._current: LoadedModel | None = None
         self._stop = threading.Event()
@@ -133,7 +144,12 @@ class ModelHolder:
         try:
             self.poll_once()
         except Exception as error:
-            self._fall_back(str(error))
+            try:
+                self._fall_back(str(error))
+            except Exception as fallback_error:  # a service without its model still starts, and says why
+                self.status.ready = False
+                self.status.reason = f"{error}; the cached copy did not load either: {fallback_error}"
+                logger.exception(self.status.reason)
         if self._poller is None:
             self._poller = threading.Thread(target=self._poll_forever, name=f"alias-poller-{self.name}", daemon=True)
             self._poller.start()
@@ -152,15 +168,30 @@ class ModelHolder:
                     # Served from cache while MLflow was away; the registry agrees, so it is no longer degraded.
                     self._swap(replace(current, source="registry"))
                 return False
+            if found.version == self._refused_version:
+                return False
             model_dir = model_cache.download_version(client, self.name, found.version, self.cache_root)
             run_id = found.run_id or ""
-            classifier = self._load(model_dir, run_id, found.version)
-            self._swap(LoadedModel(self.name, found.version, self.alias, run_id, "registry", classifier))
+            try:
+                loaded = self._loader(model_dir, run_id, found.version)
+            except ModelRefused as refused:
+                self._refuse(found.version, str(refused))
+                return False
+            self._refused_version = None
+            self._swap(LoadedModel(self.name, found.version, self.alias, run_id, "registry", loaded))
             model_cache.remember(self.name, found.version, self.alias, run_id, self.cache_root)
         return True
 
-    def _load(self, model_dir: Path, run_id: str, version: str) -> SentimentClassifier:
-        """The classifier in ``model_dir``, on the configured runtime; torch when the ONNX path fails."""
+    def _refuse(self, version: str, reason: str) -> None:
+        """``version`` cannot be served: say why, and keep serving what is served (if anything)."""
+        self._refused_version = version
+        current = self._current
+        self.status.reason = f"{self.name} v{version} refused: {reason}" + (
+            f"; still serving v{current.version}" if current is not None else "")
+        logger.error(self.status.reason)
+
+    def _load_sentiment(self, model_dir: Path, run_id: str, version: str) -> SentimentClassifier:
+        """Vigil's classifier in ``model_dir``, on the configured runtime; torch when the ONNX path fails."""
         classifier = load_model_dir(model_dir)
         key = run_id or f"v{version}"
         if self.runtime == "onnx":
@@ -175,7 +206,7 @@ class ModelHolder:
         """Serve ``new``: the one place the reference changes, counted and announced."""
         previous = self._current
         self._current = new  # one reference assignment: requests see the old or the new model, never half
-        swap = Swap(previous, new, loaded=previous is None or new.classifier is not previous.classifier,
+        swap = Swap(previous, new, loaded=previous is None or new.model is not previous.model,
                     moved=previous is not None and previous.version != new.version)
         if swap.loaded:
             self.status.loads += 1
@@ -198,12 +229,12 @@ class ModelHolder:
             reason = f"MLflow unreachable ({error}); serving cached v{pointer.version}"
             logger.warning(reason)
             self._swap(LoadedModel(self.name, pointer.version, self.alias, pointer.run_id, "cache",
-                                   self._load(model_dir, pointer.run_id, pointer.version)), reason=reason)
+                                   self._loader(model_dir, pointer.run_id, pointer.version)), reason=reason)
             return
         if self.bundle_dir is not None and (self.bundle_dir / "MLmodel").exists():
             meta = BundleMeta.model_validate_json((self.bundle_dir / BUNDLE_META).read_text())
             self._swap(LoadedModel(self.name, meta.version, meta.alias or self.alias, meta.run_id, "bundle",
-                                   self._load(self.bundle_dir, meta.run_id, meta.version)))
+                                   self._loader(self.bundle_dir, meta.run_id, meta.version)))
             return
         self.status.ready = False
         self.status.reason = f"no cached model and MLflow unreachable: {error}"
@@ -237,7 +268,7 @@ class ModelHolder:
             "version": model.version if model else None,
             "run_id": model.run_id if model else None,
             "source": model.source if model else None,
-            "runtime": model.classifier.runtime if model else None,
+            "runtime": getattr(model.model, "runtime", None) if model else None,
             "loaded_at": model.loaded_at if model else None,
             "ready": self.status.ready,
             "degraded": self.status.degraded,

@@ -56,7 +56,7 @@ class SentimentModel:
         self.holder.start()
         if self.holder.current is not None:
             # The first call through torch is several times slower than the rest: pay it before traffic.
-            self.holder.current.classifier.predict(["warm up"] * 8)
+            self.holder.current.model.predict(["warm up"] * 8)
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=_batching.batch_max_size,
                  max_latency_ms=_batching.batch_max_latency_ms)
@@ -64,7 +64,7 @@ class SentimentModel:
         model = self.holder.current
         if model is None:
             raise ServiceUnavailable(f"model not loaded: {self.holder.status.reason}")
-        predictions = model.classifier.predict(texts, batch_size=max(len(texts), 1))
+        predictions = model.model.predict(texts, batch_size=max(len(texts), 1))
         self.metrics.batch_size.observe(len(texts))
         return [ScoredText(label=p.label, score=p.score, version=model.version, batch_size=len(texts))
                 for p in predictions]

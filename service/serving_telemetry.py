@@ -78,17 +78,29 @@ class ServingTelemetry:
         self.log = InferenceLogWriter.from_settings(settings) if settings.inference_log else None
 
     @contextmanager
+    def server_span(self, carrier: Mapping[str, str], protocol: str) -> Iterator[None]:
+        """The request's server span: BentoML's middleware opens it for REST; for gRPC it is opened here."""
+        if protocol != "grpc":
+            yield
+            return
+        with self.tracer.start_as_current_span(semconv.SPAN_GRPC_MODEL_INFER, context=extract_context(carrier),
+                                               kind=SpanKind.SERVER) as span:
+            span.set_attribute(semconv.RPC_SYSTEM, "grpc")
+            yield
+
+    @contextmanager
     def predict_span(self, carrier: Mapping[str, str], protocol: str, endpoint: str) -> Iterator[Span]:
         """`sentiment.predict` under the request's server span (BentoML's for REST, ours for gRPC)."""
-        if protocol == "grpc":
-            with self.tracer.start_as_current_span(semconv.SPAN_GRPC_MODEL_INFER, context=extract_context(carrier),
-                                                   kind=SpanKind.SERVER) as server_span:
-                server_span.set_attribute(semconv.RPC_SYSTEM, "grpc")
-                with self._predict(protocol, endpoint) as span:
-                    yield span
-        else:
-            with self._predict(protocol, endpoint) as span:
-                yield span
+        with self.server_span(carrier, protocol), self._predict(protocol, endpoint) as span:
+            yield span
+
+    @staticmethod
+    def trace_ids(span: Span) -> tuple[str, str]:
+        """(trace id, traceparent) to hand back for ``span``; empty strings when it is not sampled."""
+        context = span.get_span_context()
+        if not (context.is_valid and context.trace_flags.sampled):
+            return "", ""
+        return f"{context.trace_id:032x}", f"00-{context.trace_id:032x}-{context.span_id:016x}-01"
 
     @contextmanager
     def _predict(self, protocol: str, endpoint: str) -> Iterator[Span]:
@@ -107,25 +119,14 @@ class ServingTelemetry:
     @contextmanager
     def rag_span(self, carrier: Mapping[str, str], protocol: str, endpoint: str) -> Iterator[Span]:
         """The API's span around a RAG call; the RAG service's `rag.query` tree hangs below it."""
-        if protocol == "grpc":
-            with self.tracer.start_as_current_span(semconv.SPAN_GRPC_MODEL_INFER, context=extract_context(carrier),
-                                                   kind=SpanKind.SERVER) as server_span:
-                server_span.set_attribute(semconv.RPC_SYSTEM, "grpc")
-                with self.tracer.start_as_current_span(semconv.SPAN_RAG_REQUEST) as span:
-                    span.set_attribute(semconv.ENDPOINT, endpoint)
-                    yield span
-        else:
-            with self.tracer.start_as_current_span(semconv.SPAN_RAG_REQUEST) as span:
-                span.set_attribute(semconv.ENDPOINT, endpoint)
-                yield span
+        with self.server_span(carrier, protocol), self.tracer.start_as_current_span(semconv.SPAN_RAG_REQUEST) as span:
+            span.set_attribute(semconv.ENDPOINT, endpoint)
+            yield span
 
     def record_rag(self, span: Span, protocol: str, endpoint: str, request_id: str, question: str,
                    answer: RagQueryResponse, latency_ms: float) -> tuple[str, str]:
         """Token counters and one inference-log row for a RAG answer; returns (trace id, traceparent)."""
-        context = span.get_span_context()
-        sampled = context.is_valid and context.trace_flags.sampled
-        trace_id = f"{context.trace_id:032x}" if sampled else ""
-        traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-01" if sampled else ""
+        trace_id, traceparent = self.trace_ids(span)
         usage, generator, embedder = answer.usage, answer.generator, answer.model
         labels = {"generator": generator.name, "model": generator.model}
         self.metrics.rag_prompt_tokens.labels(**labels).inc(usage.prompt_tokens)
@@ -153,10 +154,7 @@ class ServingTelemetry:
     def record(self, span: Span, protocol: str, endpoint: str, request_id: str,
                prediction: PredictionRecord) -> tuple[str, str]:
         """Attributes, metrics and one log row per text; returns (trace id, traceparent) for the response."""
-        context = span.get_span_context()
-        sampled = context.is_valid and context.trace_flags.sampled
-        trace_id = f"{context.trace_id:032x}" if sampled else ""
-        traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-01" if sampled else ""
+        trace_id, traceparent = self.trace_ids(span)
         name = self.settings.sentiment_model_name
         if span.is_recording():
             span.set_attribute(semconv.MODEL_VERSION, prediction.version)

@@ -162,6 +162,9 @@ class InferenceLogWriter:
     def _row(self, record: InferenceRecord) -> dict[str, Any]:
         row = record.model_dump()
         row["input_text"] = redact_text(record.input_text, self.redaction)
+        if record.inputs is not None and self.redaction != "keep":
+            row["inputs"] = {name: redact_text(value, self.redaction) if isinstance(value, str) else value
+                             for name, value in record.inputs.items()}
         return row
 
     def _connect(self) -> sa.Engine | None:

@@ -7,7 +7,7 @@ back with :func:`read_frame`. SQLite by default, PostgreSQL by SQLAlchemy URL, w
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 import sqlalchemy as sa
@@ -38,18 +38,22 @@ inference_log = sa.Table(
     sa.Column("total_tokens", sa.Integer, nullable=True),
     sa.Column("generator", sa.String(64), nullable=True),
     sa.Column("generator_model", sa.String(128), nullable=True),
+    # Any pyfunc model's row (kind `model`): its inputs and outputs by signature name, typed by JSON.
+    sa.Column("inputs", sa.JSON, nullable=True),
+    sa.Column("outputs", sa.JSON, nullable=True),
 )
 
 
 class InferenceRecord(BaseModel):
-    """One served prediction (kind ``sentiment``) or RAG query (kind ``rag``)."""
+    """One served prediction of the sentiment model (kind ``sentiment``) or of any pyfunc model (kind ``model``,
+    one row per input row), or one RAG query (kind ``rag``)."""
 
     timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
     request_id: str
     trace_id: str = Field(description="32 hex digits; empty string when tracing is off")
     endpoint: str = Field(description="e.g. /predict, /v2/models/sentiment/infer, grpc:ModelInfer, /rag/query")
     protocol: Literal["rest", "grpc"]
-    kind: Literal["sentiment", "rag"]
+    kind: Literal["sentiment", "rag", "model"]
     model_name: str
     model_version: str
     input_text: str | None = Field(None, description="the text or question, after redaction (keep/hash/drop)")
@@ -63,6 +67,8 @@ class InferenceRecord(BaseModel):
     total_tokens: int | None = None
     generator: str | None = None
     generator_model: str | None = None
+    inputs: dict[str, Any] | None = Field(None, description="a pyfunc row's inputs; strings redacted like text")
+    outputs: Any = Field(None, description="a pyfunc row's prediction: a value, a list, or outputs by name")
 
 
 def create_engine(url: str) -> sa.Engine:
@@ -78,7 +84,27 @@ def create_engine(url: str) -> sa.Engine:
             cursor.close()
 
     metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Bring a log table made by an older Vigil up to date: add the columns it lacks (all nullable), keep its rows.
+
+    Two processes may migrate at once (the API worker and a job); the loser's ALTER fails on a column the winner
+    has just added, and the table is as wanted either way.
+    """
+    present = {column["name"] for column in sa.inspect(engine).get_columns(inference_log.name)}
+    for column in inference_log.columns:
+        if column.name in present:
+            continue
+        kind = column.type.compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as connection:
+                connection.execute(sa.text(f'ALTER TABLE {inference_log.name} ADD COLUMN "{column.name}" {kind}'))
+        except sa.exc.DBAPIError:
+            if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(inference_log.name)}:
+                raise
 
 
 def read_frame(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 # --- span names ---------------------------------------------------------------------------------------------
 SPAN_SENTIMENT_PREDICT = "sentiment.predict"
+SPAN_MODEL_PREDICT = "model.predict"  # a prediction of any pyfunc model of VIGIL_MODELS
 SPAN_RAG_QUERY = "rag.query"
 SPAN_RAG_EMBED = "rag.embed"
 SPAN_RAG_RETRIEVE = "rag.retrieve"

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     api_token: SecretStr = Field(SecretStr(""), description="Token for write endpoints of the service.")
 
     # --- serving -------------------------------------------------------------------------------------------
+    models: str = Field(
+        "sentiment@champion", description="The models `vigil serve` serves: a comma list of `name@alias`. Vigil's "
+        "sentiment model (VIGIL_SENTIMENT_MODEL_NAME) is always served, by VIGIL_SERVE_ALIAS; every other entry is "
+        "any MLflow pyfunc model with a signature, served by its own model service."
+    )
+    max_rows_per_request: int = Field(1024, ge=1, description="Most rows one request to a pyfunc model may carry.")
     serve_alias: str = Field("champion", description="Registry alias the service follows.")
     alias_poll_seconds: float = Field(30.0, gt=0, description="How often the service checks the alias.")
     max_texts_per_request: int = Field(256, ge=1, description="Most texts one request may carry.")
@@ -157,6 +163,21 @@ class Settings(BaseSettings):
         elif not self.mlflow_tracking_uri:
             self.mlflow_tracking_uri = f"http://{self.mlflow_host}:{self.mlflow_port}"
         return self
+
+    @property
+    def served_models(self) -> list[tuple[str, str]]:
+        """(name, alias) of every model in VIGIL_MODELS other than Vigil's sentiment model, in order."""
+        served: list[tuple[str, str]] = []
+        for entry in (part.strip() for part in self.models.split(",")):
+            if not entry:
+                continue
+            name, _, alias = entry.partition("@")
+            name, alias = name.strip(), alias.strip() or "champion"
+            if not name:
+                raise ValueError(f"VIGIL_MODELS entry {entry!r} names no model")
+            if name != self.sentiment_model_name and name not in (n for n, _ in served):
+                served.append((name, alias))
+        return served
 
     @property
     def mlflow_dir(self) -> Path:

@@ -147,3 +147,45 @@ def rag_grpc_response(request: pb.ModelInferRequest, answer: RagQueryResponse) -
     response.raw_output_contents.append(
         struct.pack("<3q", usage.prompt_tokens, usage.completion_tokens, usage.total_tokens))
     return response
+
+
+# OIP datatype -> the typed field of `InferTensorContents` that carries it (FP16 travels raw only).
+CONTENTS_FIELDS: dict[str, str] = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+
+
+def tensors_from_grpc(request: pb.ModelInferRequest) -> dict[str, tuple[str, list[int], list[Any]]]:
+    """Every input of ``request`` as name -> (datatype, shape, flat values), raw or typed contents alike."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise ApiError(400, "invalid_tensor", f"{len(raw)} raw contents for {len(request.inputs)} inputs")
+    tensors: dict[str, tuple[str, list[int], list[Any]]] = {}
+    for index, tensor in enumerate(request.inputs):
+        if tensor.name in tensors:
+            raise ApiError(400, "invalid_tensor", f"input {tensor.name!r} is sent twice")
+        if raw:
+            values = values_from_raw(tensor.name, tensor.datatype, raw[index])
+        else:
+            field = CONTENTS_FIELDS.get(tensor.datatype)
+            if field is None:
+                raise ApiError(400, "invalid_tensor", f"input {tensor.name!r}: datatype {tensor.datatype!r} "
+                                                      "cannot travel in typed contents")
+            values = list(getattr(tensor.contents, field))
+            if tensor.datatype == "BYTES":
+                values = [decode_utf8(element, position) for position, element in enumerate(values)]
+        tensors[tensor.name] = (tensor.datatype, list(tensor.shape), values)
+    return tensors
+
+
+def grpc_outputs_response(request: pb.ModelInferRequest, version: str, request_id: str,
+                          outputs: Sequence[Any]) -> pb.ModelInferResponse:
+    """A response carrying ``outputs`` (name, datatype, shape, flat data) as raw contents, as Triton answers."""
+    response = pb.ModelInferResponse(model_name=request.model_name, model_version=version,
+                                     id=request.id or request_id)
+    for output in outputs:
+        response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
+        response.raw_output_contents.append(raw_from_values(output.datatype, output.data))
+    return response

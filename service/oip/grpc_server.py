@@ -93,9 +93,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         meta = await self._metadata(backend)
         response = pb.ModelMetadataResponse(name=backend.name, platform=backend.platform,
                                             versions=[str(meta.get("version") or "")])
-        for spec in backend.inputs:
+        # A backend whose tensors follow the served version (a pyfunc model's signature) gives them with its state.
+        for spec in meta.get("inputs") or backend.inputs:
             response.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
-        for spec in backend.outputs:
+        for spec in meta.get("outputs") or backend.outputs:
             response.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
         return response
 

@@ -140,7 +140,7 @@ def texts_from_rest(inputs: Sequence[InferTensor], expected: str = INPUT_NAME) -
     if len(inputs) != 1:
         raise ApiError(400, "invalid_tensor", f"expected exactly one input tensor {expected!r}, got {len(inputs)}")
     tensor = inputs[0]
-    data = _flatten(tensor.data)
+    data = flatten(tensor.data)
     check_text_tensor(tensor.name, tensor.datatype, tensor.shape, len(data), expected)
     texts: list[str] = []
     for index, value in enumerate(data):
@@ -150,11 +150,11 @@ def texts_from_rest(inputs: Sequence[InferTensor], expected: str = INPUT_NAME) -
     return texts
 
 
-def _flatten(data: Sequence[Any]) -> list[Any]:
+def flatten(data: Sequence[Any]) -> list[Any]:
     flat: list[Any] = []
     for value in data:
         if isinstance(value, list):
-            flat.extend(_flatten(value))
+            flat.extend(flatten(value))
         else:
             flat.append(value)
     return flat

@@ -125,7 +125,7 @@ def test_a_wrong_number_of_results_is_an_error_not_a_misattribution() -> None:
         return texts[:-1]
 
     async def scenario() -> None:
-        coalescer: Coalescer[str] = Coalescer(short, max_items=64)
+        coalescer: Coalescer[str, str] = Coalescer(short, max_items=64)
         with pytest.raises(RuntimeError, match="1 results for 2 texts"):
             await coalescer.submit(["a", "b"])
 

@@ -176,3 +176,31 @@ def test_an_unreachable_database_never_blocks_logging(tmp_path: Path) -> None:
     assert writer.written == 0
     assert writer.dropped == 1
     assert counter("vigil_inference_log_drops_total", reason="write_error") - failed_before == 1
+
+
+def test_a_log_made_before_pyfunc_rows_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    database = tmp_path / "old.db"
+    with sqlite3.connect(database) as old:  # the table as Vigil made it before the inputs/outputs columns
+        old.execute("CREATE TABLE inference_log (id INTEGER PRIMARY KEY, timestamp DATETIME NOT NULL, "
+                    "request_id VARCHAR(64) NOT NULL, trace_id VARCHAR(32) NOT NULL, endpoint VARCHAR(128) NOT NULL, "
+                    "protocol VARCHAR(8) NOT NULL, kind VARCHAR(16) NOT NULL, model_name VARCHAR(128) NOT NULL, "
+                    "model_version VARCHAR(32) NOT NULL, input_text TEXT, label VARCHAR(32), score FLOAT, "
+                    "latency_ms FLOAT NOT NULL, retrieved_ids JSON, retrieved_scores JSON, prompt_tokens INTEGER, "
+                    "completion_tokens INTEGER, total_tokens INTEGER, generator VARCHAR(64), "
+                    "generator_model VARCHAR(128))")
+        old.execute("INSERT INTO inference_log (timestamp, request_id, trace_id, endpoint, protocol, kind, "
+                    "model_name, model_version, input_text, label, score, latency_ms) VALUES "
+                    "('2026-12-01 10:00:00', 'old-1', '', '/predict', 'rest', 'sentiment', 'sentiment', '1', "
+                    "'kept', 'positive', 0.9, 3.0)")
+    url = f"sqlite:///{database}"
+    writer = InferenceLogWriter(url, flush_seconds=0.05, redaction="hash")
+    writer.log(InferenceRecord(request_id="new-1", trace_id="", endpoint="/v2/models/tips-tip/infer",
+                               protocol="rest", kind="model", model_name="tips-tip", model_version="2",
+                               latency_ms=1.0, inputs={"day": "Sun", "total_bill": 16.99}, outputs=1.01))
+    assert writer.close(timeout=10)
+
+    logged = rows(url)
+    assert [row["request_id"] for row in logged] == ["old-1", "new-1"]
+    assert (logged[0]["input_text"], logged[0]["label"], logged[0]["inputs"]) == ("kept", "positive", None)
+    digest = "sha256:" + hashlib.sha256(b"Sun").hexdigest()  # string inputs are redacted like request text
+    assert logged[1]["inputs"] == {"day": digest, "total_bill": 16.99} and logged[1]["outputs"] == 1.01

@@ -65,7 +65,7 @@ def test_every_change_goes_through_one_swap(mlflow: Registry, tmp_path: Path) ->
     mlflow.version = "1"  # back, and it agrees: no new load, no longer degraded, still announced
     assert holder.poll_once() is False
     assert (holder.require().source, holder.status.degraded) == ("registry", False)
-    assert holder.require().classifier is first.classifier
+    assert holder.require().model is first.model
 
     mlflow.version = "2"  # the alias moved
     assert holder.poll_once() is True

@@ -1,0 +1,94 @@
+"""One BentoML model service per pyfunc model of VIGIL_MODELS: adaptive batching, alias following, readiness.
+
+The classes are made when BentoML imports the API module (:func:`pyfunc_services`), from settings, because
+`@bentoml.service` and `@bentoml.api` take their names and batching limits at class definition and BentoML imports
+the module again in every worker, where the same settings make the same classes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import bentoml
+from bentoml.exceptions import ServiceUnavailable
+
+from service.model_store import ModelHolder, ModelRefused
+from service.pyfunc import PredictedRow, model_input, predicted_rows
+from vigil.settings import Settings, get_settings
+from vigil.signature import ModelSignatureSpec, NoSignature, signature_spec
+
+
+def service_name(model_name: str) -> str:
+    """A BentoML service name for ``model_name`` (BentoML takes lower-case letters, digits and `-` only)."""
+    return "vigil-model-" + (re.sub(r"[^a-z0-9]+", "-", model_name.lower()).strip("-") or "unnamed")
+
+
+class ServedPyfunc:
+    """A loaded pyfunc model with the signature that types it."""
+
+    def __init__(self, model: Any, spec: ModelSignatureSpec, flavor: str) -> None:
+        self.model = model
+        self.spec = spec
+        self.runtime = f"pyfunc ({flavor})"
+
+
+def load_pyfunc(model_dir: Path, run_id: str, version: str) -> ServedPyfunc:
+    """Load a version through MLflow's own loader; a model without a signature is refused, with the reason."""
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(str(model_dir))
+    try:
+        spec = signature_spec(model.metadata.signature)
+    except NoSignature as missing:
+        raise ModelRefused(f"{missing}; log the model with a signature (mlflow.models.infer_signature)") from None
+    flavor = next((name for name in model.metadata.flavors if name != "python_function"), "python_function")
+    return ServedPyfunc(model, spec, flavor)
+
+
+def pyfunc_service(name: str, alias: str, settings: Settings) -> type:
+    """The BentoML service class that serves ``name@alias``."""
+
+    @bentoml.service(name=service_name(name), workers=1, traffic={"timeout": 60})
+    class PyfuncModel:
+        model_name = name
+
+        def __init__(self) -> None:
+            from telemetry.metrics import get_metrics
+
+            current = get_settings()
+            self.metrics = get_metrics()
+            self.holder = ModelHolder(name, alias, current.model_cache_dir, current.alias_poll_seconds,
+                                      loader=load_pyfunc)
+            self.holder.start()
+
+        @bentoml.api(batchable=True, batch_dim=0, max_batch_size=settings.batch_max_size,
+                     max_latency_ms=settings.batch_max_latency_ms)
+        def predict(self, rows: list[dict[str, Any]]) -> list[PredictedRow]:
+            loaded = self.holder.current
+            if loaded is None:
+                raise ServiceUnavailable(f"model not loaded: {self.holder.status.reason}")
+            served: ServedPyfunc = loaded.model
+            prediction = served.model.predict(model_input(served.spec, rows))
+            self.metrics.batch_size.observe(len(rows))
+            return predicted_rows(prediction, len(rows), loaded.version)
+
+        @bentoml.api
+        def describe(self) -> dict[str, Any]:
+            """The holder's state, with the served version's signature as Open Inference tensors."""
+            state = self.holder.describe()
+            loaded = self.holder.current
+            if loaded is not None:
+                state["signature"] = loaded.model.spec.as_dict()
+            return state
+
+        def __is_ready__(self) -> bool:
+            return self.holder.status.ready
+
+    return PyfuncModel
+
+
+def pyfunc_services(settings: Settings) -> dict[str, type]:
+    """Model name -> its service class, for every pyfunc model of VIGIL_MODELS."""
+    return {name: pyfunc_service(name, alias, settings) for name, alias in settings.served_models}
