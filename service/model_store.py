@@ -16,13 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
 from vigil import model_cache, registry
 from vigil.errors import VigilError
 from vigil.sentiment_model import SentimentClassifier
+
+if TYPE_CHECKING:
+    from telemetry.metrics import VigilMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +91,19 @@ def load_model_dir(model_dir: Path) -> SentimentClassifier:
     if not isinstance(classifier, SentimentClassifier):
         raise VigilError(f"{model_dir} is not a Vigil sentiment model")
     return classifier
+
+
+def swap_counter(metrics: VigilMetrics) -> Callable[[Swap], None]:
+    """An ``on_swap`` callback that counts loads (by where the version came from) and moves of the alias."""
+
+    def count(swap: Swap) -> None:
+        model = swap.current
+        if swap.loaded:
+            metrics.model_loads.labels(model=model.name, version=model.version, outcome=model.source).inc()
+        if swap.moved:
+            metrics.model_swaps.labels(model=model.name).inc()
+
+    return count
 
 
 class ModelHolder:

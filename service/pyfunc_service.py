@@ -14,7 +14,7 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import ServiceUnavailable
 
-from service.model_store import ModelHolder, ModelRefused
+from service.model_store import ModelHolder, ModelRefused, swap_counter
 from service.pyfunc import PredictedRow, model_input, predicted_rows
 from vigil.settings import Settings, get_settings
 from vigil.signature import ModelSignatureSpec, NoSignature, signature_spec
@@ -52,15 +52,13 @@ def pyfunc_service(name: str, alias: str, settings: Settings) -> type:
 
     @bentoml.service(name=service_name(name), workers=1, traffic={"timeout": 60})
     class PyfuncModel:
-        model_name = name
-
         def __init__(self) -> None:
             from telemetry.metrics import get_metrics
 
             current = get_settings()
             self.metrics = get_metrics()
             self.holder = ModelHolder(name, alias, current.model_cache_dir, current.alias_poll_seconds,
-                                      loader=load_pyfunc)
+                                      on_swap=swap_counter(self.metrics), loader=load_pyfunc)
             self.holder.start()
 
         @bentoml.api(batchable=True, batch_dim=0, max_batch_size=settings.batch_max_size,

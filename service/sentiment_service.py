@@ -8,16 +8,13 @@ module, because `@bentoml.api` takes them at class definition.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import bentoml
 from bentoml.exceptions import ServiceUnavailable
 from pydantic import BaseModel
 
 from vigil.settings import get_settings
-
-if TYPE_CHECKING:
-    from service.model_store import Swap
 
 # Read at import, once: `@bentoml.api` takes the batching limits at class definition, and BentoML imports this
 # module in each worker before any instance exists.
@@ -37,7 +34,7 @@ class SentimentModel:
         import torch
 
         from service.bento import packaged_model_dir
-        from service.model_store import ModelHolder
+        from service.model_store import ModelHolder, swap_counter
         from telemetry.metrics import get_metrics
 
         settings = get_settings()
@@ -49,7 +46,7 @@ class SentimentModel:
             settings.model_cache_dir,
             settings.alias_poll_seconds,
             bundle_dir=packaged_model_dir(),
-            on_swap=self._count_swap,
+            on_swap=swap_counter(self.metrics),
             runtime=settings.model_runtime,
             threads=settings.onnx_threads or os.cpu_count() or 1,
         )
@@ -69,12 +66,6 @@ class SentimentModel:
         return [ScoredText(label=p.label, score=p.score, version=model.version, batch_size=len(texts))
                 for p in predictions]
 
-    def _count_swap(self, swap: Swap) -> None:
-        model = swap.current
-        if swap.loaded:
-            self.metrics.model_loads.labels(model=model.name, version=model.version, outcome=model.source).inc()
-        if swap.moved:
-            self.metrics.model_swaps.labels(model=model.name).inc()
 
     @bentoml.api
     def describe(self) -> dict[str, Any]:

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from service import model_store
-from service.model_store import ModelHolder, Swap
+from service.model_store import ModelHolder, ModelRefused, Swap
+from service.pyfunc_service import load_pyfunc
 from vigil import model_cache, registry
 from vigil.errors import MlflowUnavailable
 
@@ -85,3 +86,39 @@ def test_no_cache_and_no_mlflow_is_not_ready(mlflow: Registry, tmp_path: Path) -
     holder.stop()
     assert holder.current is None and not holder.status.ready and not swaps
     assert "no cached model" in holder.status.reason
+
+
+def test_a_version_that_cannot_be_served_is_refused_with_the_reason_and_the_next_one_loads(
+        mlflow: Registry, tmp_path: Path) -> None:
+    loads: list[str] = []
+
+    def loader(folder: Path, run_id: str, version: str) -> object:
+        loads.append(version)
+        if version == "1":
+            raise ModelRefused("the model has no signature")
+        return object()
+
+    mlflow.version = "1"
+    holder = ModelHolder("tabular", "champion", tmp_path, poll_seconds=3600, loader=loader)
+    holder.start()
+    holder.stop()
+    assert holder.current is None and not holder.status.ready
+    assert holder.status.reason == "tabular v1 refused: the model has no signature"
+    assert holder.poll_once() is False and loads == ["1"]  # refused once, not loaded again at every poll
+
+    mlflow.version = "2"
+    assert holder.poll_once() is True
+    assert (holder.require().version, holder.status.ready, holder.status.reason) == ("2", True, "")
+    assert model_cache.last_known_good("tabular", tmp_path) is not None
+
+
+def test_load_pyfunc_refuses_a_model_logged_without_a_signature(tmp_path: Path) -> None:
+    import mlflow.pyfunc
+
+    class Doubler(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):  # type: ignore[no-untyped-def]  # no hints: no signature
+            return model_input * 2
+
+    mlflow.pyfunc.save_model(str(tmp_path / "unsigned"), python_model=Doubler())
+    with pytest.raises(ModelRefused, match="no signature"):
+        load_pyfunc(tmp_path / "unsigned", "", "1")
