@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint lock clean stop proto bench bench-serving bench-telemetry chromium
+.PHONY: install run test lint lock clean stop proto bench bench-serving bench-telemetry bench-models chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,7 +63,15 @@ bench-telemetry: install
 	$(BIN)/vigil train sentiment --if-missing
 	$(BIN)/python bench/telemetry_overhead.py
 
-bench: bench-serving bench-telemetry
+# The user's own model (examples/train_tips.py, trained when missing) against `mlflow models serve`, and sentiment
+# with and without two more models.
+bench-models: install
+	$(BIN)/vigil mlflow up
+	$(BIN)/vigil train embedder --if-missing
+	$(BIN)/vigil train sentiment --if-missing
+	$(BIN)/python bench/models.py
+
+bench: bench-serving bench-telemetry bench-models
 
 clean:
 	rm -rf $(VENV)

@@ -23,11 +23,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import grpc
@@ -41,6 +41,7 @@ from service.oip import grpc_service_pb2_grpc as pb_grpc
 from training.data import load_sentiment
 
 BIN = Path(sys.executable).parent
+Request = TypeVar("Request")
 
 
 @dataclass
@@ -79,8 +80,9 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
 
 
-async def run_load(name: str, concurrency: int, seconds: float, texts: list[str],
-                   call: Callable[[str], Awaitable[bool]]) -> Result:
+async def run_load(name: str, concurrency: int, seconds: float, texts: Sequence[Request],
+                   call: Callable[[Request], Awaitable[bool]]) -> Result:
+    """``concurrency`` workers send the requests of ``texts`` in turn with ``call`` for ``seconds``."""
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds

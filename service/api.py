@@ -114,7 +114,8 @@ class Vigil:
         self.settings = get_settings()
         self.model_name = self.settings.sentiment_model_name
         self.telemetry = ServingTelemetry(self.settings)
-        self.coalescer: Coalescer[str, Any] = Coalescer(self._call_model, max_items=self.settings.batch_max_size,
+        batch_max_size = self.settings.limits_of(self.model_name).batch_max_size
+        self.coalescer: Coalescer[str, Any] = Coalescer(self._call_model, max_items=batch_max_size,
                                                         max_in_flight=self.settings.model_calls_in_flight)
         self._grpc_server: Any = None
         self.pyfuncs = {
@@ -341,7 +342,7 @@ class Vigil:
         if len(set(names)) != len(names):
             raise ApiError(400, "invalid_tensor", f"an input is sent twice: {names}")
         tensors = {t.name: (t.datatype, t.shape, rest.flatten(t.data)) for t in body.inputs}
-        rows = rows_from_tensors(spec, tensors, self.settings.max_rows_per_request)
+        rows = rows_from_tensors(spec, tensors, front.limits.max_rows_per_request)
         outcome = await front.predict(rows, dict(request.headers), f"/v2/models/{front.name}/infer", "rest")
         outputs = selected_outputs(output_tensors(spec, outcome.rows), [o.name for o in body.outputs or []])
         payload = {"model_name": front.name, "model_version": outcome.version, "id": body.id or outcome.request_id,
@@ -362,7 +363,7 @@ class Vigil:
         body = await read_body(request)
         _, spec = await front.spec()
         data = parse_invocation(body, request.headers.get("content-type", ""))
-        rows = rows_from_prediction_input(spec, data, self.settings.max_rows_per_request)
+        rows = rows_from_prediction_input(spec, data, front.limits.max_rows_per_request)
         outcome = await front.predict(rows, dict(request.headers), f"/models/{name}/invocations", "rest")
         return Response(predictions_json(prediction_of(outcome.rows), outcome.request_id),
                         media_type="application/json",
@@ -421,7 +422,7 @@ class Vigil:
 
     async def _grpc_pyfunc(self, front: PyfuncFront, request: Any, metadata: dict[str, str]) -> InferAnswer:
         _, spec = await front.spec()
-        rows = rows_from_tensors(spec, codec.tensors_from_grpc(request), self.settings.max_rows_per_request)
+        rows = rows_from_tensors(spec, codec.tensors_from_grpc(request), front.limits.max_rows_per_request)
         outcome = await front.predict(rows, metadata, "grpc:ModelInfer", "grpc")
         outputs = selected_outputs(output_tensors(spec, outcome.rows), [o.name for o in request.outputs])
         response = codec.grpc_outputs_response(request, outcome.version, outcome.request_id, outputs)

@@ -34,12 +34,17 @@ def serve(
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "BENTOML_DO_NOT_TRACK": "True"}
     command = [sys.executable, "-m", "bentoml", "serve", "service.api:Vigil", "--host", bind,
                "--port", str(http_port)]
-    console.print(f"Vigil serving [bold]{settings.sentiment_model_name}@{settings.serve_alias}[/]\n"
+    served = ", ".join([f"{settings.sentiment_model_name}@{settings.serve_alias}",
+                        *(f"{name}@{alias}" for name, alias in settings.served_models)])
+    console.print(f"Vigil serving [bold]{served}[/]\n"
                   f"  REST  http://{bind}:{http_port}/predict   (OpenAPI: http://{bind}:{http_port}/api/docs)\n"
                   f"  OIP   http://{bind}:{http_port}/v2/models/{settings.sentiment_model_name}/infer\n"
                   f"  gRPC  {bind}:{grpc}  (inference.GRPCInferenceService)\n"
                   f"  /metrics /livez /readyz /status        Ctrl-C stops")
     process = subprocess.Popen(command, env=env)
+    # A supervisor (Kubernetes, systemd, a test) stops this process with SIGTERM: BentoML gets it too and drains,
+    # rather than living on without its parent and holding the ports.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: process.send_signal(signum))
     try:
         code = process.wait()
     except KeyboardInterrupt:

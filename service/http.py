@@ -20,6 +20,10 @@ from vigil.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
+# The model and RAG services answer only the API worker, which logs every request itself: their own access lines
+# would double the log and cost each call a formatted line (bench/RESULTS.md, models).
+INTERNAL_SERVICE_LOGGING: dict[str, Any] = {"access": {"enabled": False}}
+
 Result = TypeVar("Result")
 Body = TypeVar("Body", bound=BaseModel)
 

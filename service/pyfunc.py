@@ -23,7 +23,14 @@ import numpy as np
 from pydantic import BaseModel
 
 from service.errors import ApiError
-from vigil.signature import InvalidInput, ModelSignatureSpec, numpy_dtype, oip_datatype_of, validate_columns
+from vigil.signature import (
+    ROW_LIMIT_SOURCE,
+    InvalidInput,
+    ModelSignatureSpec,
+    numpy_dtype,
+    oip_datatype_of,
+    validate_columns,
+)
 
 OutputForm = Literal["frame", "series", "array", "list", "dict"]
 
@@ -107,7 +114,7 @@ def _tensor_rows(spec: ModelSignatureSpec, tensors: Mapping[str, tuple[str, list
     if count < 1:
         raise ApiError(400, "empty_request", "the request holds no rows")
     if count > max_rows:
-        raise ApiError(413, "too_many_rows", f"{count} rows; the limit is {max_rows} (VIGIL_MAX_ROWS_PER_REQUEST)")
+        raise ApiError(413, "too_many_rows", f"{count} rows; the limit is {max_rows} {ROW_LIMIT_SOURCE}")
     return [{name: array[index].tolist() for name, array in arrays.items()} for index in range(count)]
 
 

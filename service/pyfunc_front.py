@@ -54,8 +54,9 @@ class PyfuncFront:
         self._service = service  # the dependency proxy, looked up when first used (BentoML resolves it lazily)
         self.telemetry = telemetry
         self.settings = settings
+        self.limits = settings.limits_of(name)
         self.coalescer: Coalescer[dict[str, Any], PredictedRow] = Coalescer(
-            self._call, max_items=settings.batch_max_size, max_in_flight=settings.model_calls_in_flight)
+            self._call, max_items=self.limits.batch_max_size, max_in_flight=settings.model_calls_in_flight)
         self._spec: tuple[str, ModelSignatureSpec] | None = None  # (version, its signature)
 
     async def state(self) -> dict[str, Any]:

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import bentoml
 from bentoml.exceptions import ServiceUnavailable
+from bentoml.validators import ContentType
 
+from service.http import INTERNAL_SERVICE_LOGGING
 from service.model_store import ModelHolder, ModelRefused, swap_counter
 from service.pyfunc import PredictedRow, model_input, predicted_rows
 from vigil.settings import Settings, get_settings
 from vigil.signature import ModelSignatureSpec, NoSignature, signature_spec
+
+# Named media type: without it BentoML derives it from the output's JSON schema on every response (bench/RESULTS.md,
+# models).
+PredictedRows = Annotated[list[PredictedRow], ContentType("application/json")]
 
 
 def service_name(model_name: str) -> str:
@@ -49,8 +55,9 @@ def load_pyfunc(model_dir: Path, run_id: str, version: str) -> ServedPyfunc:
 
 def pyfunc_service(name: str, alias: str, settings: Settings) -> type:
     """The BentoML service class that serves ``name@alias``."""
+    limits = settings.limits_of(name)
 
-    @bentoml.service(name=service_name(name), workers=1, traffic={"timeout": 60})
+    @bentoml.service(name=service_name(name), workers=1, traffic={"timeout": 60}, logging=INTERNAL_SERVICE_LOGGING)
     class PyfuncModel:
         def __init__(self) -> None:
             from telemetry.metrics import get_metrics
@@ -61,9 +68,9 @@ def pyfunc_service(name: str, alias: str, settings: Settings) -> type:
                                       on_swap=swap_counter(self.metrics), loader=load_pyfunc)
             self.holder.start()
 
-        @bentoml.api(batchable=True, batch_dim=0, max_batch_size=settings.batch_max_size,
-                     max_latency_ms=settings.batch_max_latency_ms)
-        def predict(self, rows: list[dict[str, Any]]) -> list[PredictedRow]:
+        @bentoml.api(batchable=True, batch_dim=0, max_batch_size=limits.batch_max_size,
+                     max_latency_ms=limits.batch_max_latency_ms)
+        def predict(self, rows: list[dict[str, Any]]) -> PredictedRows:
             loaded = self.holder.current
             if loaded is None:
                 raise ServiceUnavailable(f"model not loaded: {self.holder.status.reason}")

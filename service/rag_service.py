@@ -18,6 +18,7 @@ import bentoml
 from starlette.responses import Response
 
 from service.errors import error_response
+from service.http import INTERNAL_SERVICE_LOGGING
 from service.rag.errors import RagError
 from vigil.contracts import IngestReport, IngestRequest, RagQueryResponse
 from vigil.settings import get_settings
@@ -25,7 +26,7 @@ from vigil.settings import get_settings
 logger = logging.getLogger(__name__)
 
 
-@bentoml.service(name="vigil-rag", workers=1, traffic={"timeout": 120})
+@bentoml.service(name="vigil-rag", workers=1, traffic={"timeout": 120}, logging=INTERNAL_SERVICE_LOGGING)
 class RagService:
     def __init__(self) -> None:
         import torch

@@ -8,17 +8,20 @@ module, because `@bentoml.api` takes them at class definition.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
 
 import bentoml
 from bentoml.exceptions import ServiceUnavailable
+from bentoml.validators import ContentType
 from pydantic import BaseModel
 
+from service.http import INTERNAL_SERVICE_LOGGING
 from vigil.settings import get_settings
 
 # Read at import, once: `@bentoml.api` takes the batching limits at class definition, and BentoML imports this
 # module in each worker before any instance exists.
-_batching = get_settings()
+_settings = get_settings()
+_batching = _settings.limits_of(_settings.sentiment_model_name)
 
 
 class ScoredText(BaseModel):
@@ -28,7 +31,12 @@ class ScoredText(BaseModel):
     batch_size: int  # of the batch this text was scored in, after adaptive batching
 
 
-@bentoml.service(name="vigil-sentiment", workers=1, traffic={"timeout": 60})
+# Named media type: without it BentoML derives it from the output's JSON schema on every response (bench/RESULTS.md,
+# models).
+ScoredTexts = Annotated[list[ScoredText], ContentType("application/json")]
+
+
+@bentoml.service(name="vigil-sentiment", workers=1, traffic={"timeout": 60}, logging=INTERNAL_SERVICE_LOGGING)
 class SentimentModel:
     def __init__(self) -> None:
         import torch
@@ -57,7 +65,7 @@ class SentimentModel:
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=_batching.batch_max_size,
                  max_latency_ms=_batching.batch_max_latency_ms)
-    def predict(self, texts: list[str]) -> list[ScoredText]:
+    def predict(self, texts: list[str]) -> ScoredTexts:
         model = self.holder.current
         if model is None:
             raise ServiceUnavailable(f"model not loaded: {self.holder.status.reason}")

@@ -7,12 +7,23 @@ Read settings through :func:`get_settings` (cached) so tests can clear the cache
 from __future__ import annotations
 
 import os
+import tomllib
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What one served model's batching and requests are held to (VIGIL_MODELS_FILE, else the global settings)."""
+
+    batch_max_size: int
+    batch_max_latency_ms: int
+    max_rows_per_request: int  # pyfunc models; sentiment's requests are held to VIGIL_MAX_TEXTS_PER_REQUEST
 
 
 class Settings(BaseSettings):
@@ -55,6 +66,11 @@ class Settings(BaseSettings):
         "sentiment@champion", description="The models `vigil serve` serves: a comma list of `name@alias`. Vigil's "
         "sentiment model (VIGIL_SENTIMENT_MODEL_NAME) is always served, by VIGIL_SERVE_ALIAS; every other entry is "
         "any MLflow pyfunc model with a signature, served by its own model service."
+    )
+    models_file: str = Field(
+        "", description="TOML file of per-model limits: a table `[models.\"<name>\"]` per model of VIGIL_MODELS "
+        "with any of batch_max_size, batch_max_latency_ms, max_rows_per_request; the rest come from the settings "
+        "of those names."
     )
     max_rows_per_request: int = Field(1024, ge=1, description="Most rows one request to a pyfunc model may carry.")
     serve_alias: str = Field("champion", description="Registry alias the service follows.")
@@ -154,6 +170,35 @@ class Settings(BaseSettings):
     promotion_policy: Path = Field(
         Path("evaluations/policy.toml"), description="Thresholds the promotion gate applies."
     )
+
+    _model_limits: dict[str, dict[str, int]] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _read_models_file(self) -> Settings:
+        if not self.models_file:
+            return self
+        try:
+            tables = tomllib.loads(Path(self.models_file).read_text(encoding="utf-8")).get("models", {})
+        except (OSError, tomllib.TOMLDecodeError) as unreadable:
+            raise ValueError(f"VIGIL_MODELS_FILE {self.models_file}: {unreadable}") from None
+        served = {self.sentiment_model_name, *(name for name, _ in self.served_models)}
+        allowed = {limit.name for limit in fields(ModelLimits)}
+        for name, limits in tables.items():
+            if name not in served:
+                raise ValueError(f"VIGIL_MODELS_FILE configures {name!r}, which VIGIL_MODELS does not serve")
+            if not isinstance(limits, dict) or set(limits) - allowed:
+                raise ValueError(f"VIGIL_MODELS_FILE [models.{name!r}] may set only {sorted(allowed)}")
+            for key, value in limits.items():
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise ValueError(f"VIGIL_MODELS_FILE [models.{name!r}] {key} must be a positive integer")
+        self._model_limits = tables
+        return self
+
+    def limits_of(self, model_name: str) -> ModelLimits:
+        """The batching and request limits of one served model: its VIGIL_MODELS_FILE table over the globals."""
+        own = self._model_limits.get(model_name, {})
+        return ModelLimits(**{limit.name: own.get(limit.name, getattr(self, limit.name))
+                              for limit in fields(ModelLimits)})
 
     @model_validator(mode="after")
     def _resolve_tracking_uri(self) -> Settings:

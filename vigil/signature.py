@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from mlflow.types import Schema
 
 
+ROW_LIMIT_SOURCE = "(max_rows_per_request: the model's VIGIL_MODELS_FILE table, else VIGIL_MAX_ROWS_PER_REQUEST)"
+
+
 class NoSignature(VigilError):
     """The model cannot be typed: it has no signature, or one Vigil cannot serve."""
 
@@ -123,7 +126,7 @@ def validate_columns(spec: ModelSignatureSpec, columns: Mapping[str, Sequence[An
     if count < 1:
         raise InvalidInput("the request holds no rows")
     if count > max_rows:
-        raise InvalidInput(f"{count} rows; the limit is {max_rows} (VIGIL_MAX_ROWS_PER_REQUEST)")
+        raise InvalidInput(f"{count} rows; the limit is {max_rows} {ROW_LIMIT_SOURCE}")
     for name, values in columns.items():
         field = expected[name]
         for row, value in enumerate(values):

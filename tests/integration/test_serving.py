@@ -471,7 +471,7 @@ def test_every_request_is_logged_even_right_before_shutdown(server: Server) -> N
                 assert response.headers["x-request-id"] == request_ids[trace_id]
             if own_id:
                 assert request_ids[trace_id] == f"caller-{index}"
-    server.stop()  # graceful: right after the last request
+    server.terminate()  # graceful, as a supervisor stops it: right after the last request
     rows = read_frame(create_engine(f"sqlite:///{Path(server.env['VIGIL_HOME']) / 'inference_log.db'}"),
                       kind="sentiment")
     logged = rows[rows["trace_id"].isin(list(sent))]

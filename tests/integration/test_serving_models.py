@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,11 @@ def models_server(vigil_env: VigilEnv, registry_client: MlflowClient,
     versions = example().train_and_register(vigil_env.tracking_uri, alias="champion")
     assert set(versions) == {CLASSIFIER, REGRESSOR}
     home = tmp_path_factory.mktemp("models-home")
+    models_file = home / "models.toml"  # the classifier's own limits; the regressor keeps the globals
+    models_file.write_text(f'[models."{CLASSIFIER}"]\nmax_rows_per_request = 50\nbatch_max_size = 16\n')
     env = {**vigil_env.env, "VIGIL_HOME": str(home), "VIGIL_SENTIMENT_MODEL_NAME": MODEL, "VIGIL_TRACING": "off",
            "VIGIL_MODELS": f"{MODEL}@champion,{CLASSIFIER}@champion,{REGRESSOR}@champion",
+           "VIGIL_MODELS_FILE": str(models_file),
            "VIGIL_MAX_ROWS_PER_REQUEST": "300", "VIGIL_BATCH_MAX_LATENCY_MS": "10000"}
     running = start_server(env, home / "serve.log")
     yield running
@@ -188,6 +192,18 @@ def test_too_many_rows_and_unknown_models_are_refused(models_server: Server) -> 
     unknown = httpx.post(f"{models_server.http}/models/nope/invocations", json={"inputs": {}}, timeout=30)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
     assert oip(models_server, REGRESSOR, good_regressor_inputs()).status_code == 200  # still serving
+
+
+def test_each_model_has_its_own_row_limit_from_the_models_file(models_server: Server,
+                                                                tips: pd.DataFrame) -> None:
+    rows = features(CLASSIFIER, tips).head(100)
+    records = {"dataframe_records": json.loads(rows.to_json(orient="records"))}
+    refused = httpx.post(f"{models_server.http}/models/{CLASSIFIER}/invocations", json=records, timeout=30)
+    assert refused.status_code == 413 and "50" in refused.json()["error"]["message"], refused.text
+    regressor = [tensor(t["name"], t["datatype"], t["data"] * 50) for t in good_regressor_inputs()]  # 100 rows
+    assert oip(models_server, REGRESSOR, regressor).status_code == 200  # the global 300 still holds for it
+    assert httpx.post(f"{models_server.http}/models/{CLASSIFIER}/invocations", timeout=30,
+                      json={"dataframe_records": records["dataframe_records"][:50]}).status_code == 200
 
 
 def test_status_lists_every_model_and_log_rows_hold_any_models_inputs(models_server: Server) -> None:

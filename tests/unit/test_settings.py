@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vigil.settings import Settings, get_settings
@@ -69,4 +71,34 @@ def test_torch_threads_is_a_validated_setting(monkeypatch: pytest.MonkeyPatch) -
     get_settings.cache_clear()
     monkeypatch.setenv("VIGIL_TORCH_THREADS", "0")
     with pytest.raises(ValueError, match="torch_threads"):
+        get_settings()
+
+
+def test_models_file_sets_one_model_limits_over_the_globals(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    models_file = tmp_path / "models.toml"
+    models_file.write_text('[models."tips-tip"]\nbatch_max_size = 8\nmax_rows_per_request = 16\n'
+                           '[models.sentiment]\nbatch_max_latency_ms = 50\n')
+    monkeypatch.setenv("VIGIL_MODELS", "sentiment@champion,tips-tip@champion,tips-time@champion")
+    monkeypatch.setenv("VIGIL_MODELS_FILE", str(models_file))
+    monkeypatch.setenv("VIGIL_BATCH_MAX_SIZE", "32")
+    settings = get_settings()
+    tip = settings.limits_of("tips-tip")
+    assert (tip.batch_max_size, tip.batch_max_latency_ms, tip.max_rows_per_request) == (8, 1000, 16)
+    time = settings.limits_of("tips-time")  # no table: every limit from the globals
+    assert (time.batch_max_size, time.batch_max_latency_ms, time.max_rows_per_request) == (32, 1000, 1024)
+    assert settings.limits_of("sentiment").batch_max_latency_ms == 50
+
+
+@pytest.mark.parametrize(("text", "refusal"), [
+    ('[models.unknown]\nbatch_max_size = 8\n', "'unknown', which VIGIL_MODELS does not serve"),
+    ('[models.sentiment]\nbatch_size = 8\n', r"may set only \['batch_max_latency_ms'"),
+    ('[models.sentiment]\nbatch_max_size = 0\n', "batch_max_size must be a positive integer"),
+    ('[models.sentiment\n', "VIGIL_MODELS_FILE"),
+])
+def test_models_file_mistakes_are_refused_at_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str,
+                                                   refusal: str) -> None:
+    models_file = tmp_path / "models.toml"
+    models_file.write_text(text)
+    monkeypatch.setenv("VIGIL_MODELS_FILE", str(models_file))
+    with pytest.raises(ValueError, match=refusal):
         get_settings()
