@@ -53,7 +53,7 @@ def models_server(vigil_env: VigilEnv, registry_client: MlflowClient,
     assert set(versions) == {CLASSIFIER, REGRESSOR}
     home = tmp_path_factory.mktemp("models-home")
     models_file = home / "models.toml"  # the classifier's own limits; the regressor keeps the globals
-    models_file.write_text(f'[models."{CLASSIFIER}"]\nmax_rows_per_request = 50\nbatch_max_size = 16\n')
+    models_file.write_text(f'[models."{CLASSIFIER}"]\nmax_rows_per_request = 250\nbatch_max_size = 16\n')
     env = {**vigil_env.env, "VIGIL_HOME": str(home), "VIGIL_SENTIMENT_MODEL_NAME": MODEL, "VIGIL_TRACING": "off",
            "VIGIL_MODELS": f"{MODEL}@champion,{CLASSIFIER}@champion,{REGRESSOR}@champion",
            "VIGIL_MODELS_FILE": str(models_file),
@@ -196,14 +196,14 @@ def test_too_many_rows_and_unknown_models_are_refused(models_server: Server) -> 
 
 def test_each_model_has_its_own_row_limit_from_the_models_file(models_server: Server,
                                                                 tips: pd.DataFrame) -> None:
-    rows = features(CLASSIFIER, tips).head(100)
-    records = {"dataframe_records": json.loads(rows.to_json(orient="records"))}
-    refused = httpx.post(f"{models_server.http}/models/{CLASSIFIER}/invocations", json=records, timeout=30)
-    assert refused.status_code == 413 and "50" in refused.json()["error"]["message"], refused.text
-    regressor = [tensor(t["name"], t["datatype"], t["data"] * 50) for t in good_regressor_inputs()]  # 100 rows
-    assert oip(models_server, REGRESSOR, regressor).status_code == 200  # the global 300 still holds for it
-    assert httpx.post(f"{models_server.http}/models/{CLASSIFIER}/invocations", timeout=30,
-                      json={"dataframe_records": records["dataframe_records"][:50]}).status_code == 200
+    # The classifier's table allows 250 rows; the regressor keeps the global 300; every tips row and 16 again: 260.
+    records = json.loads(pd.concat([tips, tips.head(16)]).to_json(orient="records"))
+    answers = {name: httpx.post(f"{models_server.http}/models/{name}/invocations", timeout=60, json={
+        "dataframe_records": [{column: row[column] for column in features(name, tips).columns} for row in records]})
+        for name in (CLASSIFIER, REGRESSOR)}
+    refused = answers[CLASSIFIER]
+    assert refused.status_code == 413 and "250" in refused.json()["error"]["message"], refused.text
+    assert answers[REGRESSOR].status_code == 200, answers[REGRESSOR].text
 
 
 def test_status_lists_every_model_and_log_rows_hold_any_models_inputs(models_server: Server) -> None:
