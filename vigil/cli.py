@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -115,6 +116,35 @@ def models_show(name: str) -> None:
         table.add_row(version.version, ", ".join(version.aliases) or "-", version.run_id or "-",
                       str(version.creation_timestamp), record)
     console.print(table)
+
+
+@models_app.command("reference")
+def models_reference(
+    name: str,
+    data: Path = typer.Option(..., "--data", help="CSV or Parquet: the model's input columns (and the target)."),
+    version: str | None = typer.Option(None, "--version", help="Version (default: the one NAME is served from, "
+                                       "its VIGIL_MODELS alias or VIGIL_SERVE_ALIAS)."),
+    target: str | None = typer.Option(None, "--target", help="The column holding the true label or value."),
+    role: str = typer.Option("reference", "--role", help="reference (what drift compares traffic with) | "
+                             "evaluation (what evaluation and the promotion gate score on)."),
+) -> None:
+    """Attach a dataset to a model version: checked against its signature, fingerprinted, stored with its run."""
+    from vigil import model_data, registry
+
+    if role not in model_data.ROLES:
+        raise VigilError(f"--role must be one of {', '.join(model_data.ROLES)}")
+    settings = get_settings()
+    client = registry.connect()
+    reference = registry.ModelReference(name, version=version) if version else registry.ModelReference(
+        name, alias=settings.alias_of(name))
+    found = registry.resolve(client, reference)
+    frame = model_data.read_table(data)
+    info, run_id = model_data.attach(client, name, found.version, frame, role=role,
+                                     target=target, source=data.name)
+    console.print(f"[green]{name} v{found.version}[/]: {role} dataset attached — {info.rows} rows, columns "
+                  f"{', '.join(info.columns)}" + (f", target {target}" if target else "")
+                  + f"; fingerprint {info.fingerprint}; stored in run {run_id} "
+                  f"({model_data.ARTIFACT_DIR}/{role}.parquet)", highlight=False)
 
 
 # The promotion gates of other packages: `model name = "module:function"`, each a vigil.registry.PromotionGate.

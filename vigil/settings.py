@@ -224,6 +224,10 @@ class Settings(BaseSettings):
                 served.append((name, alias))
         return served
 
+    def alias_of(self, model_name: str) -> str:
+        """The alias ``model_name`` is served from: its VIGIL_MODELS entry, else VIGIL_SERVE_ALIAS."""
+        return dict(self.served_models).get(model_name, self.serve_alias)
+
     @property
     def mlflow_dir(self) -> Path:
         return self.home / "mlflow"

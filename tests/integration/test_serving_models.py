@@ -7,7 +7,6 @@ against the same models loaded locally with MLflow's own loader.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 from collections.abc import Iterator
@@ -24,19 +23,8 @@ import tritonclient.http as triton_http
 from mlflow import MlflowClient
 
 from telemetry.records import create_engine, read_frame
-from tests.conftest import REPO_ROOT
 from tests.integration.conftest import MODEL, Server, VigilEnv, start_server
-
-CLASSIFIER, REGRESSOR = "tips-time", "tips-tip"
-
-
-def example() -> Any:
-    """`examples/train_tips.py`, imported as the user would run it (it is a script, not a package)."""
-    spec = importlib.util.spec_from_file_location("train_tips", REPO_ROOT / "examples" / "train_tips.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.support.tips_example import CLASSIFIER, REGRESSOR, example
 
 
 @pytest.fixture(scope="module")
