@@ -6,9 +6,10 @@ Written the way a user who knows MLflow and scikit-learn, and nothing of Vigil, 
 * ``tips-tip``, a regressor: how much was the tip?
 
 Each is logged with a signature and an input example, registered under its name, and the new version gets the alias
-``champion`` (or the one given with ``--alias``).
+``champion`` (or the one given with ``--alias``). Each model's training and test rows (its features and its target)
+are written as CSV files to ``--data-dir``, for whatever comes next: a drift reference, an evaluation, a replay.
 
-    python examples/train_tips.py [--tracking-uri URI] [--alias champion]
+    python examples/train_tips.py [--tracking-uri URI] [--alias champion] [--data-dir tips-data]
 
 The tracking URI defaults to $MLFLOW_TRACKING_URI, else http://127.0.0.1:5000.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 from importlib import metadata
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -90,6 +92,13 @@ def log_and_register(model: Pipeline, x_train: pd.DataFrame, name: str, metrics:
     return str(info.registered_model_version)
 
 
+def split(tips: pd.DataFrame, target: str, stratify: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training and test rows of one model (the same split its training uses)."""
+    train, test = train_test_split(tips, test_size=TEST_SIZE, random_state=SEED,
+                                   stratify=tips[target] if stratify else None)
+    return train, test
+
+
 def train_time_classifier(tips: pd.DataFrame) -> tuple[Pipeline, pd.DataFrame, dict[str, float]]:
     x, y = tips[TIME_FEATURES], tips["time"]
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=TEST_SIZE, random_state=SEED, stratify=y)
@@ -115,6 +124,19 @@ def train_tip_regressor(tips: pd.DataFrame) -> tuple[Pipeline, pd.DataFrame, dic
         "r2": float(r2_score(y_test, predicted)),
     }
     return model, x_train, metrics
+
+
+def write_splits(tips: pd.DataFrame, data_dir: Path) -> list[Path]:
+    """Each model's training and test rows, its features then its target, as ``<model>-train.csv`` / ``-test.csv``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, features, target, stratify in ((TIME_MODEL, TIME_FEATURES, "time", True),
+                                             (TIP_MODEL, TIP_FEATURES, "tip", False)):
+        for part, rows in zip(("train", "test"), split(tips, target, stratify), strict=True):
+            path = data_dir / f"{name}-{part}.csv"
+            rows[[*features, target]].to_csv(path, index=False)
+            written.append(path)
+    return written
 
 
 def train_and_register(tracking_uri: str, alias: str = "champion") -> dict[str, str]:
@@ -144,8 +166,12 @@ def main() -> None:
         help="MLflow tracking server (default: $MLFLOW_TRACKING_URI, else http://127.0.0.1:5000)",
     )
     parser.add_argument("--alias", default="champion", help="alias to point at the new versions (default: champion)")
+    parser.add_argument("--data-dir", type=Path, default=Path("tips-data"),
+                        help="where each model's training and test rows go as CSV (default: ./tips-data)")
     args = parser.parse_args()
     train_and_register(args.tracking_uri, args.alias)
+    written = write_splits(load_tips(), args.data_dir)
+    print(f"wrote {', '.join(str(path) for path in written)}")  # noqa: T201
 
 
 if __name__ == "__main__":

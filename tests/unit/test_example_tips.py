@@ -6,10 +6,12 @@ import importlib.util
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.models import get_model_info
 from mlflow.tracking import fluent
@@ -139,3 +141,20 @@ def test_the_regressor_predicts_finite_tips_close_enough(registered: dict[str, s
     assert predicted.shape == (244,) and np.isfinite(predicted).all()
     # measured MAE 0.744 on all 244 rows (0.697 on the held-out quarter); predicting the mean tip gives 1.033
     assert np.abs(predicted - tips["tip"].to_numpy()).mean() < 0.85
+
+
+def test_each_models_split_is_written_as_csv_with_its_target_last(script: ModuleType, tmp_path: Path) -> None:
+    tips = script.load_tips()
+    written = script.write_splits(tips, tmp_path / "tips-data")
+    assert sorted(path.name for path in written) == [
+        "tips-time-test.csv", "tips-time-train.csv", "tips-tip-test.csv", "tips-tip-train.csv"]
+    models = (("tips-time", script.TIME_FEATURES, "time"), ("tips-tip", script.TIP_FEATURES, "tip"))
+    for name, features, target in models:
+        train = pd.read_csv(tmp_path / "tips-data" / f"{name}-train.csv")
+        test = pd.read_csv(tmp_path / "tips-data" / f"{name}-test.csv")
+        assert list(train.columns) == [*features, target] and list(test.columns) == [*features, target]
+        assert (len(train), len(test)) == (183, 61)
+        # the rows training held out: together they are the whole dataset, each row once
+        merged = pd.concat([train, test]).sort_values([*features, target]).reset_index(drop=True)
+        whole = tips[[*features, target]].sort_values([*features, target]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(merged, whole, check_dtype=False)
