@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint lock clean stop proto bench bench-serving bench-telemetry bench-models chromium
+.PHONY: install run test lint lock clean stop proto bench bench-serving bench-telemetry bench-models bench-model-drift chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,7 +71,10 @@ bench-models: install
 	$(BIN)/vigil train sentiment --if-missing
 	$(BIN)/python bench/models.py
 
-bench: bench-serving bench-telemetry bench-models
+bench-model-drift: install
+	$(BIN)/python bench/model_drift.py
+
+bench: bench-serving bench-telemetry bench-models bench-model-drift
 
 clean:
 	rm -rf $(VENV)

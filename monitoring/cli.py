@@ -12,7 +12,6 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
@@ -25,6 +24,7 @@ from vigil.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from monitoring.drift import DriftResult
+    from monitoring.model_drift import ModelDriftResult
     from monitoring.tokens import TokenResult
     from monitoring.window import Window
     from monitoring.workspace import HtmlPolicy
@@ -38,10 +38,6 @@ Result = TypeVar("Result", bound=JobResult)
 # The window options every job takes; --last differs per job (its default window).
 Since = Annotated[str | None, typer.Option("--since", help="Window start: ISO time, or a duration ago (2h).")]
 Until = Annotated[str | None, typer.Option("--until", help="Window end (default now).")]
-
-
-class ModelKind(StrEnum):
-    sentiment = "sentiment"
 
 
 def _quiet_libraries() -> None:
@@ -93,7 +89,7 @@ def _run_job(job: Callable[[], Result], show: Callable[[Result], None], as_json:
     raise typer.Exit(result.exit_code)
 
 
-def _print_outcome(result: DriftResult | TokenResult, delivered: list[bool]) -> None:
+def _print_outcome(result: DriftResult | ModelDriftResult | TokenResult, delivered: list[bool]) -> None:
     """The verdict line, where the snapshot and the report went, and whether each alert arrived."""
     colour = "red" if result.exit_code == ExitCode.ALERT else "green"
     console.print(f"[{colour}]{result.message}[/]", highlight=False)
@@ -114,23 +110,36 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 # --- drift ---------------------------------------------------------------------------------------------------
 
 
+def is_sentiment(settings: Settings, model: str) -> bool:
+    return model in {"sentiment", settings.sentiment_model_name}
+
+
 def run_drift_job(settings: Settings, window: Window, version: str | None, min_rows: int | None,
-                  html: HtmlPolicy = "always") -> DriftResult:
-    from monitoring.drift import run_drift
+                  html: HtmlPolicy = "always", model: str = "sentiment") -> DriftResult | ModelDriftResult:
+    """The sentiment model's drift job (texts, descriptors, embeddings), or any other model's (its reference)."""
+    if is_sentiment(settings, model):
+        from monitoring.drift import run_drift
 
-    return run_drift(settings, window, version=version, min_rows=min_rows, html=html)
+        return run_drift(settings, window, version=version, min_rows=min_rows, html=html)
+    from monitoring.model_drift import run_model_drift
+
+    return run_model_drift(settings, model, window, version=version, min_rows=min_rows, html=html)
 
 
-def print_drift(result: DriftResult) -> None:
-    from monitoring.drift import DriftStatus
+def print_drift(result: DriftResult | ModelDriftResult) -> None:
+    from monitoring.drift import DriftResult, DriftStatus
 
     title = (f"{result.model_name} v{result.model_version} · {result.window_start:%Y-%m-%d %H:%M} → "
              f"{result.window_end:%Y-%m-%d %H:%M} UTC · {result.rows} rows")
     if result.status is DriftStatus.INSUFFICIENT:
-        console.print(f"[yellow]too few rows[/] — {result.message}", highlight=False)
+        console.print(f"[yellow]no verdict[/] — {result.message}", highlight=False)
         return
-    subtitle = (f"{result.text_rows} with text, {result.redacted_rows} redacted, "
-                f"{result.embedded_rows} embedded")
+    if isinstance(result, DriftResult):
+        subtitle = (f"{result.text_rows} with text, {result.redacted_rows} redacted, "
+                    f"{result.embedded_rows} embedded")
+    else:
+        subtitle = (f"{result.task}; reference {result.reference_rows} rows "
+                    f"(fingerprint {result.reference_fingerprint})")
     table = Table("check", "verdict", "score", "threshold", "method", "detail", title=title, caption=subtitle)
     for check in result.checks:
         if check.drifted is None:
@@ -146,9 +155,10 @@ def print_drift(result: DriftResult) -> None:
 
 @app.command("drift")
 def drift_command(
-    model: ModelKind = typer.Option(ModelKind.sentiment, "--model", help="Which model to watch."),
-    version: str | None = typer.Option(None, "--version", help="Version to judge (default: the one the serving "
-                                       "alias, VIGIL_SERVE_ALIAS, points at)."),
+    model: str = typer.Option("sentiment", "--model", help="Which model to watch: sentiment, or any model of "
+                              "VIGIL_MODELS (drift against the reference attached with `vigil models reference`)."),
+    version: str | None = typer.Option(None, "--version", help="Version to judge (default: the one the model's "
+                                       "serving alias points at: its VIGIL_MODELS entry, else VIGIL_SERVE_ALIAS)."),
     since: Since = None,
     until: Until = None,
     last: str | None = typer.Option(None, "--last", help="Window length, e.g. 1h (default 1h, ending now)."),
@@ -156,12 +166,12 @@ def drift_command(
                                         "(default VIGIL_DRIFT_MIN_ROWS)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
 ) -> None:
-    """Drift of the served model's traffic against its training reference; exit 0 ok, 1 drift, 2 no verdict."""
+    """Drift of a served model's traffic against its reference; exit 0 ok, 1 drift, 2 no verdict."""
     _quiet_libraries()
     window = _window(since, until, last, "1h")
     settings = get_settings()
-    _run_job(lambda: run_drift_job(settings, window, version, min_rows), print_drift, as_json,
-             spinner=f"drift job for {model.value} …")
+    _run_job(lambda: run_drift_job(settings, window, version, min_rows, model=model), print_drift, as_json,
+             spinner=f"drift job for {model} …")
 
 
 # --- tokens --------------------------------------------------------------------------------------------------
@@ -229,7 +239,7 @@ def tokens_command(
 
 @app.command("dashboards")
 def dashboards_command() -> None:
-    """Create or update the Evidently UI projects `sentiment` and `rag` and their dashboard panels."""
+    """Create or update the Evidently UI projects (`sentiment`, `rag`, one per model of VIGIL_MODELS) and panels."""
     from monitoring.dashboards import ensure_dashboards
 
     _quiet_libraries()
@@ -290,13 +300,18 @@ def run_once(jobs: list[str], drift_window: str, tokens_window: str) -> dict[str
 
     settings = get_settings()
     codes: dict[str, int] = {}
-    for job in jobs:
+    # The drift job runs for sentiment ("drift") and for every other model of VIGIL_MODELS ("drift:<name>").
+    runs: list[tuple[str, str | None]] = [(job, None) for job in jobs if job != "drift"]
+    if "drift" in jobs:
+        runs = [("drift", None), *((f"drift:{name}", name) for name, _ in settings.served_models), *runs]
+    for job, model in runs:
         started = time.perf_counter()
         try:
-            if job == "drift":
+            if job.startswith("drift"):
                 # HTML files only for windows that alert: the workspace's snapshot holds the same report, and
                 # a 15-minute schedule runs 96 times a day.
-                drift = run_drift_job(settings, resolve_window(last=drift_window), None, None, "on_alert")
+                drift = run_drift_job(settings, resolve_window(last=drift_window), None, None, "on_alert",
+                                      model=model or "sentiment")
                 codes[job], summary = drift.exit_code, drift.message
             else:
                 usage = run_tokens_job(settings, resolve_window(last=tokens_window), None, False, "on_alert")

@@ -1,4 +1,5 @@
-"""The Evidently UI dashboards of the projects the jobs write to (``sentiment`` and ``rag``).
+"""The Evidently UI dashboards of the projects the jobs write to: ``sentiment``, ``rag``, and one per model of
+VIGIL_MODELS (named after the model, :mod:`monitoring.model_drift`).
 
 Panels plot the metrics the jobs put in their snapshots, one point per job run. Panel and tab ids are derived from
 their titles, so running ``vigil monitor dashboards`` again rewrites the same panels instead of adding copies.
@@ -10,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from monitoring import drift, tokens
+from monitoring import drift, model_drift, tokens
 from monitoring.workspace import ensure_project, open_workspace
 from vigil.settings import Settings
 from vigil.text_features import FEATURE_COLUMNS
@@ -91,6 +92,34 @@ def sentiment_dashboard(labels: tuple[str, ...] = ("negative", "positive")) -> D
     return _one_tab(p, "Sentiment drift", overview + predictions)
 
 
+def model_dashboard(name: str) -> DashboardModel:
+    """Drift of one served pyfunc model: the share of drifted input columns, each column's score, the prediction.
+
+    Series select by metric and labels only, so the panels fit any model's columns without asking MLflow for its
+    signature: a series without a ``column`` label plots every column's.
+    """
+    column = model_drift.PREDICTION_COLUMN
+    panels = [
+        _panel(name, "Rows in the last window", "counter", [_series("RowCount", "rows")]),
+        _panel(name, "Share of drifted input columns", "line",
+               [_series("DriftedColumnsCount", "share", value_type="share")],
+               subtitle=f"drift when ≥ {model_drift.COLUMN_DRIFT_SHARE:.0%} of the input columns drift"),
+        _panel(name, "Prediction drift score (last window)", "counter",
+               [_series("ValueDrift", "prediction", column=column)]),
+        _panel(name, "Prediction drift over time", "line", [_series("ValueDrift", "prediction", column=column)],
+               subtitle=f"classifier: label share PSI (> {model_drift.LABEL_PSI_THRESHOLD} = drift); regressor: "
+                        "Wasserstein distance in reference standard deviations", size="full"),
+        _panel(name, "Input column drift scores", "line", [_series("ValueDrift", "drift score")],
+               subtitle="numeric: Wasserstein (normed); categorical: Jensen-Shannon; each against a threshold that "
+                        f"follows the window's size; drift when ≥ {model_drift.COLUMN_DRIFT_SHARE:.0%} of the "
+                        "columns drift", size="full"),
+        _panel(name, "Mean prediction (regressor)", "line", [_series("MeanValue", "mean", column=column)]),
+        _panel(name, "Predicted label share (classifier)", "line",
+               [_series("CategoryCount", "share", column=column, value_type="share")]),
+    ]
+    return _one_tab(name, f"{name} drift", panels)
+
+
 def rag_dashboard() -> DashboardModel:
     """Token usage, cost and retrieval health of the RAG pipeline."""
     p = tokens.PROJECT
@@ -131,7 +160,9 @@ def ensure_dashboards(settings: Settings) -> list[DashboardInfo]:
     """Create the projects when missing and (re)write their dashboards; idempotent."""
     workspace = open_workspace(settings)
     made: list[DashboardInfo] = []
-    for name, model in ((drift.PROJECT, sentiment_dashboard()), (tokens.PROJECT, rag_dashboard())):
+    dashboards = [(drift.PROJECT, sentiment_dashboard()), (tokens.PROJECT, rag_dashboard())]
+    dashboards += [(name, model_dashboard(name)) for name, _ in settings.served_models]
+    for name, model in dashboards:
         project = ensure_project(workspace, name)
         workspace.save_dashboard(project.id, model)
         made.append(DashboardInfo(name, str(project.id), [str(t.title) for t in model.tabs],

@@ -43,9 +43,10 @@ def cache_dir(settings: Settings, model_name: str, version: str) -> Path:
 
 
 def resolve_version(
-    settings: Settings, model_name: str, version: str | None
+    settings: Settings, model_name: str, version: str | None, alias: str | None = None
 ) -> tuple[ServedVersion, MlflowClient | None]:
-    """The version to watch: ``version`` when given, else the one the serving alias points at.
+    """The version to watch: ``version`` when given, else the one the serving alias points at (``alias``, by
+    default ``VIGIL_SERVE_ALIAS``: sentiment's; a model of VIGIL_MODELS passes its own, ``settings.alias_of``).
 
     Without ``version`` the registry must answer (:class:`MlflowUnavailable` otherwise); with it, a cached
     reference is enough, so the client returned may be None.
@@ -62,7 +63,7 @@ def resolve_version(
         found = registry.resolve(client, registry.ModelReference(model_name, version=str(version)))
         return ServedVersion(model_name, found.version, str(found.run_id), None), client
     client = registry.connect(settings.mlflow_tracking_uri)
-    alias = settings.serve_alias
+    alias = alias or settings.serve_alias
     try:
         served = registry.resolve(client, registry.ModelReference(model_name, alias=alias))
     except registry.ModelNotFound:
