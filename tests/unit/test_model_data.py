@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.models import infer_signature
+from mlflow.tracking._model_registry import utils as registry_utils
 from sklearn.linear_model import LinearRegression
 
 from vigil import model_data
@@ -89,8 +90,10 @@ def registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tupl
     """A regressor logged and registered with plain MLflow in a SQLite store of its own; MLflow's globals restored."""
     monkeypatch.chdir(tmp_path)  # a SQLite store keeps its artifacts in ./mlruns
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    before = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    # An earlier test may have left MLflow's global registry URI pointing at its own store: set both, restore both.
+    before = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI"), registry_utils._registry_uri
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     frame = table().drop(columns=["day"])
     features = frame[["bill", "size"]]
     model = LinearRegression().fit(features, frame["tip"])
@@ -101,6 +104,7 @@ def registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tupl
         yield mlflow.MlflowClient(uri), uri
     finally:
         mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[2])
         if before[1] is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
 
@@ -151,8 +155,10 @@ def test_training_code_logs_the_same_dataset_inside_its_run(tmp_path: Path,
     signature = infer_signature(features, model.predict(features))
     with mlflow.start_run():
         info = model_data.log_dataset(frame, role="evaluation", target="tip", signature=signature)
-        mlflow.sklearn.log_model(model, name="model", signature=signature, registered_model_name="bills")
-    loaded = model_data.load_attached(Settings(home=tmp_path / "home"), client, "bills", "2", "evaluation")
+        logged = mlflow.sklearn.log_model(model, name="model", signature=signature, registered_model_name="bills")
+    version = str(logged.registered_model_version)
+    assert version == "2"  # the fixture's store: its first version is the fixture's own
+    loaded = model_data.load_attached(Settings(home=tmp_path / "home"), client, "bills", version, "evaluation")
     assert loaded is not None and loaded[1].fingerprint == info.fingerprint and loaded[1].source == "training"
     with pytest.raises(VigilError, match="active MLflow run"):
         model_data.log_dataset(frame)
