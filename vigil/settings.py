@@ -63,9 +63,10 @@ class Settings(BaseSettings):
 
     # --- serving -------------------------------------------------------------------------------------------
     models: str = Field(
-        "sentiment@champion", description="The models `vigil serve` serves: a comma list of `name@alias`. Vigil's "
-        "sentiment model (VIGIL_SENTIMENT_MODEL_NAME) is always served, by VIGIL_SERVE_ALIAS; every other entry is "
-        "any MLflow pyfunc model with a signature, served by its own model service."
+        "", description="The models `vigil serve` serves: a comma list of `name@alias`. Vigil's sentiment model "
+        "(VIGIL_SENTIMENT_MODEL_NAME) is always served, by VIGIL_SERVE_ALIAS; every other entry is any MLflow pyfunc "
+        "model with a signature, served by its own model service. Empty: the sentiment model alone (`sentiment@"
+        "champion` with the other defaults)."
     )
     models_file: str = Field(
         "", description="TOML file of per-model limits: a table `[models.\"<name>\"]` per model of VIGIL_MODELS "
