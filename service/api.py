@@ -58,6 +58,7 @@ from vigil.contracts import (
     ErrorResponse,
     IngestReport,
     IngestRequest,
+    ModelIdentity,
     PredictRequest,
     PredictResponse,
     RagQueryRequest,
@@ -365,7 +366,8 @@ class Vigil:
         data = parse_invocation(body, request.headers.get("content-type", ""))
         rows = rows_from_prediction_input(spec, data, front.limits.max_rows_per_request)
         outcome = await front.predict(rows, dict(request.headers), f"/models/{name}/invocations", "rest")
-        return Response(predictions_json(prediction_of(outcome.rows), outcome.request_id),
+        return Response(predictions_json(prediction_of(outcome.rows), outcome.request_id,
+                                         ModelIdentity(name=name, version=outcome.version)),
                         media_type="application/json",
                         headers=response_headers(outcome.request_id, outcome.traceparent))
 

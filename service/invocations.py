@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from service.errors import ApiError
+from vigil.contracts import ModelIdentity
 
 
 def parse_invocation(body: bytes, content_type: str) -> Any:
@@ -47,10 +48,12 @@ def parse_invocation(body: bytes, content_type: str) -> Any:
         raise ApiError(400, "invalid_request", refused.message.split("\n")[0]) from None
 
 
-def predictions_json(prediction: Any, request_id: str) -> bytes:
-    """`{"predictions": ...}` exactly as `mlflow models serve` writes it, with the request's id beside it."""
+def predictions_json(prediction: Any, request_id: str, model: ModelIdentity) -> bytes:
+    """`{"predictions": ...}` exactly as `mlflow models serve` writes it, with the request's id and the version that
+    answered beside it (:class:`vigil.contracts.InvocationsResponse`)."""
     from mlflow.pyfunc import scoring_server
 
     written = io.StringIO()
-    scoring_server.predictions_to_json(prediction, written, metadata={"request_id": request_id})
+    scoring_server.predictions_to_json(prediction, written,
+                                       metadata={"request_id": request_id, "model": model.model_dump()})
     return written.getvalue().encode()

@@ -10,6 +10,8 @@ external (Triton's), and its REST and gRPC encodings live together in `service/o
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_DOCUMENT_ID_CHARS = 512
@@ -80,6 +82,19 @@ class PredictResponse(BaseModel):
     predictions: list[PredictedLabel] = Field(description="one per text, in the order sent")
     model: ModelIdentity
     trace_id: str = Field("", description="the request's trace (32 hex digits); empty when it was not traced")
+    request_id: str = Field("", description=REQUEST_ID_DESCRIPTION)
+
+
+# --- POST /models/{name}/invocations ------------------------------------------------------------------------------
+
+
+class InvocationsResponse(BaseModel):
+    """MLflow's scoring answer (`{"predictions": ...}`, written by MLflow's own `predictions_to_json`) with the
+    request's id and the version that answered beside it."""
+
+    predictions: Any = Field(description="as `mlflow models serve` answers: a list of values, or of records for a "
+                                         "multi-column output, or a dict of lists")
+    model: ModelIdentity
     request_id: str = Field("", description=REQUEST_ID_DESCRIPTION)
 
 

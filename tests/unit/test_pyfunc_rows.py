@@ -20,6 +20,7 @@ from service.pyfunc import (
     rows_from_tensors,
     selected_outputs,
 )
+from vigil.contracts import InvocationsResponse, ModelIdentity
 from vigil.signature import InvalidInput, NoSignature, signature_spec, validate_columns
 
 FRAME = pd.DataFrame({
@@ -101,10 +102,13 @@ def test_a_requests_rows_rebuild_the_models_own_prediction(prediction: object, e
 
     rows = predicted_rows(prediction, 2, "7")
     assert all(isinstance(row, PredictedRow) and row.version == "7" for row in rows)
-    rebuilt = predictions_json(prediction_of(rows), "r-1")
-    direct = predictions_json(prediction, "r-1")  # what MLflow's own code writes for the whole prediction
+    answered = ModelIdentity(name="m", version="7")
+    rebuilt = predictions_json(prediction_of(rows), "r-1", answered)
+    direct = predictions_json(prediction, "r-1", answered)  # what MLflow's own code writes for the whole prediction
     assert rebuilt == direct
     assert json.loads(rebuilt)["predictions"] == expected_json_shape
+    parsed = InvocationsResponse.model_validate_json(rebuilt)  # the contract every client reads it with
+    assert parsed.model == answered and parsed.request_id == "r-1"
 
 
 def test_outputs_are_named_and_typed_from_the_output_schema() -> None:
