@@ -1,8 +1,9 @@
-"""The promotion gate of the sentiment classifier, a :data:`vigil.registry.PromotionGate`.
+"""The promotion gates, each a :data:`vigil.registry.PromotionGate`: the sentiment classifier's, and any other model's.
 
-Registered in the ``vigil.promotion_gates`` entry-point group as ``sentiment``; `vigil models promote` finds it for
-the model named by VIGIL_SENTIMENT_MODEL_NAME (see ``vigil.cli``). It compares the version against the current
-holder of the alias under the promotion policy and leaves the evidence on the version:
+Registered in the ``vigil.promotion_gates`` entry-point group as ``sentiment`` (found for the model named by
+VIGIL_SENTIMENT_MODEL_NAME) and ``model`` (any other model but the text embedder; see ``vigil.cli``). Each compares
+the version against the current holder of the alias under the promotion policy and leaves the evidence on the
+version:
 
 - ``vigil.<alias>.evaluation_run_id``: the comparison run in `evaluations` (empty when there was nothing to
   compare against);
@@ -12,15 +13,21 @@ holder of the alias under the promotion policy and leaves the evidence on the ve
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from evaluations.policy import load_policy
+from evaluations.model_eval import compare_models
+from evaluations.policy import Policy, load_policy
 from evaluations.progress import progress_bars
+from evaluations.schemas import Comparison, ModelComparison
+from evaluations.scoring import ProgressCallback
 from evaluations.sentiment import compare_sentiment
 from vigil import registry
-from vigil.registry import ModelReference, RegisteredVersion
+from vigil.errors import VigilError
+from vigil.registry import GateData, ModelReference, RegisteredVersion
 from vigil.settings import get_settings
 
 if TYPE_CHECKING:
@@ -32,8 +39,44 @@ EVALUATION_RUN_TAG = "vigil.{alias}.evaluation_run_id"
 EVALUATION_VERDICT_TAG = "vigil.{alias}.evaluation_verdict"
 
 
-def sentiment_gate(client: MlflowClient, name: str, version: str, alias: str) -> list[str] | None:
-    """None when ``name`` v``version`` may take ``alias``; otherwise the policy's reasons to refuse."""
+def sentiment_gate(client: MlflowClient, name: str, version: str, alias: str,
+                   data: GateData | None = None) -> list[str] | None:
+    """None when the sentiment classifier ``name`` v``version`` may take ``alias``; otherwise the policy's reasons.
+
+    It is judged on ``data.data`` (test, a domain, or a sentence<TAB>label file) when given, else on the policy's
+    [gate] data.
+    """
+    if data is not None and data.target:
+        raise VigilError("the sentiment classifier's data carries its own labels: --data test|imdb|FILE, no --target")
+
+    def compare(candidate: RegisteredVersion, current: RegisteredVersion, policy: Policy,
+                progress: ProgressCallback | None) -> Comparison:
+        return compare_sentiment(client, name, candidate=str(candidate.version), baseline=str(current.version),
+                                 policy=policy, data=data.data if data else None, progress=progress,
+                                 trigger=f"gate:{alias}")
+
+    return _gate(client, name, version, alias, compare)
+
+
+def model_gate(client: MlflowClient, name: str, version: str, alias: str,
+               data: GateData | None = None) -> list[str] | None:
+    """None when any other model's ``name`` v``version`` may take ``alias``; otherwise the policy's reasons.
+
+    Both versions are scored on ``data`` (a CSV or Parquet file and its target column) when given, else on the
+    candidate's attached evaluation dataset, under the rules the policy gives this model or its task.
+    """
+    def compare(candidate: RegisteredVersion, current: RegisteredVersion, policy: Policy,
+                progress: ProgressCallback | None) -> ModelComparison:
+        return compare_models(client, name, str(candidate.version), str(current.version), policy,
+                              data=Path(data.data) if data and data.data else None,
+                              target=data.target if data else None, progress=progress, trigger=f"gate:{alias}")
+
+    return _gate(client, name, version, alias, compare)
+
+
+def _gate(client: MlflowClient, name: str, version: str, alias: str,
+          compare: Callable[[RegisteredVersion, RegisteredVersion, Policy, ProgressCallback | None],
+                            Comparison | ModelComparison]) -> list[str] | None:
     candidate = registry.resolve(client, ModelReference(name, version=str(version)))
     try:
         current = registry.resolve(client, ModelReference(name, alias=alias))
@@ -44,10 +87,7 @@ def sentiment_gate(client: MlflowClient, name: str, version: str, alias: str) ->
     policy = load_policy(get_settings().promotion_policy)
     # The gate runs inside `vigil models promote`: bars on the terminal's stderr, gone once the verdict is in.
     with progress_bars(Console(stderr=True), transient=True) as progress:
-        comparison = compare_sentiment(
-            client, name, candidate=str(candidate.version), baseline=str(current.version), policy=policy,
-            progress=progress, trigger=f"gate:{alias}",
-        )
+        comparison = compare(candidate, current, policy, progress)
     _record(client, candidate, alias, run_id=comparison.run_id or "",
             verdict="pass" if comparison.passed else "fail")
     if comparison.passed:

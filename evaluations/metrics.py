@@ -8,7 +8,7 @@ estimate it surrounds are the same computation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,28 +63,24 @@ class Interval:
     high: float | None
 
 
-def paired_bootstrap(
-    candidate: Predictions,
-    baseline: Predictions,
-    samples: int = 1000,
-    seed: int = 42,
-    confidence: float = 0.95,
-    bins: int = ECE_BINS,
-) -> dict[str, Interval]:
-    """Percentile confidence intervals of candidate - baseline for each metric.
+Scores = Callable[[np.ndarray], dict[str, np.ndarray]]
 
-    Paired: each resample draws the same rows for both models, so the interval reflects the difference between
+
+def paired_bootstrap_of(candidate: Scores, baseline: Scores, rows: int, samples: int = 1000, seed: int = 42,
+                        confidence: float = 0.95) -> dict[str, Interval]:
+    """Percentile confidence intervals of candidate - baseline for each metric both score functions give.
+
+    Each function maps a block of resampling weights (resamples × rows) to one value per resample and metric.
+    Paired: each resample weighs the same rows for both models, so the interval reflects the difference between
     the models on shared data, not the two sampling errors added up.
     """
-    if len(candidate) != len(baseline) or not np.array_equal(candidate.y_true, baseline.y_true):
-        raise ValueError("a paired bootstrap needs both models' predictions on the same rows")
-    if samples < 1 or len(candidate) == 0:
-        return {name: Interval(None, None) for name in SCALAR_METRICS}
-    deltas: dict[str, list[np.ndarray]] = {name: [] for name in SCALAR_METRICS}
-    for weights in bootstrap_weights(len(candidate), samples, seed):
-        ours, theirs = weighted_metrics(candidate, weights, bins), weighted_metrics(baseline, weights, bins)
-        for name in SCALAR_METRICS:
-            deltas[name].append(ours[name] - theirs[name])
+    if samples < 1 or rows == 0:
+        return {}
+    deltas: dict[str, list[np.ndarray]] = {}
+    for weights in bootstrap_weights(rows, samples, seed):
+        ours, theirs = candidate(weights), baseline(weights)
+        for name in ours.keys() & theirs.keys():
+            deltas.setdefault(name, []).append(ours[name] - theirs[name])
     tail = (1 - confidence) / 2 * 100
     intervals = {}
     for name, blocks in deltas.items():
@@ -96,6 +92,23 @@ def paired_bootstrap(
             low, high = np.percentile(values, [tail, 100 - tail])
             intervals[name] = Interval(float(low), float(high))
     return intervals
+
+
+def paired_bootstrap(
+    candidate: Predictions,
+    baseline: Predictions,
+    samples: int = 1000,
+    seed: int = 42,
+    confidence: float = 0.95,
+    bins: int = ECE_BINS,
+) -> dict[str, Interval]:
+    """Intervals of candidate - baseline for each of the sentiment classifier's scalar metrics."""
+    if len(candidate) != len(baseline) or not np.array_equal(candidate.y_true, baseline.y_true):
+        raise ValueError("a paired bootstrap needs both models' predictions on the same rows")
+    found = paired_bootstrap_of(lambda weights: weighted_metrics(candidate, weights, bins),
+                                lambda weights: weighted_metrics(baseline, weights, bins),
+                                len(candidate), samples, seed, confidence)
+    return {name: found.get(name, Interval(None, None)) for name in SCALAR_METRICS}
 
 
 @dataclass(frozen=True)

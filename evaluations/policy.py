@@ -19,8 +19,22 @@ Format (see ``evaluations/policy.toml``)::
     max_regression_ratio = 0.20   # relative: candidate ≤ baseline x 1.20
     judge = "interval"
 
-"Worse" follows the metric: lower accuracy, macro_f1 and roc_auc; higher ece and latency. A rule may set both
-limits; then both must hold.
+"Worse" follows the metric: lower accuracy, macro_f1, roc_auc and r2; higher ece, latency, mae and rmse. A rule may
+set several limits; then all must hold. ``minimum`` (metrics where higher is better) and ``maximum`` (where lower is
+better) bound the candidate's own value, whatever the baseline's.
+
+Any other model (a user's pyfunc model) is judged by the rules of its task, or by its own section::
+
+    [tasks.classification.rules.macro_f1]     # every classifier: accuracy | macro_f1 | roc_auc
+    max_regression = 0.02
+    [tasks.regression.rules.rmse]             # every regressor: mae | rmse | r2
+    max_regression_ratio = 0.05
+    [models."tips-tip"]                       # one model: its rules replace its task's
+    task = "regression"                       # optional: the task, when it cannot be told from the data
+    [models."tips-tip".rules.r2]
+    minimum = 0.3
+
+The [gate] section's bootstrap and confidence apply to them too.
 
 ``judge`` says what a rule compares with its limit:
 - ``"estimate"`` (default): the point estimate of the change;
@@ -56,6 +70,16 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "ece": False,
     "latency_p50_ms": False,
     "latency_p95_ms": False,
+    "mae": False,
+    "rmse": False,
+    "r2": True,
+}
+# What each kind of model is measured on: the sentiment classifier, and any other model by its task.
+SENTIMENT_METRICS = ("accuracy", "macro_f1", "roc_auc", "ece", "latency_p50_ms", "latency_p95_ms")
+Task = Literal["classification", "regression"]
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "macro_f1", "roc_auc"),
+    "regression": ("mae", "rmse", "r2"),
 }
 # A threshold met to the last bit of float arithmetic (0.90 - 0.89 = 0.0100000000000000009) still passes.
 _TOLERANCE = 1e-9
@@ -67,6 +91,8 @@ class Rule(BaseModel):
 
     max_regression: float | None = Field(None, ge=0, description="absolute amount the metric may get worse")
     max_regression_ratio: float | None = Field(None, ge=0, description="share of the baseline it may get worse")
+    minimum: float | None = Field(None, description="lowest value the candidate may have (higher-is-better metrics)")
+    maximum: float | None = Field(None, description="highest value the candidate may have (lower-is-better metrics)")
     judge: Literal["estimate", "interval"] = Field("estimate", description="point estimate or bootstrap interval")
     unless_improved: dict[str, float] = Field(
         default_factory=dict, description="metric -> margin: waive the rule when the candidate is better by more"
@@ -74,9 +100,31 @@ class Rule(BaseModel):
 
     @model_validator(mode="after")
     def _one_limit_at_least(self) -> Rule:
-        if self.max_regression is None and self.max_regression_ratio is None:
-            raise ValueError("set max_regression and/or max_regression_ratio")
+        if all(limit is None for limit in (self.max_regression, self.max_regression_ratio, self.minimum,
+                                           self.maximum)):
+            raise ValueError("set max_regression, max_regression_ratio, minimum and/or maximum")
         return self
+
+
+def _check_rules(rules: dict[str, Rule], allowed: tuple[str, ...], where: str) -> None:
+    named = set(rules) | {m for rule in rules.values() for m in rule.unless_improved}
+    unknown = sorted(named - set(allowed))
+    if unknown:
+        raise ValueError(f"{where}: unknown metric(s) {unknown}; rules can name {sorted(allowed)}")
+    for metric, rule in rules.items():
+        if rule.minimum is not None and not HIGHER_IS_BETTER[metric]:
+            raise ValueError(f"{where}.{metric}: lower is better, so bound it with maximum, not minimum")
+        if rule.maximum is not None and HIGHER_IS_BETTER[metric]:
+            raise ValueError(f"{where}.{metric}: higher is better, so bound it with minimum, not maximum")
+
+
+class ModelRules(BaseModel):
+    """The rules of one task, or of one model (``[models.NAME]``), which may also fix its task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task | None = None
+    rules: dict[str, Rule] = Field(default_factory=dict)
 
 
 class GateSettings(BaseModel):
@@ -94,16 +142,43 @@ class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     gate: GateSettings = Field(default_factory=GateSettings)
-    rules: dict[str, Rule] = Field(default_factory=dict)
+    rules: dict[str, Rule] = Field(default_factory=dict, description="the sentiment classifier's rules")
+    tasks: dict[Task, ModelRules] = Field(default_factory=dict, description="any other model's, by its task")
+    models: dict[str, ModelRules] = Field(default_factory=dict, description="one model's, over its task's")
     source: str = Field("", exclude=True)
 
     @model_validator(mode="after")
     def _known_metrics(self) -> Policy:
-        named = set(self.rules) | {m for rule in self.rules.values() for m in rule.unless_improved}
-        unknown = sorted(named - set(HIGHER_IS_BETTER))
-        if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; rules can name {sorted(HIGHER_IS_BETTER)}")
+        _check_rules(self.rules, SENTIMENT_METRICS, "rules")
+        for task, section in self.tasks.items():
+            if section.task not in (None, task):
+                raise ValueError(f"tasks.{task}: a task section cannot name another task")
+            _check_rules(section.rules, TASK_METRICS[task], f"tasks.{task}.rules")
+        for name, section in self.models.items():
+            allowed = TASK_METRICS[section.task] if section.task else tuple(dict.fromkeys(
+                metric for metrics in TASK_METRICS.values() for metric in metrics))
+            _check_rules(section.rules, allowed, f"models.{name}.rules")
         return self
+
+    def task_of(self, name: str) -> Task | None:
+        """The task the policy fixes for model ``name``, if it does."""
+        section = self.models.get(name)
+        return section.task if section else None
+
+    def rules_for(self, name: str, task: Task) -> tuple[dict[str, Rule], str]:
+        """The rules that judge model ``name`` — its own section, else its task's — and where they were found."""
+        if name in self.models and self.models[name].rules:
+            rules, where = self.models[name].rules, f"models.{name!r}"
+        elif task in self.tasks and self.tasks[task].rules:
+            rules, where = self.tasks[task].rules, f"tasks.{task}"
+        else:
+            raise VigilError(f"promotion policy {self.source or '(built in)'} has no rules for {name} "
+                             f"({task}): add [tasks.{task}.rules.<metric>] or [models.{name!r}.rules.<metric>]")
+        misplaced = sorted(set(rules) - set(TASK_METRICS[task]))
+        if misplaced:
+            raise VigilError(f"promotion policy {where} names {misplaced}, which a {task} model is not "
+                             f"measured on ({', '.join(TASK_METRICS[task])})")
+        return rules, f"{self.source} [{where}]"
 
 
 def resolve_policy_path(path: Path) -> Path:
@@ -142,6 +217,10 @@ def describe_rule(metric: str, rule: Rule) -> str:
         limits.append(f"at most {_show(metric, rule.max_regression)} {worse} than the baseline")
     if rule.max_regression_ratio is not None:
         limits.append(f"at most {rule.max_regression_ratio:.0%} {worse} than the baseline")
+    if rule.minimum is not None:
+        limits.append(f"at least {_show(metric, rule.minimum)}")
+    if rule.maximum is not None:
+        limits.append(f"at most {_show(metric, rule.maximum)}")
     basis = ", judged on the bootstrap interval" if rule.judge == "interval" else ""
     waivers = " and ".join(
         f"{other} is better by more than {_show(other, margin)}" for other, margin in rule.unless_improved.items()
@@ -149,11 +228,12 @@ def describe_rule(metric: str, rule: Rule) -> str:
     return f"{metric}: " + " and ".join(limits) + basis + (f", unless {waivers}" if waivers else "")
 
 
-def judge(policy: Policy, deltas: list[MetricDelta]) -> list[RuleVerdict]:
-    """One verdict per rule, each with a reason a person can read without the policy file open."""
+def judge(policy: Policy, deltas: list[MetricDelta], rules: dict[str, Rule] | None = None) -> list[RuleVerdict]:
+    """One verdict per rule (``rules``, default the policy's sentiment rules), each with a reason a person can read
+    without the policy file open."""
     by_metric = {delta.metric: delta for delta in deltas}
     verdicts = []
-    for metric, rule in policy.rules.items():
+    for metric, rule in (policy.rules if rules is None else rules).items():
         delta = by_metric.get(metric)
         stated = describe_rule(metric, rule)
         if delta is None or delta.candidate is None or delta.baseline is None or (
@@ -211,6 +291,9 @@ def _judge_one(metric: str, rule: Rule, delta: MetricDelta, stated: str, confide
         failures.append(f"allowed {_show(metric, rule.max_regression)}")
     if rule.max_regression_ratio is not None and judged > rule.max_regression_ratio * abs(baseline) + _TOLERANCE:
         failures.append(f"allowed {rule.max_regression_ratio:.0%} of the baseline")
+    # A bound is on the candidate's own value, judged on the estimate: it is a floor for the model, not a change.
+    below = rule.minimum is not None and candidate < rule.minimum - _TOLERANCE
+    above = rule.maximum is not None and candidate > rule.maximum + _TOLERANCE
     change = candidate - baseline
     relative = f", {change / abs(baseline):+.1%}" if baseline else ""
     interval = ""
@@ -221,16 +304,25 @@ def _judge_one(metric: str, rule: Rule, delta: MetricDelta, stated: str, confide
         f"{metric} {_show(metric, candidate)} vs baseline {_show(metric, baseline)} "
         f"(Δ {change:+.4g}{relative}{interval})"
     )
+    bound = ""
+    if below:
+        bound = f"{metric} {_show(metric, candidate)} is below the minimum {_show(metric, rule.minimum or 0.0)}"
+    elif above:
+        bound = f"{metric} {_show(metric, candidate)} is above the maximum {_show(metric, rule.maximum or 0.0)}"
     if failures and on_interval:
         reason = (f"{observed}: at least {_show(metric, judged)} {worse} across the whole interval, "
                   f"more than {' and '.join(failures)}")
     elif failures:
         reason = f"{observed}: {_show(metric, regression)} {worse}, more than {' and '.join(failures)}"
+    elif bound:
+        reason = observed
     elif on_interval and regression > 0:
         reason = f"{observed}: {_show(metric, regression)} {worse}, but the interval does not establish more than " \
                  "the policy allows"
     else:
         reason = f"{observed}: within the policy"
+    if bound:
+        reason += f"; {bound}" if failures else f": {bound}"
     if rule.judge == "interval" and not on_interval:
         reason += "; no bootstrap interval, judged on the estimate"
-    return RuleVerdict(metric=metric, rule=stated, passed=not failures, reason=reason)
+    return RuleVerdict(metric=metric, rule=stated, passed=not (failures or bound), reason=reason)

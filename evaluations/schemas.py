@@ -77,9 +77,7 @@ class RuleVerdict(BaseModel):
     reason: str
 
 
-class Comparison(BaseModel):
-    candidate: SentimentEvaluation
-    baseline: SentimentEvaluation
+class _ComparisonBase(BaseModel):
     dataset: DatasetInfo
     deltas: list[MetricDelta]
     rules: list[RuleVerdict]
@@ -87,12 +85,63 @@ class Comparison(BaseModel):
     bootstrap_samples: int
     confidence: float
     seed: int
-    policy: str = Field(description="path of the policy file applied")
+    policy: str = Field(description="path of the policy file applied (and the section, for a model's rules)")
     run_id: str | None = None
 
     @property
     def refusals(self) -> list[str]:
         return [rule.reason for rule in self.rules if not rule.passed]
+
+
+class Comparison(_ComparisonBase):
+    """Two versions of the sentiment classifier on the same rows."""
+
+    candidate: SentimentEvaluation
+    baseline: SentimentEvaluation
+
+
+class ClassificationMetrics(BaseModel):
+    accuracy: float
+    macro_f1: float = Field(description="unweighted mean of the per-class F1 over the classes seen or predicted")
+    roc_auc: float | None = Field(
+        None, description="when the model gives a score per class (output columns named after the classes); "
+                          "one-vs-rest, macro, for more than two classes")
+    labels: list[str] = Field(description="the classes, in the confusion matrix's order")
+    confusion_matrix: list[list[int]] = Field(description="rows: true label, columns: predicted")
+
+    def judged(self) -> dict[str, float | None]:
+        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "roc_auc": self.roc_auc}
+
+
+class RegressionMetrics(BaseModel):
+    mae: float
+    rmse: float
+    r2: float | None = Field(description="None when the target is constant")
+
+    def judged(self) -> dict[str, float | None]:
+        return {"mae": self.mae, "rmse": self.rmse, "r2": self.r2}
+
+
+class ModelEvaluation(BaseModel):
+    """One version of any pyfunc model on a labelled table: the `--json` of `vigil eval model`."""
+
+    model: ModelIdentity
+    task: Literal["classification", "regression"]
+    target: str
+    dataset: DatasetInfo
+    rows: int
+    metrics: ClassificationMetrics | RegressionMetrics
+    source: Literal["in-process", "endpoint"]
+    endpoint: str | None = None
+    run_id: str | None = Field(None, description="MLflow run in experiment `evaluations`")
+
+
+class ModelComparison(_ComparisonBase):
+    """Two versions of any pyfunc model on the same rows: the promotion gate's evidence."""
+
+    task: Literal["classification", "regression"]
+    candidate: ModelEvaluation
+    baseline: ModelEvaluation
 
 
 class RagQuestionResult(BaseModel):

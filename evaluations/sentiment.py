@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
 from evaluations import tracking
 from evaluations.datasets import EvalData, resolve_data, training_params
 from evaluations.metrics import Interval, latency_per_text, paired_bootstrap, paired_bootstrap_latency, per_text_ms
 from evaluations.plots import reliability_figure
-from evaluations.policy import HIGHER_IS_BETTER, Policy, judge
+from evaluations.policy import HIGHER_IS_BETTER, SENTIMENT_METRICS, Policy, judge
 from evaluations.schemas import (
     ClassifierMetrics,
     Comparison,
@@ -257,7 +256,7 @@ def _deltas(
 ) -> list[MetricDelta]:
     ours, theirs = candidate.judged(), baseline.judged()
     deltas = []
-    for metric in HIGHER_IS_BETTER:
+    for metric in SENTIMENT_METRICS:
         new, old = ours.get(metric), theirs.get(metric)
         interval = intervals.get(metric, Interval(None, None))
         deltas.append(MetricDelta(
@@ -272,46 +271,10 @@ def _deltas(
 def _log_comparison(
     client: MlflowClient, data: EvalData, comparison: Comparison, ours: _Scoring, theirs: _Scoring, trigger: str
 ) -> None:
-    new, old = comparison.candidate.model, comparison.baseline.model
-    verdict = "pass" if comparison.passed else "fail"
-    tags = {
-        "vigil.eval.kind": "compare",
-        "vigil.eval.trigger": trigger,
-        "vigil.model": new.name,
-        "vigil.model_version": new.version,
-        "vigil.candidate_version": new.version,
-        "vigil.baseline_version": old.version,
-        "vigil.verdict": verdict,
-        "dataset.name": data.name,
-        "dataset.fingerprint": data.fingerprint,
-    }
-    with tracking.evaluation_run(client, f"compare {new.name} v{new.version} vs v{old.version}: {verdict}",
-                                 tags) as run_id:
-        comparison.run_id = run_id
-        comparison.candidate.run_id = _log_evaluation(client, data, ours, run_id, {"vigil.eval.role": "candidate"})
-        comparison.baseline.run_id = _log_evaluation(client, data, theirs, run_id, {"vigil.eval.role": "baseline"})
-        metrics: dict[str, float | None] = {"passed": float(comparison.passed),
-                                            "rules_failed": float(sum(not r.passed for r in comparison.rules))}
-        for delta in comparison.deltas:
-            metrics.update({
-                f"candidate_{delta.metric}": delta.candidate, f"baseline_{delta.metric}": delta.baseline,
-                f"delta_{delta.metric}": delta.delta, f"delta_{delta.metric}_ci_low": delta.ci_low,
-                f"delta_{delta.metric}_ci_high": delta.ci_high,
-            })
-        tracking.log_values(
-            client, run_id, metrics=_finite(metrics),
-            params={"data": data.name, "data_description": comparison.dataset.description,
-                    "rows": comparison.dataset.rows, "bootstrap": comparison.bootstrap_samples,
-                    "confidence": comparison.confidence, "seed": comparison.seed, "policy": comparison.policy},
-            tags={"vigil.candidate_run_id": comparison.candidate.run_id or "",
-                  "vigil.baseline_run_id": comparison.baseline.run_id or ""},
-        )
-        client.log_dict(run_id, json.loads(comparison.model_dump_json()), "comparison.json")
-        client.log_text(run_id, "\n".join(("PASS " if r.passed else "FAIL ") + r.reason for r in comparison.rules),
-                        "verdict.txt")
-        if comparison.policy and Path(comparison.policy).is_file():
-            client.log_text(run_id, Path(comparison.policy).read_text(encoding="utf-8"), "policy.toml")
+    def log_sides(parent_run_id: str) -> None:
+        comparison.candidate.run_id = _log_evaluation(client, data, ours, parent_run_id,
+                                                      {"vigil.eval.role": "candidate"})
+        comparison.baseline.run_id = _log_evaluation(client, data, theirs, parent_run_id,
+                                                     {"vigil.eval.role": "baseline"})
 
-
-def _finite(values: dict[str, float | None]) -> dict[str, float | None]:
-    return {k: v for k, v in values.items() if v is not None and np.isfinite(v)}
+    tracking.log_comparison(client, comparison, trigger, log_sides)

@@ -1,21 +1,26 @@
 """Evaluation runs in the MLflow experiment `evaluations`, through an explicit client (no fluent active-run state).
 
-Tag keys shared by every evaluation run, so the MLflow UI can filter them: ``vigil.eval.kind`` (sentiment,
+Tag keys shared by every evaluation run, so the MLflow UI can filter them: ``vigil.eval.kind`` (sentiment, model,
 compare), ``vigil.model``, ``vigil.model_version``, ``dataset.name``, ``dataset.fingerprint``.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vigil import registry
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+    from evaluations.schemas import Comparison, ModelComparison
 
 EXPERIMENT = "evaluations"
 # MLflow accepts up to 6000 characters in a param value and 8000 in a tag; beyond that it refuses the batch.
@@ -84,3 +89,42 @@ def log_figure(client: MlflowClient, run_id: str, figure: Any, path: str) -> Non
         client.log_figure(run_id, figure, path)
     finally:
         plt.close(figure)
+
+
+def log_comparison(client: MlflowClient, comparison: Comparison | ModelComparison, trigger: str,
+                   log_sides: Callable[[str], None]) -> None:
+    """The comparison run (deltas, verdicts, the policy applied); ``log_sides`` logs each side's evaluation as its
+    child run and sets their ``run_id``."""
+    new, old = comparison.candidate.model, comparison.baseline.model
+    verdict = "pass" if comparison.passed else "fail"
+    tags = {
+        "vigil.eval.kind": "compare", "vigil.eval.trigger": trigger, "vigil.model": new.name,
+        "vigil.model_version": new.version, "vigil.candidate_version": new.version,
+        "vigil.baseline_version": old.version, "vigil.verdict": verdict,
+        "dataset.name": comparison.dataset.name, "dataset.fingerprint": comparison.dataset.fingerprint,
+    }
+    with evaluation_run(client, f"compare {new.name} v{new.version} vs v{old.version}: {verdict}", tags) as run_id:
+        comparison.run_id = run_id
+        log_sides(run_id)
+        metrics: dict[str, float | None] = {"passed": float(comparison.passed),
+                                            "rules_failed": float(sum(not r.passed for r in comparison.rules))}
+        for delta in comparison.deltas:
+            metrics.update({
+                f"candidate_{delta.metric}": delta.candidate, f"baseline_{delta.metric}": delta.baseline,
+                f"delta_{delta.metric}": delta.delta, f"delta_{delta.metric}_ci_low": delta.ci_low,
+                f"delta_{delta.metric}_ci_high": delta.ci_high,
+            })
+        log_values(
+            client, run_id, metrics={k: v for k, v in metrics.items() if v is not None and math.isfinite(v)},
+            params={"data": comparison.dataset.name, "data_description": comparison.dataset.description,
+                    "rows": comparison.dataset.rows, "bootstrap": comparison.bootstrap_samples,
+                    "confidence": comparison.confidence, "seed": comparison.seed, "policy": comparison.policy},
+            tags={"vigil.candidate_run_id": comparison.candidate.run_id or "",
+                  "vigil.baseline_run_id": comparison.baseline.run_id or ""},
+        )
+        client.log_dict(run_id, json.loads(comparison.model_dump_json()), "comparison.json")
+        client.log_text(run_id, "\n".join(("PASS " if r.passed else "FAIL ") + r.reason for r in comparison.rules),
+                        "verdict.txt")
+        policy_file = Path(comparison.policy.split(" [", 1)[0])  # a model's rules name their section after the path
+        if comparison.policy and policy_file.is_file():
+            client.log_text(run_id, policy_file.read_text(encoding="utf-8"), "policy.toml")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,14 +21,16 @@ def pyplot() -> Any:
     return plt
 
 
-def confusion_figure(matrix: list[list[int]], title: str) -> Any:
-    """The 2x2 counts of :func:`training.metrics.confusion_counts`, true label down, predicted across."""
+def confusion_figure(matrix: list[list[int]], title: str, labels: Sequence[str] = LABELS) -> Any:
+    """Confusion counts (the sentiment classifier's 2x2 of :func:`training.metrics.confusion_counts` by default),
+    true label down, predicted across."""
     plt = pyplot()
     counts = np.asarray(matrix)
     figure, axis = plt.subplots(figsize=(4, 4))
     axis.imshow(counts, cmap="Blues")
-    axis.set_xticks([0, 1], LABELS)
-    axis.set_yticks([0, 1], LABELS)
+    ticks = list(range(len(labels)))
+    axis.set_xticks(ticks, list(labels), rotation=45 if len(labels) > 4 else 0)
+    axis.set_yticks(ticks, list(labels))
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     axis.set_title(title)

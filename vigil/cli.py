@@ -156,14 +156,14 @@ def _promotion_gate(name: str) -> registry.PromotionGate | None:
     """The gate for the registered model NAME: the entry point named NAME, else the one named by NAME's role.
 
     Roles come from the settings (VIGIL_SENTIMENT_MODEL_NAME → `sentiment`, VIGIL_EMBEDDER_MODEL_NAME →
-    `text-embedder`), so a model registered under another name keeps its gate. No entry point: no gate.
+    `text-embedder`, which has no gate); any other model is a user's model, judged by the `model` gate. No entry
+    point: no gate.
     """
     settings = get_settings()
     roles = {settings.sentiment_model_name: "sentiment", settings.embedder_model_name: "text-embedder"}
     gates = entry_points(group=PROMOTION_GATES)
-    for key in (name, roles.get(name)):
-        found = gates.select(name=key) if key else ()
-        for entry in found:
+    for key in (name, roles.get(name, "model")):
+        for entry in gates.select(name=key):
             gate: registry.PromotionGate = entry.load()
             return gate
     return None
@@ -191,8 +191,9 @@ def _record_alias_move(client: MlflowClient, move: registry.AliasMove, refusals:
                                 "vigil.refusals": "\n".join(refusals or [])[:5000],
                             })
     client.set_terminated(run.info.run_id)
-    if move.action != "refused":
-        client.set_model_version_tag(move.name, move.version, f"vigil.{move.alias}.move_run_id", run.info.run_id)
+    # Every decision is linked from the version it concerns: the move that happened, or the last refusal.
+    kind = "refusal" if move.action == "refused" else "move"
+    client.set_model_version_tag(move.name, move.version, f"vigil.{move.alias}.{kind}_run_id", run.info.run_id)
     return str(run.info.run_id)
 
 
@@ -203,9 +204,13 @@ def models_promote(
     to: str = typer.Option("champion", "--to", help="Alias to move."),
     reason: str = typer.Option("", "--reason", help="Why; recorded on the version."),
     force: bool = typer.Option(False, "--force", help="Override a refusing gate (needs --reason)."),
+    data: str | None = typer.Option(None, "--data", help="What the gate scores both versions on: a CSV or Parquet "
+                                    "file with --target (any model; default its attached evaluation dataset), or "
+                                    "test | imdb | a sentence<TAB>label file (sentiment; default the policy's)."),
+    target: str | None = typer.Option(None, "--target", help="The column of --data holding the true label or value."),
 ) -> None:
     """Point NAME@TO at a version once NAME's promotion gate agrees; record who, when, from where, why, and on
-    what evidence (a run in MLflow experiment `evaluations`)."""
+    what evidence (a run in MLflow experiment `evaluations`, linked from the version)."""
     from datetime import UTC, datetime
 
     from vigil import registry
@@ -216,16 +221,18 @@ def models_promote(
     gate = _promotion_gate(name)
     refused: list[tuple[str, list[str]]] = []  # (version, reasons), kept to record the refusal
 
-    def recording_gate(gate_client: MlflowClient, gate_name: str, gate_version: str, alias: str) -> list[str] | None:
+    def recording_gate(gate_client: MlflowClient, gate_name: str, gate_version: str, alias: str,
+                       gate_data: registry.GateData) -> list[str] | None:
         assert gate is not None
-        refusals = gate(gate_client, gate_name, gate_version, alias)
+        refusals = gate(gate_client, gate_name, gate_version, alias, gate_data)
         if refusals:
             refused.append((gate_version, refusals))
         return refusals
 
     try:
         move = registry.promote(client, name, version, to=to, reason=reason, force=force,
-                                gate=recording_gate if gate else None)
+                                gate=recording_gate if gate else None,
+                                gate_data=registry.GateData(data=data, target=target))
     except VigilError as error:
         if not refused:
             raise

@@ -344,8 +344,17 @@ def move_alias(
     return move
 
 
-# A promotion gate (the evaluation issue plugs one in) returns None to allow, or the reasons to refuse.
-PromotionGate = Callable[["MlflowClient", str, str, str], "list[str] | None"]
+@dataclass(frozen=True)
+class GateData:
+    """The rows the promoter names for the gate to judge on (`--data`, `--target`); None: the gate's default — the
+    policy's data for sentiment, the version's attached evaluation dataset for any other model."""
+
+    data: str | None = None
+    target: str | None = None
+
+
+# A promotion gate (client, name, version, alias, data) returns None to allow, or the reasons to refuse.
+PromotionGate = Callable[["MlflowClient", str, str, str, GateData], "list[str] | None"]
 
 
 def promote(
@@ -356,6 +365,7 @@ def promote(
     to: str = CHAMPION,
     reason: str = "",
     gate: PromotionGate | None = None,
+    gate_data: GateData | None = None,
     force: bool = False,
 ) -> AliasMove:
     """Move ``to`` onto ``version`` (default: the challenger), after the gate agrees unless forced."""
@@ -368,7 +378,7 @@ def promote(
     if current is not None and str(current.version) == str(version):
         raise VigilError(f"{name}@{to} is already version {version}.")
     if gate is not None and not force:
-        refusals = gate(client, name, str(version), to)
+        refusals = gate(client, name, str(version), to, gate_data or GateData())
         if refusals:
             raise VigilError(f"promotion of {name} v{version} to @{to} refused:\n- " + "\n- ".join(refusals))
     if force and not reason:
