@@ -102,6 +102,46 @@ def eval_sentiment(
         _write_json(report, json_out)
 
 
+class TaskOption(StrEnum):
+    classification = "classification"
+    regression = "regression"
+
+
+@app.command("model")
+def eval_model(
+    model: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION of any pyfunc model with a signature."),
+    data: Path | None = typer.Option(None, "--data", help="CSV or Parquet: the model's input columns and the target "
+                                     "(default: the version's attached evaluation dataset)."),
+    target: str | None = typer.Option(None, "--target", help="The column holding the true label or value."),
+    task: TaskOption | None = typer.Option(None, "--task", help="Default: told from the target and the predictions."),
+    endpoint: str | None = typer.Option(
+        None, "--endpoint", help="Send the rows through a running Vigil at URL (/models/NAME/invocations), which "
+                                 "must serve that version, instead of loading it here."),
+    json_out: str | None = typer.Option(None, "--json", help="Also write the report as JSON to OUT ('-': stdout)."),
+) -> None:
+    """Accuracy, macro-F1 and ROC-AUC (classifiers) or MAE, RMSE and R² (regressors) of one version of any model,
+    logged to MLflow `evaluations` with a confusion-matrix or residual plot."""
+    from evaluations.model_eval import evaluate_model
+    from evaluations.progress import progress_bars
+    from vigil import registry
+
+    client = registry.connect()
+    with progress_bars(progress_console, transient=True) as progress:
+        report = evaluate_model(client, model, data=data, target=target, task=task.value if task else None,
+                                endpoint=endpoint, progress=progress)
+    if json_out != "-":
+        where = report.endpoint or "in process"
+        table = Table("metric", "value", title=f"{report.model.name} v{report.model.version} on {report.dataset.name}"
+                                               f" ({report.rows} rows, {report.task}, {where})")
+        for metric, value in report.metrics.judged().items():
+            table.add_row(metric, _number(value))
+        console.print(table)
+        console.print(f"data: {report.dataset.description} (fingerprint {report.dataset.fingerprint})")
+        console.print(_run_link(client, report.run_id))
+    if json_out:
+        _write_json(report, json_out)
+
+
 @app.command("compare")
 def eval_compare(
     name: str | None = typer.Argument(None, help="Registered model name (default: the sentiment model)."),
@@ -221,20 +261,82 @@ class Domain(StrEnum):
 
 @app.command("replay")
 def replay_command(
-    domain: Domain = typer.Option(..., "--domain", help="Whose held-out sentences to send."),
-    n: int = typer.Option(200, "--n", min=1, help="How many requests."),
+    domain: Domain | None = typer.Option(
+        None, "--domain", help="Whose held-out sentences to send to the sentiment model (POST /predict)."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="A served pyfunc model (VIGIL_MODELS) to send the rows of --data to (POST "
+        "/models/NAME/invocations). The sentiment model is refused here: replay it with --domain."
+    ),
+    data: Path | None = typer.Option(None, "--data", help="With --model: a CSV or Parquet file of its input columns."),
+    target: str | None = typer.Option(
+        None, "--target", help="With --model: the column of --data not to send (what the model predicts)."
+    ),
+    n: int | None = typer.Option(
+        None, "--n", min=1, help="How many sentences (--domain, default 200) or rows (--model, default every row once; "
+        "with replacement only when N exceeds the rows)."
+    ),
+    rows_per_request: int | None = typer.Option(
+        None, "--rows-per-request", min=1, help="With --model: rows per request, as one dataframe_split (default 1)."
+    ),
     endpoint: str | None = typer.Option(None, "--endpoint", help="Service base URL (default "
                                         "http://127.0.0.1:$VIGIL_HTTP_PORT)."),
     concurrency: int = typer.Option(4, "--concurrency", min=1, max=64, help="Requests in flight."),
-    seed: int | None = typer.Option(None, "--seed", help="Sampling seed (default: a fresh sample each time)."),
+    seed: int | None = typer.Option(None, "--seed", help="Sampling seed (default: a fresh sample each time; with "
+                                    "--model and no --n, the file's own order)."),
 ) -> None:
-    """Send held-out sentences to a running service's /predict; exit 0 all answered, 1 some failed, 2 none."""
+    """Send held-out sentences (--domain) or a file's rows (--model NAME --data FILE) to a running service.
+
+    Exit 0 all answered, 1 some failed, 2 none answered or the input could not be read.
+    """
     from rich.progress import Progress
 
-    from evaluations.replay import choose, held_out, replay, served_split
+    from evaluations.replay import choose, held_out, model_rows, pick_rows, replay, replay_rows, served_split
+
+    def refused(message: str) -> typer.Exit:
+        from rich.markup import escape  # a file's column names or path may hold [brackets]
+
+        console.print(f"[red]error:[/] {escape(message)}", highlight=False)
+        return typer.Exit(2)
 
     settings = get_settings()
     endpoint = endpoint or f"http://127.0.0.1:{settings.http_port}"
+    if domain is not None and (model is not None or data is not None):
+        raise refused("give --domain (the sentiment model) or --model NAME --data FILE, not both")
+    if model is not None or data is not None:
+        if model is None or data is None:
+            raise refused("--model and --data go together: --model NAME --data FILE")
+        if model == settings.sentiment_model_name:
+            raise refused(f"{model} is Vigil's sentiment model, served on /predict: replay it with "
+                          "--domain amazon|imdb|yelp")
+        try:
+            rows = pick_rows(model_rows(data, target), n, seed)
+        except Exception as error:
+            raise refused(str(error)) from None
+        per_request = rows_per_request or 1
+        console.print(f"{len(rows)} rows of {data} ({', '.join(map(str, rows.columns))}); sending them to "
+                      f"{endpoint}/models/{model}/invocations, {per_request} per request",
+                      markup=False, highlight=False)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("replaying", total=len(rows))
+            result = replay_rows(rows, model, endpoint, rows_per_request=per_request, concurrency=concurrency,
+                                 on_done=lambda done: progress.update(task, completed=done))
+        predicted = [f"{label} {count}" for label, count in result.labels.most_common()]
+        if result.values:
+            predicted.append(f"mean {sum(result.values) / len(result.values):.4g} of {len(result.values)} values")
+        served = ", ".join(f"{who} ({count} rows)" for who, count in result.served_by.most_common()) or "-"
+        console.print(f"sent {result.rows_sent} rows in {result.sent} requests: {result.rows_answered} rows answered, "
+                      f"{result.failed} requests failed · predictions: {', '.join(predicted) or '-'} · served by: "
+                      f"{served}", markup=False, highlight=False)
+        if result.errors:
+            console.print("errors: " + ", ".join(f"{e} ×{c}" for e, c in result.errors.most_common()),
+                          markup=False, highlight=False)
+        raise typer.Exit(result.exit_code)
+    if domain is None:
+        raise refused("give --domain amazon|imdb|yelp (the sentiment model) or --model NAME --data FILE")
+    if target is not None or rows_per_request is not None:
+        raise refused("--target and --rows-per-request go with --model NAME --data FILE")
+    n = 200 if n is None else n
     try:
         split = served_split(settings)
         pool = held_out(domain.value, split.params)

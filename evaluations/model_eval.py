@@ -42,7 +42,7 @@ from evaluations.schemas import (
     ModelEvaluation,
     RegressionMetrics,
 )
-from evaluations.scoring import ProgressCallback, check_identity, post_to_vigil
+from evaluations.scoring import ProgressCallback, check_identity, dataframe_split, post_to_vigil
 from training.plots import confusion_figure
 from vigil import model_cache, model_data, registry
 from vigil.contracts import InvocationsResponse, ModelIdentity
@@ -182,18 +182,6 @@ class LoadedVersion:
         return Answers.concat(parts)
 
 
-def split_payload(frame: pd.DataFrame) -> dict[str, Any]:
-    """MLflow's `dataframe_split` of ``frame`` in plain JSON types (a missing value is null, never NaN)."""
-    def plain(value: Any) -> Any:
-        if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-            return None
-        return value.item() if isinstance(value, np.generic) else value
-
-    columns = [str(column) for column in frame.columns]
-    data = [[plain(value) for value in row] for row in frame.itertuples(index=False, name=None)]
-    return {"dataframe_split": {"columns": columns, "data": data}}
-
-
 class ServedVersion:
     """A version as a running Vigil serves it, asked through MLflow's scoring protocol."""
 
@@ -210,7 +198,7 @@ class ServedVersion:
         with httpx.Client(timeout=self.timeout) as client:
             for start in range(0, len(inputs), ENDPOINT_ROWS):
                 chunk = inputs.iloc[start:start + ENDPOINT_ROWS]
-                answer = post_to_vigil(client, self.url, path, split_payload(chunk), InvocationsResponse)
+                answer = post_to_vigil(client, self.url, path, dataframe_split(chunk), InvocationsResponse)
                 check_identity(answer.model.name, answer.model.version, self.model, self.url)
                 part = answers_of(answer.predictions)
                 if len(part.values) != len(chunk):

@@ -1,4 +1,5 @@
-"""A registered version's predictions: loaded in-process or from a running Vigil over HTTP.
+"""A registered version's predictions: loaded in-process or from a running Vigil over HTTP (and the JSON of a
+table's rows in MLflow's scoring protocol, for any model).
 
 Both paths reduce a prediction to the service's contract — a label and the probability of that label — so the
 numbers computed from them are the same for the same version, whichever way they were obtained.
@@ -6,14 +7,18 @@ numbers computed from them are the same for the same version, whichever way they
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ValidationError
 
 from vigil import model_cache, registry
@@ -99,12 +104,17 @@ OVERLOADED_RETRIES = 3
 MAX_RETRY_AFTER_SECONDS = 5.0
 
 
-def post_to_vigil(client: httpx.Client, url: str, path: str, payload: dict[str, object],
+def post_to_vigil(client: httpx.Client, url: str, path: str, payload: dict[str, object] | bytes,
                   schema: type[Answer], sleep: Callable[[float], None] = time.sleep) -> Answer:
-    """POST JSON to a running Vigil and parse its answer; any failure is a VigilError naming the endpoint."""
+    """POST JSON (an object, or its encoded bytes) to a running Vigil and parse its answer; any failure is a
+    VigilError naming the endpoint."""
     for attempt in range(OVERLOADED_RETRIES + 1):
         try:
-            response = client.post(f"{url}{path}", json=payload)
+            if isinstance(payload, bytes):
+                response = client.post(f"{url}{path}", content=payload,
+                                       headers={"content-type": "application/json"})
+            else:
+                response = client.post(f"{url}{path}", json=payload)
         except httpx.HTTPError as error:
             raise VigilError(f"Vigil endpoint {url} not reachable ({type(error).__name__}).") from None
         retry_after = response.headers.get("retry-after", "")
@@ -248,3 +258,27 @@ def check_identity(name: str, version: str, expected: RegisteredVersion, where: 
             f"{where} serves {name} v{version}, not {expected.name} v{expected.version}{asked}; "
             f"pass --model {name}/{version} to evaluate what it serves."
         )
+
+
+def _plain(value: Any) -> Any:
+    """A cell as a JSON value: numpy scalars as Python, missing and non-finite numbers as null, times in ISO 8601."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    return value
+
+
+def dataframe_split(frame: pd.DataFrame) -> bytes:
+    """The rows as MLflow's ``dataframe_split`` JSON.
+
+    Built from Python values rather than ``DataFrame.to_json``, whose ``double_precision`` (10 decimal places by
+    default, 15 at most) would round small or long floats; ``json.dumps`` writes each float's shortest exact form.
+    ``allow_nan=False`` guarantees the body is JSON that MLflow's parser (and any other) accepts.
+    """
+    cells = frame.astype(object).where(frame.notna(), None)
+    data = [[_plain(value) for value in row] for row in cells.itertuples(index=False, name=None)]
+    body = {"dataframe_split": {"columns": [str(column) for column in frame.columns], "data": data}}
+    return json.dumps(body, allow_nan=False, default=str).encode()

@@ -3,6 +3,7 @@ scikit-learn (point estimates and weighted resamples), ROC-AUC from per-class sc
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -26,10 +27,10 @@ from evaluations.model_eval import (
     infer_task,
     measure,
     regression_scores,
-    split_payload,
 )
 from evaluations.policy import Policy, Rule, judge
 from evaluations.schemas import ClassificationMetrics, MetricDelta, RegressionMetrics
+from evaluations.scoring import dataframe_split
 from vigil.errors import VigilError
 
 
@@ -138,9 +139,9 @@ def test_paired_intervals_of_a_model_against_itself_are_zero_and_a_worse_one_is_
     assert worse["macro_f1"].high is not None and worse["macro_f1"].high < 0
 
 
-def test_split_payload_is_plain_json_with_nulls() -> None:
+def test_dataframe_split_is_plain_json_with_nulls() -> None:
     frame = pd.DataFrame({"x": [1.5, float("nan")], "n": np.array([1, 2], dtype="int64"), "s": ["a", None]})
-    payload = split_payload(frame)["dataframe_split"]
+    payload = json.loads(dataframe_split(frame))["dataframe_split"]
     assert payload == {"columns": ["x", "n", "s"], "data": [[1.5, 1, "a"], [None, 2, None]]}
     assert all(type(value) in (float, int, str, type(None)) for row in payload["data"] for value in row)
 
