@@ -1,6 +1,8 @@
-"""The drift loop of a user's own model, end to end: train and register the tips models with the example script,
-attach each one's training split as its reference with `vigil models reference`, send traffic to `vigil serve`, and
-judge it with `vigil monitor drift --model NAME` — held-out rows exit 0, shifted rows exit 1."""
+"""The loop of a user's own models, end to end: train and register the tips models with the example script, attach
+each one's training split as its reference with `vigil models reference`, send traffic to `vigil serve`, and judge it
+with `vigil monitor drift --model NAME` — held-out rows exit 0, shifted rows exit 1; evaluate a version with `vigil
+eval model` (in process and through the running service, against scikit-learn's own figures); refuse a constant
+challenger at the promotion gate; replay a labelled file through the service."""
 
 from __future__ import annotations
 
@@ -118,3 +120,126 @@ def test_held_out_traffic_is_no_drift_and_shifted_traffic_is_drift(
     assert verdict["status"] == "drift" and verdict["drifted"]
     voted = {check["name"] for check in verdict["checks"] if check["drifted"] and check["votes"]}
     assert voted & {"inputs", "prediction"}, verdict["checks"]
+
+
+# --- evaluation and the promotion gate -------------------------------------------------------------------------
+
+
+def held_out_file(tmp_path: Path, name: str, tips: pd.DataFrame) -> Path:
+    _, test = split(name, tips)
+    path = tmp_path / f"{name}-test.csv"
+    test[[*features(name), TARGETS[name]]].to_csv(path, index=False)
+    return path
+
+
+
+
+def sklearn_figures(name: str, tracking_uri: str, rows: pd.DataFrame) -> dict[str, float]:
+    """The champion's figures on ``rows``, computed here with scikit-learn from the model MLflow loads."""
+    import mlflow.pyfunc
+    from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_squared_error, r2_score
+
+    mlflow.set_registry_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    truth, predicted = rows[TARGETS[name]], model.predict(rows[features(name)])
+    if name == CLASSIFIER:
+        return {"accuracy": accuracy_score(truth, predicted), "macro_f1": f1_score(truth, predicted, average="macro")}
+    return {"mae": mean_absolute_error(truth, predicted), "rmse": mean_squared_error(truth, predicted) ** 0.5,
+            "r2": r2_score(truth, predicted)}
+
+
+@pytest.mark.parametrize("name", [CLASSIFIER, REGRESSOR])
+def test_eval_model_matches_scikit_learn_in_process_and_through_the_service(
+        drift_server: Server, vigil_env: VigilEnv, tips: pd.DataFrame, tmp_path: Path, name: str) -> None:
+    path = held_out_file(tmp_path, name, tips)
+    expected = sklearn_figures(name, vigil_env.tracking_uri, pd.read_csv(path))
+    reports = []
+    for where in ([], ["--endpoint", drift_server.http]):
+        result = vigil_env.run("eval", "model", f"{name}@champion", "--data", str(path), "--target", TARGETS[name],
+                               "--json", "-", *where, extra_env=drift_server.env)
+        reports.append(json.loads(result.stdout))
+    in_process, served = reports
+    assert in_process["task"] == ("classification" if name == CLASSIFIER else "regression")
+    assert in_process["rows"] == len(pd.read_csv(path)) and in_process["run_id"]
+    for metric, value in expected.items():
+        assert in_process["metrics"][metric] == pytest.approx(value, abs=1e-12), metric
+    assert served["source"] == "endpoint" and served["metrics"] == in_process["metrics"]
+    if name == CLASSIFIER:
+        assert in_process["metrics"]["roc_auc"] is None  # the example's classifier gives labels, no scores
+        assert sum(map(sum, in_process["metrics"]["confusion_matrix"])) == in_process["rows"]
+
+    run = MlflowClient(vigil_env.tracking_uri).get_run(in_process["run_id"])
+    assert run.data.tags["vigil.eval.kind"] == "model" and run.data.tags["dataset.fingerprint"]
+    plot = "plots/confusion_matrix.png" if name == CLASSIFIER else "plots/residuals.png"
+    artifacts = {a.path for a in MlflowClient(vigil_env.tracking_uri).list_artifacts(run.info.run_id, "plots")}
+    assert plot in artifacts
+
+
+def register_constant(name: str, tracking_uri: str, tips: pd.DataFrame) -> str:
+    """A deliberately weak challenger, logged with plain MLflow like the example: the most frequent class, or the
+    mean tip, whatever the row."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+
+    module = example()
+    train, _ = split(name, tips)
+    x, y = train[features(name)], train[TARGETS[name]]
+    constant = DummyClassifier(strategy="most_frequent") if name == CLASSIFIER else DummyRegressor()
+    model = module.make_pipeline(features(name), constant).fit(x, y)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_experiment(module.EXPERIMENT)
+    with mlflow.start_run(run_name=f"{name} constant"):
+        info = mlflow.sklearn.log_model(model, name="model", signature=infer_signature(x, model.predict(x)),
+                                        registered_model_name=name, pip_requirements=module.PIP_REQUIREMENTS)
+    version = str(info.registered_model_version)
+    MlflowClient(tracking_uri).set_registered_model_alias(name, "challenger", version)
+    return version
+
+
+@pytest.mark.parametrize("name", [CLASSIFIER, REGRESSOR])
+def test_the_gate_refuses_a_constant_challenger_and_the_champion_stays(
+        drift_server: Server, vigil_env: VigilEnv, tips: pd.DataFrame, tmp_path: Path, name: str) -> None:
+    client = MlflowClient(vigil_env.tracking_uri)
+    champion = client.get_model_version_by_alias(name, "champion").version
+    weak = register_constant(name, vigil_env.tracking_uri, tips)
+    path = held_out_file(tmp_path, name, tips)
+
+    refused = vigil_env.run("models", "promote", name, "--data", str(path), "--target", TARGETS[name], check=False,
+                            extra_env=drift_server.env)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    said = " ".join((refused.stdout + refused.stderr).split())
+    metric = "macro_f1" if name == CLASSIFIER else "rmse"
+    assert "refused" in said and f"{metric} " in said and "evidence: MLflow run" in said
+    assert client.get_model_version_by_alias(name, "champion").version == champion
+
+    tags = client.get_model_version(name, weak).tags
+    assert tags["vigil.champion.evaluation_verdict"] == "fail"
+    comparison = client.get_run(tags["vigil.champion.evaluation_run_id"])
+    assert comparison.data.tags["vigil.verdict"] == "fail" and comparison.data.metrics["passed"] == 0
+    decision = client.get_run(tags["vigil.champion.refusal_run_id"])  # the refusal is a run linked from the version
+    assert decision.data.tags["vigil.action"] == "refused" and metric in decision.data.tags["vigil.refusals"]
+
+    # Without --data the gate scores the candidate's attached evaluation dataset; with none it says how to attach.
+    unattached = vigil_env.run("models", "promote", name, check=False, extra_env=drift_server.env)
+    assert unattached.returncode == 1 and "--role evaluation" in " ".join(unattached.stdout.split())
+    vigil_env.run("models", "reference", name, "--version", weak, "--data", str(path), "--target", TARGETS[name],
+                  "--role", "evaluation", extra_env=drift_server.env)
+    attached = vigil_env.run("models", "promote", name, check=False, extra_env=drift_server.env)
+    assert attached.returncode == 1 and f"{metric} " in " ".join(attached.stdout.split())
+    assert client.get_model_version_by_alias(name, "champion").version == champion
+
+
+def test_replay_sends_a_labelled_files_rows_to_the_running_model(
+        drift_server: Server, vigil_env: VigilEnv, tips: pd.DataFrame, tmp_path: Path) -> None:
+    path = held_out_file(tmp_path, REGRESSOR, tips)
+    rows = len(pd.read_csv(path))
+    since = datetime.now(UTC)
+    result = vigil_env.run("eval", "replay", "--model", REGRESSOR, "--data", str(path), "--target", "tip",
+                           "--endpoint", drift_server.http, "--rows-per-request", "5", extra_env=drift_server.env)
+    said = " ".join(result.stdout.split())
+    champion = MlflowClient(vigil_env.tracking_uri).get_model_version_by_alias(REGRESSOR, "champion").version
+    assert f"{REGRESSOR} v{champion} ({rows}" in said, said
+    wait_until(lambda: logged_rows(drift_server, REGRESSOR, since) >= rows, timeout=60,
+               what=f"{rows} replayed log rows of {REGRESSOR}")
