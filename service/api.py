@@ -54,6 +54,7 @@ from service.serving_telemetry import (
 )
 from service.validation import validate_texts
 from telemetry.propagation import REQUEST_ID_HEADER, request_id_from
+from vigil.api_token import api_token
 from vigil.contracts import (
     ErrorResponse,
     IngestReport,
@@ -113,6 +114,7 @@ class Vigil:
 
     def __init__(self) -> None:
         self.settings = get_settings()
+        self.api_token = api_token(self.settings)  # a weak VIGIL_API_TOKEN stops the service at start
         self.model_name = self.settings.sentiment_model_name
         self.telemetry = ServingTelemetry(self.settings)
         batch_max_size = self.settings.limits_of(self.model_name).batch_max_size
@@ -247,9 +249,7 @@ class Vigil:
                   "id": "vigil-note", "title": "Vigil", "text": "Vigil keeps its vectors in Milvus Lite."}]}}))
     async def rag_documents(self, request: Request) -> Response:
         """Ingest documents (needs `Authorization: Bearer <VIGIL_API_TOKEN>`); the RAG service owns the store."""
-        expected = self.settings.api_token.get_secret_value()
-        if not expected:
-            raise ApiError(403, "ingest_disabled", "ingestion through the service needs VIGIL_API_TOKEN on the server")
+        expected = self.api_token
         offered = request.headers.get("authorization", "")
         if not hmac.compare_digest(offered.encode(), f"Bearer {expected}".encode()):
             raise ApiError(401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})

@@ -24,8 +24,10 @@ def serve(
 ) -> None:
     """Run `bentoml serve` for the Vigil API and model services until Ctrl-C."""
     from vigil import registry
+    from vigil.api_token import api_token
 
     settings = get_settings()
+    api_token(settings)  # a weak VIGIL_API_TOKEN is refused here, before anything starts
     http_port = port or settings.http_port
     grpc = grpc_port or settings.grpc_port
     bind = host or settings.serve_host

@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     operator: str = Field(
         "", description="Who performs registry operations (recorded in tags). Empty: the OS user."
     )
-    api_token: SecretStr = Field(SecretStr(""), description="Token for write endpoints of the service.")
+    api_token: SecretStr = Field(SecretStr(""), description="Bearer token of the service's write endpoints (`POST "
+                                 "/rag/documents`), at least 32 characters. Empty: one generated in "
+                                 "$VIGIL_HOME/api_token.")
 
     # --- serving -------------------------------------------------------------------------------------------
     models: str = Field(

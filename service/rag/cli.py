@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from vigil.api_token import api_token
 from vigil.contracts import IngestReport
 from vigil.settings import get_settings
 
@@ -57,7 +58,7 @@ def ingest(
                       "(it owns the store).")
         with _progress() as progress:
             task = progress.add_task("ingesting via service", total=len(read.documents))
-            report = ingest_via_service(url, settings.api_token.get_secret_value(), read.documents,
+            report = ingest_via_service(url, api_token(settings), read.documents,
                                         chunk_tokens=chunk_tokens, overlap_tokens=overlap,
                                         progress=lambda n: progress.advance(task, n))
         report = report.merged(IngestReport(documents=0, chunks=0, skipped=len(read.errors), errors=read.errors))

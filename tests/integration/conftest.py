@@ -83,6 +83,7 @@ def trained_twice(vigil_env: VigilEnv) -> tuple[str, str]:
 # --- a running `vigil serve`, shared by the serving and RAG-evaluation tests -----------------------------------
 
 MODEL = "serving-sentiment"
+INGEST_TOKEN = "test-ingest-token-of-at-least-32-characters"  # VIGIL_API_TOKEN of the session's server
 RAG_TITLES = {"Super Bowl 50", "Warsaw"}
 
 
@@ -174,7 +175,8 @@ def server(vigil_env: VigilEnv, registry_client: MlflowClient, langsmith: OtlpRe
     home = tmp_path_factory.mktemp("serve-home")
     env = {**vigil_env.env, "VIGIL_HOME": str(home), "VIGIL_SENTIMENT_MODEL_NAME": MODEL,
            "VIGIL_ALIAS_POLL_SECONDS": "1", "VIGIL_TRACING": "otlp", "LANGSMITH_API_KEY": "ls-test-key",
-           "LANGSMITH_ENDPOINT": langsmith.url, "LANGSMITH_PROJECT": "vigil-tests", "VIGIL_API_TOKEN": "test-token",
+           "LANGSMITH_ENDPOINT": langsmith.url, "LANGSMITH_PROJECT": "vigil-tests",
+           "VIGIL_API_TOKEN": INGEST_TOKEN,
            # A batch of 64 long reviews can take the default budget of 1 s on a busy 2-core machine, and BentoML then
            # refuses it as overloaded; no test here is about shedding load.
            "VIGIL_BATCH_MAX_LATENCY_MS": "10000"}

@@ -37,7 +37,7 @@ def env(tmp_path: Path) -> dict[str, str]:
         "VIGIL_HOME": str(tmp_path / "home"),
         "VIGIL_HTTP_PORT": str(free_port()),  # no service there: the CLI works in-process
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",  # registry down: version "unregistered"
-        "VIGIL_API_TOKEN": "cli-test-token",
+        "VIGIL_API_TOKEN": "cli-test-token-long-enough-to-be-accepted",
     }
 
 
@@ -129,7 +129,7 @@ def test_ingest_goes_through_the_running_service(env: dict[str, str], inputs: li
     assert "ingested 11 documents" in output and "empty.txt: file is empty" in output
     [request] = running_service
     assert request["path"] == "/rag/documents"
-    assert request["authorization"] == "Bearer cli-test-token"
+    assert request["authorization"] == "Bearer cli-test-token-long-enough-to-be-accepted"
     assert {d["id"] for d in request["documents"]} == {"vigil", *(f"Black_Death_p00{i}" for i in range(10))}
     # The CLI never opened the store: the service owns it.
     assert not (Path(env["VIGIL_HOME"]) / "milvus").exists()

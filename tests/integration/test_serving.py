@@ -22,7 +22,7 @@ from service.oip import grpc_service_pb2 as pb
 from service.oip import grpc_service_pb2_grpc as pb_grpc
 from telemetry.records import create_engine, read_frame
 from tests.conftest import free_port, wait_until
-from tests.integration.conftest import MODEL, Server, VigilEnv, start_server
+from tests.integration.conftest import INGEST_TOKEN, MODEL, Server, VigilEnv, start_server
 from tests.support.otlp_receiver import OtlpReceiver
 
 POSITIVE = "I love this phone, it works great and the battery lasts forever."
@@ -433,11 +433,11 @@ def test_rag_ingest_through_the_service_needs_the_token(server: Server) -> None:
         assert (refused.status_code, refused.json()["error"]["code"]) == (401, "unauthorized")
     # The API checks documents against the contract before the RAG service sees them.
     invalid = httpx.post(url, json={"documents": [{"id": "", "text": ""}]}, timeout=60,
-                         headers={"Authorization": "Bearer test-token"})
+                         headers={"Authorization": f"Bearer {INGEST_TOKEN}"})
     assert (invalid.status_code, invalid.json()["error"]["code"]) == (422, "invalid_request"), invalid.text
     assert "documents.0.id" in invalid.json()["error"]["message"]
     report = httpx.post(url, json={"documents": [document]}, timeout=60,
-                        headers={"Authorization": "Bearer test-token"})
+                        headers={"Authorization": f"Bearer {INGEST_TOKEN}"})
     assert report.status_code == 200, report.text
     assert report.json()["documents"] == 1 and report.json()["chunks"] >= 1
     answer = httpx.post(f"{server.http}/rag/query", timeout=60,
