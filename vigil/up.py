@@ -53,7 +53,7 @@ class Stack:
     def stop_all(self) -> None:
         for process in reversed(self.background):
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGINT)
+                os.killpg(process.pid, signal.SIGTERM)  # SIGINT is ignored by a job started in the background
         for process in self.background:
             try:
                 process.wait(timeout=20)
@@ -64,8 +64,15 @@ class Stack:
             self.console.print("stopped the MLflow server this run started")
 
 
+def _stop_on_sigterm(signum: int, _frame: object) -> None:
+    # A supervisor stops `vigil up` with SIGTERM; Python's default would end this process at once and leave the
+    # service, the Evidently UI and the MLflow server it started running without it. Unwinding runs `stop_all`.
+    raise SystemExit(128 + signum)
+
+
 def up(settings: Settings, console: Console, serve: bool = True, evidently_ui: bool = True) -> int:
     stack = Stack(settings, console)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     state, word = mlflow_server.status(settings)
     try:
         if word != "running":
@@ -83,6 +90,8 @@ def up(settings: Settings, console: Console, serve: bool = True, evidently_ui: b
         if not serve:
             return 0
         server = subprocess.Popen([sys.executable, "-m", "vigil.cli", "serve"])
+        # While serving, SIGTERM goes on to `vigil serve`, which drains BentoML; its exit then ends this run.
+        signal.signal(signal.SIGTERM, lambda signum, _frame: server.send_signal(signum))
         try:
             return server.wait()
         except KeyboardInterrupt:
@@ -93,4 +102,5 @@ def up(settings: Settings, console: Console, serve: bool = True, evidently_ui: b
                 server.kill()
                 return server.wait()
     finally:
+        signal.signal(signal.SIGTERM, previous)
         stack.stop_all()
