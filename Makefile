@@ -32,6 +32,7 @@ chromium:
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/deptry .  # every imported package declared, every declared one used
 	$(BIN)/mypy
 	$(BIN)/mypy bench  # scripts, not a package: checked on their own
 
