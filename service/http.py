@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 import aiohttp
@@ -120,14 +121,25 @@ async def read_json(request: Request, schema: type[Body]) -> Body:
 
 
 async def read_body(request: Request) -> bytes:
-    """The whole body within ``VIGIL_MAX_BODY_BYTES``; an empty one is refused."""
+    """The whole body within ``VIGIL_MAX_BODY_BYTES``; an empty one is refused.
+
+    A declared Content-Length over the limit is refused before anything is read. A body without one (chunked) is
+    read chunk by chunk and refused as soon as it passes the limit, so the worker never holds more than the limit
+    plus one chunk of it, however much the client sends.
+    """
     limit = get_settings().max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "body_too_large", f"request body of {declared} bytes; the limit is {limit}")
-    body = await request.body()
-    if len(body) > limit:
-        raise ApiError(413, "body_too_large", f"request body of {len(body)} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    received = 0
+    async with aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            received += len(chunk)
+            if received > limit:
+                raise ApiError(413, "body_too_large", f"request body of more than {limit} bytes; the limit is {limit}")
+            chunks.append(chunk)
+    body = b"".join(chunks)
     if not body.strip():
         raise ApiError(400, "empty_request", "the request body is empty")
     return body

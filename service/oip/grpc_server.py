@@ -19,6 +19,7 @@ from service.errors import ApiError, grpc_status
 from service.oip import grpc_service_pb2 as pb
 from service.oip import grpc_service_pb2_grpc as pb_grpc
 from telemetry.propagation import REQUEST_ID_HEADER
+from vigil.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -131,11 +132,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return {"ready": False}
 
 
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """Channel options of the gRPC server: SO_REUSEPORT lets API workers share the port, and a request message is
+    held to ``max_message_bytes`` (VIGIL_MAX_BODY_BYTES, the bound of a REST body), so one setting bounds a request
+    on both protocols. gRPC itself refuses a larger message with RESOURCE_EXHAUSTED before a servicer sees it.
+
+    The send limit stays at gRPC's default (unbounded on a server) on purpose: an answer can be larger than its
+    request (a pyfunc model's output rows, a RAG answer with its citations), REST does not bound answers either, and
+    capping them would only turn an answer already computed and held in memory into an error.
+    """
+    return [("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", max_message_bytes)]
+
+
 async def start_grpc_server(backends: list[ModelBackend], server_version: str, host: str, port: int
                             ) -> grpc.aio.Server:
     """Start the gRPC server on ``host:port`` in the running event loop; SO_REUSEPORT lets API workers share it."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1),
-                                      ("grpc.max_receive_message_length", 8 * 1024 * 1024)])
+    server = grpc.aio.server(options=server_options(get_settings().max_body_bytes))
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(backends, server_version), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
