@@ -19,7 +19,12 @@ from vigil.contracts import Document
 MAX_CONTENT_TOKENS = 254
 
 # Candidate sentence ends: terminal punctuation, optional closing quotes/brackets, then whitespace; or a blank line.
-_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)|\n\s*\n")
+# A match only starts where a run of punctuation starts: without the lookbehind, a run of n dots not followed by
+# whitespace was tried again from each of its dots, n²/2 steps (issue 15). No match can start inside such a run
+# anyway (from there, the same run ends at the same place), so the lookbehind changes no match, only the time.
+_SENTENCE_END = re.compile(r"(?<![.!?…])[.!?…]+[\"'”’)\]]*(?=\s)|\n\s*\n")
+_NON_SPACE = re.compile(r"\S")
+_INITIALS = re.compile(r"(\w\.)+\w")
 _ABBREVIATIONS = frozenset({
     "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "no", "fig", "inc", "ltd", "co",
     "corp", "gen", "col", "lt", "sgt", "rev", "mt", "ft", "approx", "dept", "est", "jan", "feb", "mar", "apr",
@@ -67,18 +72,30 @@ def split_sentences(text: str) -> list[str]:
 
 
 def _is_boundary(text: str, punct_start: int, end: int) -> bool:
-    following = text[end:].lstrip()
-    if not following:
+    # Every look around a candidate is bounded by the gap or word next to it, never a copy of the text before or
+    # after it: one copy per candidate made many sentences quadratic (issue 15).
+    following = _NON_SPACE.search(text, end)
+    if following is None:
         return True
-    first = following[0]
+    first = following.group()
     if not (first.isupper() or first.isdigit() or first in _OPENERS):
         return False
     if text[punct_start] != ".":
         return True
-    word = text[:punct_start].rsplit(None, 1)[-1] if text[:punct_start].strip() else ""
-    word = word.lstrip(_OPENERS).lower()
+    word = _word_before(text, punct_start).lstrip(_OPENERS).lower()
     # "U.S. Army", "Dr. Who", "J. R. R. Tolkien": a period after an abbreviation or an initial ends nothing.
-    return not (word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()) or re.fullmatch(r"(\w\.)+\w", word))
+    return not (word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()) or _INITIALS.fullmatch(word))
+
+
+def _word_before(text: str, index: int) -> str:
+    """The last whitespace-separated word of ``text[:index]`` ("" if none), read backwards from ``index``."""
+    end = index
+    while end > 0 and text[end - 1].isspace():
+        end -= 1
+    start = end
+    while start > 0 and not text[start - 1].isspace():
+        start -= 1
+    return text[start:end]
 
 
 def _append_stripped(spans: list[tuple[int, int]], text: str, start: int, end: int) -> None:

@@ -1,12 +1,17 @@
-"""Chunking on sentence boundaries, sized in real MiniLM tokens, with content-derived ids; no servers."""
+"""Chunking on sentence boundaries, sized in real MiniLM tokens, with content-derived ids; no servers. The same chunks
+as before issue 15 on ordinary text, and the chunk invariants on the texts that made it quadratic."""
 
 from __future__ import annotations
 
+import bisect
 import itertools
 
 import pytest
 
-from service.rag.chunking import MAX_CONTENT_TOKENS, chunk_document, chunk_id, split_sentences
+from service.rag.chunking import MAX_CONTENT_TOKENS, chunk_document, chunk_id, sentence_spans, split_sentences
+from tests.conftest import REPO_ROOT
+from tests.support import chunking_before_issue15 as before
+from tests.support.chunking_inputs import ADVERSARIAL, dots
 from vigil.contracts import Document
 from vigil.embedding import TextEmbedder
 
@@ -103,3 +108,84 @@ def test_repeated_passages_in_one_document_yield_one_chunk(tokenizer: TextEmbedd
     document = Document(id="dup", text=f"{paragraph}\n\n{paragraph}\n\n{paragraph}")
     chunks = chunk_document(document, tokenizer, chunk_tokens=tokenizer.count_tokens(paragraph), overlap_tokens=0)
     assert [c.text for c in chunks] == [paragraph]
+
+
+def corpus() -> list[Document]:
+    """The shipped RAG corpus: 2 067 ordinary paragraphs of English prose (SQuAD)."""
+    lines = (REPO_ROOT / "data" / "rag" / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    return [Document.model_validate_json(line) for line in lines]
+
+
+def test_sentences_are_those_of_the_splitting_before_issue_15_on_every_corpus_paragraph() -> None:
+    documents = corpus()
+    assert len(documents) > 2000
+    for document in documents:
+        assert sentence_spans(document.text) == before.sentence_spans(document.text), document.id
+
+
+@pytest.mark.parametrize(("chunk_tokens", "overlap_tokens"), [(200, 40), (64, 16), (50, 0)])
+def test_chunks_are_those_of_the_chunking_before_issue_15_on_ordinary_documents(
+        tokenizer: TextEmbedder, chunk_tokens: int, overlap_tokens: int) -> None:
+    words = " ".join(f"word{i}" for i in range(400))
+    documents = [
+        *corpus()[::25],
+        Document(id="rhine", text=numbered_sentences(80)),
+        Document(id="long", text=f"Short start. {words}. Short end."),
+        Document(id="styles", text=("The U.S. Army landed in 1944. Dr. Smith said so! Did it rain? \"Yes.\" "
+                                    "It did… Then J. R. R. Tolkien wrote (a lot). e.g. this stays.\n\nNew part")),
+    ]
+    for document in documents:
+        chunks = chunk_document(document, tokenizer, chunk_tokens, overlap_tokens)
+        assert chunks == before.chunk_document(document, tokenizer, chunk_tokens, overlap_tokens), document.id
+
+
+def test_adversarial_texts_chunk_as_before_at_small_sizes(tokenizer: TextEmbedder) -> None:
+    # Small enough for the quadratic reference: the rewrite changed the time, not the chunks.
+    for name, make in ADVERSARIAL.items():
+        document = Document(id=name, text=make(4096))
+        assert chunk_document(document, tokenizer, 64, 16) == before.chunk_document(document, tokenizer, 64, 16)
+
+
+def test_a_megabyte_of_dots_is_cut_into_full_chunks(tokenizer: TextEmbedder) -> None:
+    # The splitting before issue 15 needed over a minute for 64 KiB of dots, hours for this: the unit-test timeout
+    # (tests/conftest.py) fails a return of the quadratic regex without this test timing anything.
+    size = 1 << 20
+    chunks = chunk_document(Document(id="dots", text=dots(size)), tokenizer, 200, 40)
+    # Every dot is a token and no gap falls between them: pieces of exactly 200, all equal but the last, so the
+    # repeats collapse to one chunk.
+    assert [(c.text, c.tokens) for c in chunks] == [("." * 200, 200), ("." * (size % 200), size % 200)]
+
+
+@pytest.mark.parametrize("name", ["long sentence", "short sentences", "mix"])
+@pytest.mark.parametrize(("chunk_tokens", "overlap_tokens"), [(200, 40), (64, 16)])
+def test_adversarial_texts_keep_the_chunk_invariants(tokenizer: TextEmbedder, name: str, chunk_tokens: int,
+                                                     overlap_tokens: int) -> None:
+    text = ADVERSARIAL[name](1 << 18)
+    chunks = chunk_document(Document(id=name, text=text), tokenizer, chunk_tokens, overlap_tokens)
+    spans = tokenizer.token_spans(text)
+    starts, ends = [start for start, _ in spans], [end for _, end in spans]
+
+    def tokens_within(begin: int, end: int) -> int:  # the document's tokens inside text[begin:end]
+        return bisect.bisect_right(ends, end) - bisect.bisect_left(starts, begin)
+
+    assert len(chunks) > 100
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    previous_start, previous_end, overlapped = -1, 0, 0
+    for chunk in chunks:
+        assert chunk.tokens <= chunk_tokens
+        assert tokenizer.count_tokens(chunk.text) == chunk.tokens
+        start = text.find(chunk.text, previous_start + 1)
+        assert start > previous_start, "a chunk is a verbatim slice, after the start of the one before"
+        end = start + len(chunk.text)
+        assert tokens_within(start, end) == chunk.tokens
+        if start < previous_end:
+            assert tokens_within(start, previous_end) <= overlap_tokens
+            overlapped += 1
+        else:  # nothing but whitespace left out between neighbours
+            assert not text[previous_end:start].strip()
+        previous_start, previous_end = start, max(previous_end, end)
+    assert not text[previous_end:].strip()
+    if name == "short sentences":  # sentences of a few tokens: every neighbour shares some
+        assert overlapped == len(chunks) - 1
+    if name == "long sentence":  # pieces of one sentence are longer than the overlap: none is repeated
+        assert overlapped == 0
