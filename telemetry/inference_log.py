@@ -5,6 +5,10 @@ A request never waits on the database: :meth:`InferenceLogWriter.log` is a non-b
 ``batch_size`` rows wait, takes everything queued and inserts it with one ``executemany`` per ``batch_size`` rows;
 :meth:`InferenceLogWriter.close` wakes it for a last drain, so a graceful shutdown loses nothing. Same code for
 SQLite (default) and PostgreSQL by URL.
+
+A batch is lost only when the database stays unreachable through :data:`WRITE_ATTEMPTS` tries. When instead the
+database refuses a row itself (a value it cannot store), the batch is written row by row and that row alone is
+dropped, counted (``vigil_inference_log_drops_total{reason="bad_row"}``) and logged with its request id.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 
-from telemetry.records import InferenceRecord, create_engine, inference_log
+from telemetry.records import InferenceRecord, create_engine, inference_log, storable
 from telemetry.redaction import TEXT_REDACTIONS, TextRedaction, redact_text
+from vigil.credentials import create_private_file, ensure_private_dir, mask_url
 from vigil.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -67,6 +72,7 @@ class InferenceLogWriter:
         self._dropped = 0
         self._counts = threading.Lock()
         self._metrics_failed = False
+        self._engine: sa.Engine | None = None  # the writer thread's alone
         self._thread = threading.Thread(target=self._run, name="vigil-inference-log", daemon=True)
         self._thread.start()
         atexit.register(self.close)
@@ -132,7 +138,7 @@ class InferenceLogWriter:
     # --- writer thread -----------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        engine = self._connect()
+        self._engine = self._connect()
         try:
             while True:
                 self._wake.wait(self._flush_seconds)
@@ -141,15 +147,15 @@ class InferenceLogWriter:
                 closing = self._closed
                 rows = [self._row(record) for record in self._drain()]
                 for start in range(0, len(rows), self._batch_size):
-                    engine = self._write(engine, rows[start:start + self._batch_size])
+                    self._write(rows[start:start + self._batch_size])
                 self._set_queue_depth()
                 if closing:
                     break
         except Exception:  # a bug here must not take the process down, but it must be visible
             logger.exception("inference-log writer stopped unexpectedly")
         finally:
-            if engine is not None:
-                engine.dispose()
+            if self._engine is not None:
+                self._engine.dispose()
 
     def _drain(self) -> list[InferenceRecord]:
         records: list[InferenceRecord] = []
@@ -165,7 +171,8 @@ class InferenceLogWriter:
         if record.inputs is not None and self.redaction != "keep":
             row["inputs"] = {name: redact_text(value, self.redaction) if isinstance(value, str) else value
                              for name, value in record.inputs.items()}
-        return row
+        # After redaction: a hashed text stays the digest of what the request carried, as on its span.
+        return cast(dict[str, Any], storable(row))
 
     def _connect(self) -> sa.Engine | None:
         error: Exception | None = None
@@ -174,33 +181,61 @@ class InferenceLogWriter:
             try:
                 url = sa.make_url(self.url)
                 if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-                    Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+                    # Request text: readable by the owner only (SQLite gives its WAL files the same mode).
+                    database = Path(url.database)
+                    ensure_private_dir(database.parent)
+                    create_private_file(database)
                 return create_engine(self.url)
             except Exception as failure:
                 error = failure
         # Retried at the next write: the database may come up after the service.
-        logger.warning("inference log: cannot open %s yet (%s)", _safe_url(self.url), error)
+        logger.warning("inference log: cannot open %s yet (%s)", mask_url(self.url), error)
         return None
 
-    def _write(self, engine: sa.Engine | None, rows: list[dict[str, Any]]) -> sa.Engine | None:
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows`` in one transaction; when the database refuses one of them, insert them one by one, so
+        that only the refused rows are lost."""
+        try:
+            self._insert(rows)
+            return
+        except _Refused:
+            pass
+        for index, row in enumerate(rows):
+            try:
+                written = self._insert([row])
+            except _Refused as refused:
+                self._count_dropped(1, "bad_row")
+                logger.warning("inference log: dropped the row of request %s, which the database refuses: %s",
+                               row.get("request_id"), refused)
+                continue
+            if not written:  # the database went away meanwhile; the rows after this one would fare no better
+                self._count_dropped(len(rows) - index - 1, "write_error")
+                return
+
+    def _insert(self, rows: list[dict[str, Any]]) -> bool:
+        """Insert ``rows`` in one transaction, trying again while the database is unreachable; False when it gave
+        up (the rows are counted as dropped). Raises :class:`_Refused` at once when the rows themselves are refused:
+        trying again cannot help."""
         for attempt in range(1, WRITE_ATTEMPTS + 1):
-            if engine is None:
-                engine = self._connect()
-            if engine is not None:
+            if self._engine is None:
+                self._engine = self._connect()
+            if self._engine is not None:
                 try:
-                    with engine.begin() as connection:
+                    with self._engine.begin() as connection:
                         connection.execute(inference_log.insert(), rows)
                 except Exception as error:
+                    if _refuses_the_rows(error):
+                        raise _Refused(error) from error
                     logger.warning("inference log: writing %d rows failed (attempt %d/%d): %s",
                                    len(rows), attempt, WRITE_ATTEMPTS, error)
                 else:
                     self._count_written(len(rows))
-                    return engine
+                    return True
             if attempt < WRITE_ATTEMPTS and not self._closed:
                 time.sleep(RETRY_PAUSE_SECONDS)
         self._count_dropped(len(rows), "write_error")
         logger.error("inference log: gave up on %d rows", len(rows))
-        return engine
+        return False
 
     # --- counters ----------------------------------------------------------------------------------------
 
@@ -230,8 +265,21 @@ class InferenceLogWriter:
                 logger.warning("inference log: metrics unavailable", exc_info=True)
 
 
-def _safe_url(url: str) -> str:
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<invalid url>"
+class _Refused(Exception):
+    """The database refused the rows themselves; the message is the database's (or the driver's), without the rows."""
+
+    def __init__(self, error: Exception) -> None:
+        cause = error.orig if isinstance(error, sa.exc.StatementError) and error.orig is not None else error
+        super().__init__(f"{type(cause).__name__}: {cause}"[:300])
+
+
+def _refuses_the_rows(error: Exception) -> bool:
+    """Whether ``error`` is about the rows (a value the database or its driver cannot take), not about reaching the
+    database (down, restarting, locked, a connection lost): only the latter is worth trying again."""
+    if isinstance(error, sa.exc.DBAPIError):
+        # IntegrityError: a constraint (NOT NULL, a length on PostgreSQL); DataError: a value the column's type refuses
+        # (NUL in text, NaN in JSON on PostgreSQL). A lost connection is neither, whatever the driver calls it.
+        return isinstance(error, sa.exc.IntegrityError | sa.exc.DataError) and not error.connection_invalidated
+    # Raised while binding the values, before the database is asked: JSON that cannot be serialised (wrapped in a
+    # StatementError), or a driver refusing a string (psycopg2's NUL, sqlite3's lone surrogate: a ValueError).
+    return isinstance(error, sa.exc.StatementError | TypeError | ValueError)

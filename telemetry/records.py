@@ -6,6 +6,7 @@ back with :func:`read_frame`. SQLite by default, PostgreSQL by SQLAlchemy URL, w
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -44,6 +45,30 @@ inference_log = sa.Table(
 )
 
 
+# What no column of the log keeps as it is: NUL, which PostgreSQL refuses in text and JSON alike (one such row would
+# fail its whole batch); the other C0 and C1 controls and DEL, which garble whoever reads the log (psql, a CSV export,
+# a report); lone surrogates, which are not UTF-8 and which no driver can encode. Tab, newline and carriage return
+# are ordinary text and stay.
+_UNSTORABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+REPLACEMENT_CHARACTER = "\ufffd"
+
+
+def storable(value: Any) -> Any:
+    """``value`` fit for the log: in every string in it (nested dict keys and values, list items included), NUL, the
+    other control characters but tab, newline and carriage return, and lone surrogates become U+FFFD.
+
+    The one cleaning of a row; the writer applies it to each whole row (after redaction, so that a hashed text is
+    the digest of what the request carried, the same digest as on its span).
+    """
+    if isinstance(value, str):
+        return _UNSTORABLE.sub(REPLACEMENT_CHARACTER, value)
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(item) for item in value]
+    return value
+
+
 class InferenceRecord(BaseModel):
     """One served prediction of the sentiment model (kind ``sentiment``) or of any pyfunc model (kind ``model``,
     one row per input row), or one RAG query (kind ``rag``)."""
@@ -73,7 +98,8 @@ class InferenceRecord(BaseModel):
 
 def create_engine(url: str) -> sa.Engine:
     """An engine for ``url`` with the table created; SQLite in WAL mode so readers never block the writer."""
-    engine = sa.create_engine(url, future=True)
+    # hide_parameters: a failed insert's message would otherwise carry the rows, request text included, into the logs.
+    engine = sa.create_engine(url, future=True, hide_parameters=True)
     if engine.dialect.name == "sqlite":
 
         @sa.event.listens_for(engine, "connect")

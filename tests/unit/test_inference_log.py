@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import sqlite3
+import stat
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
 from telemetry.inference_log import InferenceLogWriter
 from telemetry.records import InferenceRecord, read_frame
+from telemetry.redaction import text_digest
 from tests.conftest import wait_until
 from vigil.settings import Settings
 
@@ -204,3 +208,64 @@ def test_a_log_made_before_pyfunc_rows_is_migrated_and_keeps_its_rows(tmp_path: 
     assert (logged[0]["input_text"], logged[0]["label"], logged[0]["inputs"]) == ("kept", "positive", None)
     digest = "sha256:" + hashlib.sha256(b"Sun").hexdigest()  # string inputs are redacted like request text
     assert logged[1]["inputs"] == {"day": digest, "total_bill": 16.99} and logged[1]["outputs"] == 1.01
+
+
+def test_nul_and_control_characters_are_replaced_in_the_text_and_inside_json(url: str) -> None:
+    # NUL would make PostgreSQL refuse the row (text and JSON alike); tab, newline and carriage return are text.
+    text = "nul\x00 bell\x07 escape\x1b[31m del\x7f surrogate\ud800 tab\tnewline\ncr\r end"
+    writer = InferenceLogWriter(url, flush_seconds=0.05)
+    writer.log(InferenceRecord(
+        request_id="req-control", trace_id="", endpoint="/v2/models/notes/infer", protocol="rest", kind="model",
+        model_name="notes", model_version="1", input_text=text, latency_ms=1.0,
+        inputs={"note": "a\x00b", "tags": ["x\x01", "ok"], "nested": {"k\x00ey": "v\x02"}, "count": 3},
+        outputs={"summary": "fine\x00", "score": 0.5},
+    ))
+    assert writer.close(timeout=30)
+    assert (writer.written, writer.dropped) == (1, 0)
+    (row,) = rows(url)
+    assert row["input_text"] == "nul� bell� escape�[31m del� surrogate� tab\tnewline\ncr\r end"
+    assert row["inputs"] == {"note": "a�b", "tags": ["x�", "ok"], "nested": {"k�ey": "v�"}, "count": 3}
+    assert row["outputs"] == {"summary": "fine�", "score": 0.5}
+
+
+def test_a_hashed_text_is_the_digest_of_what_the_request_carried(url: str) -> None:
+    # The span of the same request carries text_digest of the raw text; the log row must match it.
+    writer = InferenceLogWriter(url, redaction="hash")
+    writer.log(record(1, text="nul\x00 inside"))
+    assert writer.close(timeout=30)
+    (row,) = rows(url)
+    assert row["input_text"] == text_digest("nul\x00 inside")
+
+
+def test_a_row_the_database_refuses_is_dropped_alone_and_logged_once_with_its_request_id(
+    url: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    bad_before = counter("vigil_inference_log_drops_total", reason="bad_row")
+    # A model that answers numpy scalars: JSON cannot serialise its output, so the database never gets that row.
+    refused = InferenceRecord(
+        request_id="req-numpy", trace_id="", endpoint="/v2/models/notes/infer", protocol="rest", kind="model",
+        model_name="notes", model_version="1", input_text="private words", latency_ms=1.0,
+        inputs={"note": "private words"}, outputs=np.float32(0.5),
+    )
+    # One batch: neither size nor time flushes before close().
+    writer = InferenceLogWriter(url, batch_size=100, flush_seconds=3600)
+    for index in range(6):
+        writer.log(refused if index == 2 else record(index))
+    with caplog.at_level(logging.INFO, logger="telemetry.inference_log"):
+        assert writer.close(timeout=30)
+    assert sorted(r["request_id"] for r in rows(url)) == ["req-0", "req-1", "req-3", "req-4", "req-5"]
+    assert (writer.written, writer.dropped) == (5, 1)
+    assert counter("vigil_inference_log_drops_total", reason="bad_row") - bad_before == 1
+    # Once, naming the request, without retries (trying again cannot help) and without the row's text.
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "telemetry.inference_log"]
+    assert "req-numpy" in message and "not JSON serializable" in message
+    assert "private words" not in caplog.text
+
+
+def test_the_log_file_and_the_folders_the_writer_creates_are_private(tmp_path: Path) -> None:
+    database = tmp_path / "home" / "logs" / "inference.db"
+    writer = InferenceLogWriter(f"sqlite:///{database}", flush_seconds=0.05)
+    writer.log(record(1))
+    assert writer.close(timeout=30)
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
+    assert stat.S_IMODE(database.parent.stat().st_mode) == stat.S_IMODE((tmp_path / "home").stat().st_mode) == 0o700
