@@ -38,7 +38,9 @@ class RagService:
         self.settings = get_settings()
         # One thread, as for the sentiment model: two collapse when other processes want the cores (bench/RESULTS.md).
         torch.set_num_threads(self.settings.torch_threads)
-        setup_tracing("vigil-rag", settings=self.settings)
+        # Only Vigil's API worker calls this service, and it sends a sampled traceparent only for a trace it admitted
+        # within its own budgets: a second cap here would cut those traces in two.
+        setup_tracing("vigil-rag", settings=self.settings, trust_remote_parents=True)
         self.metrics = get_metrics()
         self.pipeline = RagPipeline.from_settings(self.settings)
         self.store_error = ""

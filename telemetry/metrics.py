@@ -38,10 +38,10 @@ class VigilMetrics:
     batch_size: Histogram
     inference_log_queue_depth: Gauge
     inference_log_writes: Counter
-    inference_log_drops: Counter  # reason (queue_full | closed | write_error)
+    inference_log_drops: Counter  # reason (queue_full | closed | write_error | bad_row)
     span_export_failures: Counter  # exporter
     spans_dropped: Counter  # exporter
-    traces_rate_limited: Counter
+    traces_rate_limited: Counter  # parent (none | remote)
     rag_prompt_tokens: Counter  # generator, model
     rag_completion_tokens: Counter  # generator, model
     rag_retrieval_seconds: Histogram
@@ -97,8 +97,10 @@ class VigilMetrics:
             ),
             traces_rate_limited=prom.Counter(
                 "vigil_traces_rate_limited_total",
-                "New traces left unsampled by VIGIL_TRACE_MAX_PER_SECOND (their requests are still served and logged).",
-                registry=target,
+                "Traces left unsampled by a cap (their requests are still served and logged), by parent: none (a "
+                "new trace, VIGIL_TRACE_MAX_PER_SECOND) or remote (a caller's sampled one, "
+                "VIGIL_TRACE_REMOTE_MAX_PER_SECOND).",
+                ["parent"], registry=target,
             ),
             rag_prompt_tokens=prom.Counter(
                 "vigil_rag_prompt_tokens_total", "Prompt tokens sent to RAG generators.", ["generator", "model"],

@@ -26,6 +26,7 @@ from telemetry import semconv
 from telemetry.exporters import CountingBatchSpanProcessor, ExporterStatus, span_processors
 from telemetry.redaction import text_digest
 from telemetry.sampling import sampler_from_settings
+from vigil.credentials import mask_url
 from vigil.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Tracing:
         self.mode = mode
         self.sample_ratio = settings.trace_sample_ratio
         self.max_traces_per_second = settings.trace_max_per_second
+        self.max_remote_traces_per_second = settings.trace_remote_max_per_second
         self.raw_text = settings.trace_raw_text
         self.exporters = exporters
         self._processors = processors
@@ -55,6 +57,7 @@ class Tracing:
             "mode": self.mode,
             "sample_ratio": self.sample_ratio,
             "max_traces_per_second": self.max_traces_per_second,
+            "max_remote_traces_per_second": self.max_remote_traces_per_second,
             "degraded": any(not exporter.active for exporter in self.exporters),
             "shut_down": self._is_shut_down,
             "exporters": [exporter.as_dict() for exporter in self.exporters],
@@ -130,18 +133,21 @@ def _resource(service_name: str, settings: Settings) -> Resource:
 
 
 def build_tracing(
-    service_name: str, *, settings: Settings | None = None, tracer_provider: TracerProvider | None = None
+    service_name: str, *, settings: Settings | None = None, tracer_provider: TracerProvider | None = None,
+    trust_remote_parents: bool = False,
 ) -> Tracing:
     """A provider with the exporters ``settings`` ask for, without installing it globally (tests use this).
 
     An injected ``tracer_provider`` keeps its own resource and sampler; Vigil only adds exporters to it.
+    ``trust_remote_parents``: see :func:`~telemetry.sampling.sampler_from_settings`.
     """
     settings = settings or get_settings()
     owns_provider = tracer_provider is None
     if tracer_provider is None:
         # "off" still hands out valid, non-recording spans so context propagates, at almost no cost.
-        tracer_provider = TracerProvider(resource=_resource(service_name, settings),
-                                         sampler=sampler_from_settings(settings), shutdown_on_exit=False)
+        sampler = sampler_from_settings(settings, trust_remote_parents=trust_remote_parents)
+        tracer_provider = TracerProvider(resource=_resource(service_name, settings), sampler=sampler,
+                                         shutdown_on_exit=False)
     exporters, processors = span_processors(settings)
     for processor in processors:
         tracer_provider.add_span_processor(processor)
@@ -156,13 +162,16 @@ _active: Tracing | None = None
 
 
 def setup_tracing(
-    service_name: str, *, settings: Settings | None = None, tracer_provider: TracerProvider | None = None
+    service_name: str, *, settings: Settings | None = None, tracer_provider: TracerProvider | None = None,
+    trust_remote_parents: bool = False,
 ) -> TracerProvider:
     """Install this process's tracer provider with Vigil's exporters; a second call returns the first provider.
 
     Pass ``tracer_provider`` to use a provider you built (tests pass one with an in-memory exporter); an SDK
     provider someone else already installed globally is used the same way, so there stays one per process.
-    Shutdown is registered at exit with the bound of :func:`shutdown_tracing`.
+    Shutdown is registered at exit with the bound of :func:`shutdown_tracing`. ``trust_remote_parents=True`` in a
+    service only Vigil's API worker calls, whose callers' traces the API worker has already capped (see
+    :func:`~telemetry.sampling.sampler_from_settings`).
     """
     global _active
     with _lock:
@@ -171,14 +180,16 @@ def setup_tracing(
         installed = trace.get_tracer_provider()
         if tracer_provider is None and isinstance(installed, TracerProvider):
             tracer_provider = installed
-        tracing = build_tracing(service_name, settings=settings, tracer_provider=tracer_provider)
+        tracing = build_tracing(service_name, settings=settings, tracer_provider=tracer_provider,
+                                trust_remote_parents=trust_remote_parents)
         if installed is not tracing.provider:
             trace.set_tracer_provider(tracing.provider)
             if trace.get_tracer_provider() is not tracing.provider:
                 logger.warning("another tracer provider is already installed; Vigil's spans may not be exported")
         _active = tracing
         atexit.register(shutdown_tracing)
-        logger.info("tracing: %s", ", ".join(f"{e.name}→{e.endpoint}" for e in tracing.exporters) or tracing.mode)
+        logger.info("tracing: %s", ", ".join(f"{e.name}→{mask_url(e.endpoint)}" for e in tracing.exporters)
+                    or tracing.mode)
         return tracing.provider
 
 

@@ -24,7 +24,7 @@ EXPECTED = {
     "vigil_inference_log_drops_total": ("counter", {"reason"}),
     "vigil_span_export_failures_total": ("counter", {"exporter"}),
     "vigil_spans_dropped_total": ("counter", {"exporter"}),
-    "vigil_traces_rate_limited_total": ("counter", set()),
+    "vigil_traces_rate_limited_total": ("counter", {"parent"}),
     "vigil_rag_prompt_tokens_total": ("counter", {"generator", "model"}),
     "vigil_rag_completion_tokens_total": ("counter", {"generator", "model"}),
     "vigil_rag_retrieval_seconds": ("histogram", set()),
@@ -55,7 +55,7 @@ def test_every_metric_has_its_conventional_name_type_and_labels() -> None:
     metrics.inference_log_drops.labels(reason="queue_full").inc()
     metrics.span_export_failures.labels(exporter="mlflow").inc()
     metrics.spans_dropped.labels(exporter="mlflow").inc()
-    metrics.traces_rate_limited.inc()
+    metrics.traces_rate_limited.labels(parent="remote").inc()
     metrics.rag_prompt_tokens.labels(generator="extractive", model="extractive").inc(120)
     metrics.rag_completion_tokens.labels(generator="extractive", model="extractive").inc(30)
     metrics.rag_retrieval_seconds.observe(0.004)
@@ -72,7 +72,7 @@ def test_every_metric_has_its_conventional_name_type_and_labels() -> None:
         ("vigil_inference_log_drops_total", {"reason": "queue_full"}),
         ("vigil_span_export_failures_total", {"exporter": "mlflow"}),
         ("vigil_spans_dropped_total", {"exporter": "mlflow"}),
-        ("vigil_traces_rate_limited_total", {}),
+        ("vigil_traces_rate_limited_total", {"parent": "remote"}),
         ("vigil_rag_prompt_tokens_total", {"generator": "extractive", "model": "extractive"}),
         ("vigil_rag_completion_tokens_total", {"generator": "extractive", "model": "extractive"}),
         ("vigil_rag_retrieval_seconds_count", {}),
