@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from vigil.credentials import mask_url
+
 logger = logging.getLogger(__name__)
 
 AlertKind = Literal["drift", "token_budget", "retrieval_drift"]
@@ -41,14 +43,15 @@ def send_alert(alert: Alert, url: str, timeout: float = 5.0) -> bool:
         return False
     import httpx
 
+    shown = mask_url(url)  # a webhook URL often carries its token
     try:
         response = httpx.post(url, json=alert.model_dump(mode="json"), timeout=timeout)
     except httpx.HTTPError as error:
-        logger.warning("alert webhook %s not reachable (%s); %s alert not delivered", url, type(error).__name__,
+        logger.warning("alert webhook %s not reachable (%s); %s alert not delivered", shown, type(error).__name__,
                        alert.kind)
         return False
     if response.is_success:
-        logger.info("%s alert delivered to %s", alert.kind, url)
+        logger.info("%s alert delivered to %s", alert.kind, shown)
         return True
-    logger.warning("alert webhook %s answered %s; %s alert not delivered", url, response.status_code, alert.kind)
+    logger.warning("alert webhook %s answered %s; %s alert not delivered", shown, response.status_code, alert.kind)
     return False

@@ -36,13 +36,15 @@ app.add_typer(models_app, name="models")
 
 @app.command("config")
 def show_config() -> None:
-    """Print the effective settings (secrets masked)."""
+    """Print the effective settings (secrets masked, and the credentials in URLs)."""
+    from vigil.credentials import mask_url
     from vigil.settings import Settings
 
     table = Table("variable", "value", title="Vigil settings")
     for name, value in get_settings().masked().items():
         alias = Settings.model_fields[name].validation_alias
-        table.add_row(alias if isinstance(alias, str) else f"VIGIL_{name.upper()}", str(value))
+        shown = mask_url(value) if isinstance(value, str) else value
+        table.add_row(alias if isinstance(alias, str) else f"VIGIL_{name.upper()}", str(shown))
     console.print(table)
 
 

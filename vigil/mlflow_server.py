@@ -2,6 +2,11 @@
 
 The server runs as its own process group in the background; a state file under ``$VIGIL_HOME/mlflow`` records
 its pid, port and URI, so that several homes side by side run independent servers.
+
+The backend store URI may hold a database password. It reaches the server through its environment
+(``MLFLOW_BACKEND_STORE_URI``, readable by the same user only) rather than its command line (readable by anyone in
+``ps``), and the state file records it masked. What the server and Vigil write under ``$VIGIL_HOME`` is private to
+its owner (see :mod:`vigil.credentials`).
 """
 
 from __future__ import annotations
@@ -13,15 +18,20 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from vigil import registry
+from vigil.credentials import create_private_file, ensure_private_dir, mask_url
 from vigil.errors import MlflowUnavailable, VigilError
 from vigil.settings import Settings
 
 STATE_FILE = "server.json"
 LOG_FILE = "server.log"
+# The variable `mlflow server` reads --backend-store-uri from (`mlflow server --help`).
+BACKEND_STORE_URI_VARIABLE = "MLFLOW_BACKEND_STORE_URI"
+# What the server creates (its SQLite store, artifacts) is readable by the owner only, as Vigil's own files are.
+SERVER_UMASK = 0o077
 
 
 @dataclass(frozen=True)
@@ -30,7 +40,7 @@ class ServerState:
     port: int
     host: str
     uri: str
-    backend_store_uri: str
+    backend_store_uri: str  # masked: for people to read, not to connect with
     artifacts_destination: str
     log_file: str
 
@@ -44,9 +54,12 @@ def read_state(settings: Settings) -> ServerState | None:
     if not path.exists():
         return None
     try:
-        return ServerState(**json.loads(path.read_text()))
+        state = ServerState(**json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError):
         return None
+    # A state file written before the URIs were masked on write still holds them as they were.
+    return replace(state, backend_store_uri=mask_url(state.backend_store_uri),
+                   artifacts_destination=mask_url(state.artifacts_destination))
 
 
 def process_alive(pid: int) -> bool:
@@ -82,20 +95,29 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def server_command(settings: Settings, port: int) -> tuple[list[str], str, str]:
+@dataclass(frozen=True)
+class ServerCommand:
+    """How to start this home's `mlflow server`: its argv, and what to add to its environment."""
+
+    argv: list[str]
+    environment: dict[str, str]  # the backend store URI, credentials and all: never on the command line
+    backend_store_uri: str
+    artifacts_destination: str
+
+
+def server_command(settings: Settings, port: int) -> ServerCommand:
     mlflow_dir = settings.mlflow_dir.resolve()
     backend = settings.mlflow_backend_store_uri or f"sqlite:///{mlflow_dir / 'mlflow.db'}"
     artifacts = settings.mlflow_artifacts_destination or str(mlflow_dir / "artifacts")
-    command = [
+    argv = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", backend,
         "--artifacts-destination", artifacts,
         "--serve-artifacts",
         "--host", settings.mlflow_host,
         "--port", str(port),
         "--workers", "1",
     ]
-    return command, backend, artifacts
+    return ServerCommand(argv, {BACKEND_STORE_URI_VARIABLE: backend}, backend, artifacts)
 
 
 def status(settings: Settings) -> tuple[ServerState | None, str]:
@@ -118,17 +140,19 @@ def up(settings: Settings, port: int | None = None) -> tuple[ServerState, bool]:
             f"port {port} on {host} is taken by another process, so MLflow cannot start there. "
             f"Free it, or choose another port: VIGIL_MLFLOW_PORT=5001 (or `vigil mlflow up --port 5001`)."
         )
-    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
-    (settings.mlflow_dir / "artifacts").mkdir(exist_ok=True)
-    command, backend, artifacts = server_command(settings, port)
-    log_path = settings.mlflow_dir.resolve() / LOG_FILE
+    ensure_private_dir(settings.home)
+    ensure_private_dir(settings.mlflow_dir / "artifacts")
+    command = server_command(settings, port)
+    log_path = create_private_file(settings.mlflow_dir.resolve() / LOG_FILE)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            command.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, **command.environment}, umask=SERVER_UMASK,
         )
     uri = f"http://{host}:{port}"
-    state = ServerState(process.pid, port, host, uri, backend, artifacts, str(log_path))
-    state_path(settings).write_text(json.dumps(asdict(state), indent=2))
+    state = ServerState(process.pid, port, host, uri, mask_url(command.backend_store_uri),
+                        mask_url(command.artifacts_destination), str(log_path))
+    create_private_file(state_path(settings)).write_text(json.dumps(asdict(state), indent=2))
     deadline = time.monotonic() + settings.mlflow_start_timeout_seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:

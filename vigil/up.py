@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from vigil import mlflow_server
+from vigil.credentials import ensure_private_dir
 from vigil.errors import VigilError
 from vigil.settings import Settings
 
@@ -42,7 +43,7 @@ class Stack:
 
     def spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         log_dir = self.settings.home / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(log_dir)
         process = subprocess.Popen(  # our own CLI
             [sys.executable, "-m", "vigil.cli", *args], stdout=(log_dir / log_name).open("ab"),
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,

@@ -61,7 +61,7 @@ def test_sigterm_stops_vigil_up_and_everything_it_started(tmp_path: Path) -> Non
         process.send_signal(signal.SIGTERM)  # to `vigil up` alone, as systemd or Kubernetes would
         assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
         assert (tmp_path / "serve").read_text() == "drained"  # the service got the signal and stopped itself
-        gone, alive = psutil.wait_procs(children, timeout=30)
+        _gone, alive = psutil.wait_procs(children, timeout=30)
         assert not alive, f"orphans left: {alive}"
     finally:
         if process.poll() is None:
