@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -80,7 +80,8 @@ class Settings(BaseSettings):
     alias_poll_seconds: float = Field(30.0, gt=0, description="How often the service checks the alias.")
     max_texts_per_request: int = Field(256, ge=1, description="Most texts one request may carry.")
     max_text_chars: int = Field(10_000, ge=1, description="Most characters in one text.")
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted (REST), "
+                                "and largest gRPC request message.")
     batch_max_size: int = Field(64, ge=1, description="Adaptive batching: largest batch the model service forms.")
     batch_max_latency_ms: int = Field(
         1000, ge=1, description="Adaptive batching: latency budget before a request is refused as overloaded."
@@ -111,6 +112,12 @@ class Settings(BaseSettings):
         0.0, ge=0, description="New traces a process samples per second, at most (after the ratio); 0: no limit. "
         "Bounds what a trace store sharing the serving cores ingests under load; the inference log still has "
         "every request."
+    )
+    trace_remote_max_per_second: float = Field(
+        None, ge=0, validate_default=True, description="Traces a caller sent sampled (its `traceparent` flag) that a "
+        "process records per second, at most, on a budget apart from new traces'; 0: no limit. Empty: the same as "
+        "VIGIL_TRACE_MAX_PER_SECOND, so a caller's flag cannot lift the cap. Over it the request is served and logged, "
+        "its trace not recorded."
     )
     traces_experiment: str = Field("vigil-traces", description="MLflow experiment that receives traces.")
     otlp_endpoint: str = Field(
@@ -175,6 +182,14 @@ class Settings(BaseSettings):
     )
 
     _model_limits: dict[str, dict[str, int]] = PrivateAttr(default_factory=dict)
+
+    @field_validator("trace_remote_max_per_second", mode="before")
+    @classmethod
+    def _remote_trace_cap_defaults_to_the_cap(cls, value: Any, info: ValidationInfo) -> Any:
+        # Unset or empty: the cap of new traces, declared before this field and so already validated.
+        if value is None or value == "":
+            return info.data.get("trace_max_per_second", 0.0)
+        return value
 
     @model_validator(mode="after")
     def _read_models_file(self) -> Settings:
