@@ -247,7 +247,8 @@ def test_alias_move_under_load_switches_without_errors(
     streamer.start()
     try:
         wait_until(lambda: len(seen) > 5, timeout=30, what="requests flowing")
-        vigil_env.run("models", "promote", MODEL, "--version", "2", "--reason", "swap under load")
+        # Forced: this copy of the sentiment model has no evaluation dataset for the promotion gate to score.
+        vigil_env.run("models", "promote", MODEL, "--version", "2", "--force", "--reason", "swap under load")
         wait_until(lambda: seen and seen[-1] == "2", timeout=60, what="the service to answer with v2")
         count = len(seen)
         wait_until(lambda: len(seen) > count + 5, timeout=30, what="more requests on v2")
