@@ -109,8 +109,9 @@ class RagQueryRequest(BaseModel):
     )
 
     question: str = Field(description="The question, at most VIGIL_RAG_MAX_QUESTION_CHARS characters.")
-    # Bounds are checked by the RAG pipeline, which answers 422 `InvalidTopK` for the CLI and the API alike.
-    top_k: int | None = Field(None, description="Chunks to retrieve, 1..50 (default VIGIL_RAG_TOP_K).")
+    # Bounds are checked by the RAG pipeline, which answers 422 `InvalidTopK` for the CLI and the API alike. Strict:
+    # the document says integer, so `true` or "3" is refused rather than read as one.
+    top_k: int | None = Field(None, strict=True, description="Chunks to retrieve, 1..50 (default VIGIL_RAG_TOP_K).")
 
 
 class Citation(BaseModel):

@@ -68,6 +68,8 @@ def test_predict_refusals(client: TestClient, body: bytes, status: int, code: st
 @pytest.mark.parametrize(("body", "status", "code"), [
     (b"", 400, "empty_request"),
     (b'{"question": 5}', 422, "invalid_request"),
+    (b'{"question": "Where is Warsaw?", "top_k": true}', 422, "invalid_request"),  # an integer, as documented
+    (b'{"question": "Where is Warsaw?", "top_k": "3"}', 422, "invalid_request"),
 ])
 def test_rag_query_refusals(client: TestClient, body: bytes, status: int, code: str) -> None:
     response = client.post("/rag/query", content=body, headers={"content-type": "application/json"})
