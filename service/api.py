@@ -22,7 +22,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from service.coalescer import Coalescer
-from service.errors import ApiError, api_error, not_ready, overloaded, remote_error
+from service.errors import ApiError, OipErrorResponse, api_error, not_ready, overloaded, remote_error
 from service.http import (
     create_app,
     json_response,
@@ -79,6 +79,9 @@ app = create_app("Vigil", VIGIL_VERSION, "Sentiment predictions over plain JSON 
                                          "and answers from a document collection.")
 # Every refusal and failure of the JSON routes has the contract's error body.
 REFUSED: dict[int | str, dict[str, Any]] = {"4XX": {"model": ErrorResponse}, "5XX": {"model": ErrorResponse}}
+# The Open Inference routes refuse in the protocol's own body.
+OIP_REFUSED: dict[int | str, dict[str, Any]] = {"4XX": {"model": OipErrorResponse},
+                                                "5XX": {"model": OipErrorResponse}}
 
 
 
@@ -278,8 +281,10 @@ class Vigil:
         ready = await self._all_ready()
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
-    @app.get("/v2/models/{name}", response_model=rest.ModelMetadata, tags=["open-inference-v2"])
-    @app.get("/v2/models/{name}/versions/{version}", response_model=rest.ModelMetadata, tags=["open-inference-v2"])
+    @app.get("/v2/models/{name}", response_model=rest.ModelMetadata, tags=["open-inference-v2"],
+             responses=OIP_REFUSED)
+    @app.get("/v2/models/{name}/versions/{version}", response_model=rest.ModelMetadata, tags=["open-inference-v2"],
+             responses=OIP_REFUSED)
     async def model_metadata(self, name: str, version: str | None = None) -> rest.ModelMetadata:
         if name in self.pyfuncs:
             state = await self.pyfuncs[name].state()
@@ -302,8 +307,8 @@ class Vigil:
                      rest.TensorMetadata(name=codec.SCORE_OUTPUT, datatype="FP32", shape=[-1])],
         )
 
-    @app.get("/v2/models/{name}/ready", tags=["open-inference-v2"])
-    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["open-inference-v2"])
+    @app.get("/v2/models/{name}/ready", tags=["open-inference-v2"], responses=OIP_REFUSED)
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["open-inference-v2"], responses=OIP_REFUSED)
     async def model_ready(self, name: str, version: str | None = None) -> JSONResponse:
         if name in self.pyfuncs:
             ready = await self._pyfunc_ready(name)
@@ -312,9 +317,10 @@ class Vigil:
         ready = await self._model_ready()
         return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
-    @app.post("/v2/models/{name}/infer", response_model=rest.InferResponse, tags=["open-inference-v2"])
+    @app.post("/v2/models/{name}/infer", response_model=rest.InferResponse, tags=["open-inference-v2"],
+              responses=OIP_REFUSED)
     @app.post("/v2/models/{name}/versions/{version}/infer", response_model=rest.InferResponse,
-              tags=["open-inference-v2"])
+              tags=["open-inference-v2"], responses=OIP_REFUSED)
     async def model_infer(self, name: str, request: Request, version: str | None = None) -> Response:
         if name == RAG_MODEL:
             return await self._rest_rag_infer(request)
