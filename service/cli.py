@@ -33,7 +33,11 @@ def serve(
     bind = host or settings.serve_host
     env = {**os.environ, "VIGIL_GRPC_PORT": str(grpc), "VIGIL_HTTP_PORT": str(http_port), "VIGIL_SERVE_HOST": bind,
            "MLFLOW_TRACKING_URI": registry.tracking_uri(), "VIGIL_HOME": str(settings.home.resolve()),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "BENTOML_DO_NOT_TRACK": "True"}
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "BENTOML_DO_NOT_TRACK": "True",
+           # BentoML empties $BENTOML_HOME/prometheus_multiproc_dir whenever a server starts: with one BentoML home
+           # for the machine, starting a second Vigil wiped the first one's metric files, and its /metrics froze.
+           # Each Vigil home gets its own, unless the user chose a BentoML home.
+           "BENTOML_HOME": os.environ.get("BENTOML_HOME") or str(settings.home.resolve() / "bentoml")}
     command = [sys.executable, "-m", "bentoml", "serve", "service.api:Vigil", "--host", bind,
                "--port", str(http_port)]
     served = ", ".join([f"{settings.sentiment_model_name}@{settings.serve_alias}",

@@ -357,16 +357,31 @@ def labels_alone(server: Server) -> dict[str, str]:
 
 LOAD_CLIENTS = 64
 LOAD_SECONDS = 30
+# The loaded service traces as production would be told to, with a cap: uncapped, these tests sent ~15 000 traces
+# into the session's MLflow and LangSmith stand-in, and the tests after them waited on that backlog.
+LOADED_TRACES_PER_SECOND = 20
+
+
+@pytest.fixture(scope="module")
+def loaded_server(live_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The session's service again, in a home of its own, with its traces capped, for the load and swap tests."""
+    home = tmp_path_factory.mktemp("serve-under-load")
+    env = {**live_server.env, "VIGIL_HOME": str(home), "VIGIL_TRACE_MAX_PER_SECOND": str(LOADED_TRACES_PER_SECOND)}
+    running = start_server(env, home / "serve.log")
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 @pytest.mark.timeout(TIMEOUT_SECONDS)
 @pytest.mark.parametrize("protocol", ["rest", "open-inference"])
-def test_sustained_load_answers_every_request(live_server: Server, protocol: str) -> None:
-    model = live_server.env["VIGIL_SENTIMENT_MODEL_NAME"]
+def test_sustained_load_answers_every_request(loaded_server: Server, protocol: str) -> None:
+    model = loaded_server.env["VIGIL_SENTIMENT_MODEL_NAME"]
     route = predict_route(model) if protocol == "rest" else infer_route(model)
     tally = Tally()
-    load(tally, live_server.http, [route], LOAD_CLIENTS, for_seconds(LOAD_SECONDS),
-         expected_labels=labels_alone(live_server))
+    load(tally, loaded_server.http, [route], LOAD_CLIENTS, for_seconds(LOAD_SECONDS),
+         expected_labels=labels_alone(loaded_server))
     figures = f"POST {route.path}, {LOAD_CLIENTS} clients for {LOAD_SECONDS} s: {tally.summary()}"
     logger.info("sustained load: %s", figures)
     assert tally.failures == [] and tally.answered > LOAD_CLIENTS, figures
@@ -384,7 +399,8 @@ BURST_REQUESTS = 2048
 def tight_server(live_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The session's service again, in a home of its own, with a batching budget it cannot meet under a burst."""
     home = tmp_path_factory.mktemp("serve-tight-batching")
-    env = {**live_server.env, "VIGIL_HOME": str(home), "VIGIL_BATCH_MAX_LATENCY_MS": str(TIGHT_BATCH_LATENCY_MS)}
+    env = {**live_server.env, "VIGIL_HOME": str(home), "VIGIL_BATCH_MAX_LATENCY_MS": str(TIGHT_BATCH_LATENCY_MS),
+           "VIGIL_TRACE_MAX_PER_SECOND": str(LOADED_TRACES_PER_SECOND)}
     running = start_server(env, home / "serve.log")
     try:
         yield running
@@ -422,20 +438,20 @@ def served_version(server: Server, model: str) -> str:
 
 @pytest.mark.timeout(TIMEOUT_SECONDS)
 def test_alias_swap_under_load_fails_no_request(
-    live_server: Server, vigil_env: VigilEnv, registry_client: MlflowClient
+    loaded_server: Server, live_server: Server, vigil_env: VigilEnv, registry_client: MlflowClient
 ) -> None:
-    model = live_server.env["VIGIL_SENTIMENT_MODEL_NAME"]
+    model = loaded_server.env["VIGIL_SENTIMENT_MODEL_NAME"]
     original = str(registry_client.get_model_version_by_alias(model, "champion").version)
     others = sorted({v.version for v in registry_client.search_model_versions(f"name='{model}'")} - {original},
                     key=int)
     # A second version as the serving tests' alias test makes it: a copy of `sentiment` v2 (that test moves the
     # champion to version 2 by number, which this copy is when it is made first).
     other = others[-1] if others else str(registry_client.copy_model_version("models:/sentiment/2", model).version)
-    wait_until(lambda: served_version(live_server, model) == original, timeout=60, what=f"v{original} served")
+    wait_until(lambda: served_version(loaded_server, model) == original, timeout=60, what=f"v{original} served")
 
     tally = Tally()
     stop = threading.Event()
-    clients = threading.Thread(target=load, args=(tally, live_server.http, [predict_route(model)], SWAP_CLIENTS,
+    clients = threading.Thread(target=load, args=(tally, loaded_server.http, [predict_route(model)], SWAP_CLIENTS,
                                                   lambda _: not stop.is_set()))
     clients.start()
     try:
@@ -459,4 +475,6 @@ def test_alias_swap_under_load_fails_no_request(
     logger.info("alias swap: %s; versions %s", figures, dict(Counter(tally.versions)))
     assert tally.failures == [], figures
     assert set(tally.versions) == {original, other}, f"{figures}; versions {Counter(tally.versions)}"
-    assert served_version(live_server, model) == original, figures
+    assert served_version(loaded_server, model) == original, figures
+    # The session's service follows the same alias: the tests after this one find it back on the original.
+    wait_until(lambda: served_version(live_server, model) == original, timeout=60, what="the session's service back")
