@@ -21,7 +21,7 @@ import logging
 import math
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
@@ -49,6 +49,7 @@ from vigil.contracts import InvocationsResponse, ModelIdentity
 from vigil.errors import VigilError
 from vigil.registry import RegisteredVersion
 from vigil.settings import get_settings
+from vigil.signature import ModelSignatureSpec
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -73,6 +74,8 @@ class LabelledTable:
     frame: pd.DataFrame
     target: str
     info: DatasetInfo
+    # Signatures already read, by version: reading one downloads the version's MLmodel file.
+    specs: dict[str, ModelSignatureSpec] = field(default_factory=dict)
 
     @property
     def truth(self) -> pd.Series:
@@ -80,8 +83,9 @@ class LabelledTable:
 
     def inputs_for(self, client: MlflowClient, model: RegisteredVersion) -> pd.DataFrame:
         """The input columns typed by ``model``'s own signature (two versions may type a column differently)."""
-        spec = model_data.version_spec(client, model.name, model.version)
-        return model_data.conform(self.frame, spec, self.target).drop(columns=[self.target])
+        if model.version not in self.specs:
+            self.specs[model.version] = model_data.version_spec(client, model.name, model.version)
+        return model_data.conform(self.frame, self.specs[model.version], self.target).drop(columns=[self.target])
 
 
 def labelled_table(client: MlflowClient, model: RegisteredVersion, data: Path | None,
@@ -95,7 +99,7 @@ def labelled_table(client: MlflowClient, model: RegisteredVersion, data: Path | 
         typed = model_data.conform(frame, spec, target)  # refuses a file the model cannot take, naming the column
         return LabelledTable(typed, target, DatasetInfo(
             name=data.name, fingerprint=model_data.fingerprint(typed), rows=len(typed), domains=[],
-            description=f"{data} ({len(typed)} rows, target {target})"))
+            description=f"{data} ({len(typed)} rows, target {target})"), {model.version: spec})
     attached = model_data.load_attached(get_settings(), client, model.name, model.version, "evaluation")
     if attached is None:
         raise VigilError(

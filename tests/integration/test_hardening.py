@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -362,16 +363,25 @@ LOAD_SECONDS = 30
 LOADED_TRACES_PER_SECOND = 20
 
 
-@pytest.fixture(scope="module")
-def loaded_server(live_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The session's service again, in a home of its own, with its traces capped, for the load and swap tests."""
-    home = tmp_path_factory.mktemp("serve-under-load")
-    env = {**live_server.env, "VIGIL_HOME": str(home), "VIGIL_TRACE_MAX_PER_SECOND": str(LOADED_TRACES_PER_SECOND)}
+@contextmanager
+def own_server(live_server: Server, tmp_path_factory: pytest.TempPathFactory, name: str,
+               **settings: str) -> Iterator[Server]:
+    """The session's service again, in a home of its own, traces capped, with ``settings`` over its environment."""
+    home = tmp_path_factory.mktemp(name)
+    env = {**live_server.env, "VIGIL_HOME": str(home), "VIGIL_TRACE_MAX_PER_SECOND": str(LOADED_TRACES_PER_SECOND),
+           **settings}
     running = start_server(env, home / "serve.log")
     try:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="module")
+def loaded_server(live_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """For the load and swap tests."""
+    with own_server(live_server, tmp_path_factory, "serve-under-load") as running:
+        yield running
 
 
 @pytest.mark.timeout(TIMEOUT_SECONDS)
@@ -397,15 +407,10 @@ BURST_REQUESTS = 2048
 
 @pytest.fixture
 def tight_server(live_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The session's service again, in a home of its own, with a batching budget it cannot meet under a burst."""
-    home = tmp_path_factory.mktemp("serve-tight-batching")
-    env = {**live_server.env, "VIGIL_HOME": str(home), "VIGIL_BATCH_MAX_LATENCY_MS": str(TIGHT_BATCH_LATENCY_MS),
-           "VIGIL_TRACE_MAX_PER_SECOND": str(LOADED_TRACES_PER_SECOND)}
-    running = start_server(env, home / "serve.log")
-    try:
+    """With a batching budget it cannot meet under a burst."""
+    with own_server(live_server, tmp_path_factory, "serve-tight-batching",
+                    VIGIL_BATCH_MAX_LATENCY_MS=str(TIGHT_BATCH_LATENCY_MS)) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.mark.timeout(TIMEOUT_SECONDS)
