@@ -44,6 +44,7 @@ from monitoring.reference import cache_dir, resolve_version
 from monitoring.window import Window
 from telemetry import records
 from training.data import SplitParams, load_sentiment
+from vigil.mlflow_auth import authenticate_process
 from vigil.settings import Settings, get_settings
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
@@ -51,14 +52,19 @@ SCENARIOS = {"mixed": ("amazon", "yelp"), "amazon": ("amazon",), "yelp": ("yelp"
 
 
 def predictor(settings: Settings, version: str) -> Any:
-    import mlflow
+    from vigil import model_cache, registry
+    from vigil.sentiment_model import SentimentPyfunc, load_registered
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{settings.sentiment_model_name}/{version}")
+    name = settings.sentiment_model_name
+    client = registry.connect(settings.mlflow_tracking_uri)
+    folder = model_cache.download_version(client, name, version, settings.model_cache_dir)
+    classifier = load_registered(client, name, version, folder)  # as data, checked against its digest
+    if classifier is None:
+        raise SystemExit(f"{name} v{version} is not Vigil's sentiment model")
 
     def predict(texts: list[str]) -> pd.DataFrame:
         unique = list(dict.fromkeys(texts))
-        answers = model.predict(pd.DataFrame({"text": unique}))
+        answers = SentimentPyfunc.output_frame(classifier.predict(unique))
         answers.index = unique
         return answers.loc[texts].reset_index(drop=True)
 
@@ -213,6 +219,7 @@ def main() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
     shared = get_settings()
+    authenticate_process(shared)  # as every `vigil` command: this home's admin
     served, client = resolve_version(shared, shared.sentiment_model_name, args.version)
     assert client is not None
     params = client.get_run(served.run_id).data.params

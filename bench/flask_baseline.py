@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 from flask import Flask, Response, jsonify, request
 
-from service.model_store import load_model_dir
+from vigil.sentiment_model import load_logged
 
 torch.set_num_threads(int(os.environ.get("VIGIL_TORCH_THREADS", "1")))
-classifier = load_model_dir(Path(os.environ["VIGIL_BENCH_MODEL_DIR"]))
+# A folder bench/serving.py's model holder downloaded and checked against its digest.
+classifier = load_logged(Path(os.environ["VIGIL_BENCH_MODEL_DIR"]), expected=None)
 app = Flask(__name__)
 
 

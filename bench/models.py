@@ -43,6 +43,7 @@ from serving import REPO, Result, free_port, rest_caller, run_load, start, start
 from service.oip import grpc_service_pb2 as pb
 from service.oip import grpc_service_pb2_grpc as pb_grpc
 from training.data import load_sentiment
+from vigil.mlflow_auth import authenticate_process
 from vigil.settings import get_settings
 
 BIN = Path(sys.executable).parent
@@ -275,6 +276,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = get_settings()
+    authenticate_process(settings)  # as every `vigil` command: this home's admin, for MLflow's client and children
     ensure_example_models(settings.mlflow_tracking_uri)
     rows = tips_rows()
     columns = signature_columns(settings.mlflow_tracking_uri)

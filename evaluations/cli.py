@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from vigil.credentials import mask_url
 from vigil.settings import get_settings
 
 if TYPE_CHECKING:
@@ -315,7 +316,7 @@ def replay_command(
             raise refused(str(error)) from None
         per_request = rows_per_request or 1
         console.print(f"{len(rows)} rows of {data} ({', '.join(map(str, rows.columns))}); sending them to "
-                      f"{endpoint}/models/{model}/invocations, {per_request} per request",
+                      f"{mask_url(endpoint)}/models/{model}/invocations, {per_request} per request",
                       markup=False, highlight=False)
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("replaying", total=len(rows))
@@ -346,7 +347,7 @@ def replay_command(
     trained = ",".join(split.params.domains)
     origin = f"v{split.version}" if split.version else "an assumed split (MLflow unreachable)"
     console.print(f"{len(pool)} held-out {domain.value} sentences (training split of {origin}: {trained}, "
-                  f"seed {split.params.seed}); sending {n} to {endpoint}/predict", highlight=False)
+                  f"seed {split.params.seed}); sending {n} to {mask_url(endpoint)}/predict", highlight=False)
     texts = choose(pool, n, seed)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("replaying", total=n)

@@ -46,6 +46,7 @@ from evaluations.scoring import ProgressCallback, check_identity, dataframe_spli
 from training.plots import confusion_figure
 from vigil import model_cache, model_data, registry
 from vigil.contracts import InvocationsResponse, ModelIdentity
+from vigil.credentials import mask_url
 from vigil.errors import VigilError
 from vigil.registry import RegisteredVersion
 from vigil.settings import get_settings
@@ -166,21 +167,22 @@ def answers_of(prediction: Any) -> Answers:
 
 
 class LoadedVersion:
-    """A version loaded into this process through the local model cache."""
+    """A version loaded into this process through the local model cache.
+
+    Vigil's sentiment model is read as data, checked against the digest recorded at registration; any other version
+    is loaded by MLflow, which unpickles its code (README, "Trust").
+    """
 
     source = "in-process"
 
     def __init__(self, client: MlflowClient, model: RegisteredVersion) -> None:
-        import mlflow.pyfunc
-
         self.model = model
-        folder = model_cache.download_version(client, model.name, model.version)
-        self._pyfunc = mlflow.pyfunc.load_model(str(folder))
+        self._predict = model_cache.load_predictor(client, model.name, model.version)
 
     def answers(self, inputs: pd.DataFrame, progress: ProgressCallback | None = None) -> Answers:
         parts = []
         for start in range(0, len(inputs), IN_PROCESS_ROWS):
-            parts.append(answers_of(self._pyfunc.predict(inputs.iloc[start:start + IN_PROCESS_ROWS])))
+            parts.append(answers_of(self._predict(inputs.iloc[start:start + IN_PROCESS_ROWS])))
             if progress:
                 progress(f"scoring v{self.model.version}", min(start + IN_PROCESS_ROWS, len(inputs)), len(inputs))
         return Answers.concat(parts)
@@ -193,6 +195,7 @@ class ServedVersion:
 
     def __init__(self, url: str, model: RegisteredVersion, timeout: float = 120.0) -> None:
         self.url = url.rstrip("/")
+        self._shown_url = mask_url(self.url)
         self.model = model
         self.timeout = timeout
 
@@ -203,13 +206,14 @@ class ServedVersion:
             for start in range(0, len(inputs), ENDPOINT_ROWS):
                 chunk = inputs.iloc[start:start + ENDPOINT_ROWS]
                 answer = post_to_vigil(client, self.url, path, dataframe_split(chunk), InvocationsResponse)
-                check_identity(answer.model.name, answer.model.version, self.model, self.url)
+                check_identity(answer.model.name, answer.model.version, self.model, self._shown_url)
                 part = answers_of(answer.predictions)
                 if len(part.values) != len(chunk):
-                    raise VigilError(f"{self.url}{path} answered {len(part.values)} predictions for {len(chunk)} rows")
+                    raise VigilError(f"{self._shown_url}{path} answered {len(part.values)} predictions for "
+                                     f"{len(chunk)} rows")
                 parts.append(part)
                 if progress:
-                    progress(f"scoring v{self.model.version} at {self.url}", start + len(chunk), len(inputs))
+                    progress(f"scoring v{self.model.version} at {self._shown_url}", start + len(chunk), len(inputs))
         return Answers.concat(parts)
 
 
@@ -391,7 +395,7 @@ def evaluate_model(client: MlflowClient, model: str, *, data: Path | None = None
     evaluation = ModelEvaluation(
         model=_identity(resolved), task=chosen, target=table.target, dataset=table.info, rows=len(inputs),
         metrics=measure(chosen, table.truth, answers), source="endpoint" if endpoint else "in-process",
-        endpoint=endpoint)
+        endpoint=mask_url(endpoint) if endpoint else None)
     _log_evaluation(client, table, inputs, evaluation, answers)
     logger.info("evaluated %s v%s on %s: run %s", resolved.name, resolved.version, table.info.name,
                 evaluation.run_id)

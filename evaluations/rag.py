@@ -49,6 +49,7 @@ from evaluations.schemas import (
 )
 from evaluations.scoring import ProgressCallback, post_to_vigil
 from vigil.contracts import Citation, GeneratorInfo, ModelIdentity, RagQueryResponse, Usage
+from vigil.credentials import mask_url
 from vigil.errors import VigilError
 from vigil.settings import get_settings
 
@@ -265,7 +266,8 @@ def measure_rag(
     report = RagEvaluation(
         dataset=DatasetInfo(name=str(data.path), fingerprint=data.fingerprint, rows=len(data.items),
                             domains=data.documents, description=data.description),
-        source="endpoint" if answerer.source == "endpoint" else "in-process", endpoint=endpoint, k=k, limit=limit,
+        source="endpoint" if answerer.source == "endpoint" else "in-process",
+        endpoint=mask_url(endpoint) if endpoint else None, k=k, limit=limit,
         generator=first.generator.name, generator_model=first.generator.model,
         embedder=ModelIdentity(name=first.embedding_model.name, version=first.embedding_model.version),
         metrics=summarize(results, k), results=results,
@@ -401,7 +403,7 @@ def log_to_langsmith(
         return _log_to_langsmith(settings, data, report, answers, dataset_name, timeout_ms)
     except Exception as error:  # whatever LangSmith does, the local evaluation stands
         reason = (str(error).splitlines() or [""])[0][:200]
-        message = (f"LangSmith at {endpoint} failed ({type(error).__name__}: {reason}); "
+        message = (f"LangSmith at {mask_url(endpoint)} failed ({type(error).__name__}: {reason}); "
                    "the evaluation ran locally and is in MLflow")
         logger.warning(message)
         return LangSmithOutcome(status="failed", message=message, dataset=dataset_name)

@@ -23,9 +23,10 @@ from pydantic import BaseModel, ValidationError
 
 from vigil import model_cache, registry
 from vigil.contracts import ErrorResponse, PredictResponse
+from vigil.credentials import mask_url
 from vigil.errors import VigilError
 from vigil.registry import RegisteredVersion
-from vigil.sentiment_model import LABELS, SentimentClassifier
+from vigil.sentiment_model import LABELS, load_registered
 
 logger = logging.getLogger(__name__)
 Answer = TypeVar("Answer", bound=BaseModel)
@@ -65,25 +66,24 @@ class InProcessPredictor:
 
     @classmethod
     def load(cls, model: RegisteredVersion) -> InProcessPredictor:
-        """Load the version (through the local model cache); the classifier inside is called directly, skipping
-        pandas round trips."""
+        """Load the version (through the local model cache). Vigil's sentiment model is read as data, checked
+        against the digest recorded at registration, and called directly, skipping pandas round trips; any other
+        version answers through the pyfunc contract, loaded by MLflow (which unpickles its code)."""
         import mlflow.pyfunc
         import pandas as pd
-        from mlflow.exceptions import MlflowException
 
-        folder = model_cache.download_version(registry.connect(), model.name, model.version)
-        pyfunc = mlflow.pyfunc.load_model(str(folder))
-        try:
-            classifier = getattr(pyfunc.unwrap_python_model(), "classifier", None)
-        except MlflowException:  # not a python-function model of ours
-            classifier = None
-        if isinstance(classifier, SentimentClassifier):
+        client = registry.connect()
+        folder = model_cache.download_version(client, model.name, model.version)
+        classifier = load_registered(client, model.name, model.version, folder)
+        if classifier is not None:
             loaded = classifier
 
             def predict(texts: list[str]) -> tuple[list[str], list[float]]:
                 predictions = loaded.predict(texts, batch_size=max(len(texts), 1))
                 return [p.label for p in predictions], [p.score for p in predictions]
-        else:  # a version logged some other way still answers through the pyfunc contract
+        else:
+            pyfunc = mlflow.pyfunc.load_model(str(folder))
+
             def predict(texts: list[str]) -> tuple[list[str], list[float]]:
                 frame = pyfunc.predict(pd.DataFrame({"text": texts}))
                 return [str(v) for v in frame["label"]], [float(v) for v in frame["score"]]
@@ -108,6 +108,7 @@ def post_to_vigil(client: httpx.Client, url: str, path: str, payload: dict[str, 
                   schema: type[Answer], sleep: Callable[[float], None] = time.sleep) -> Answer:
     """POST JSON (an object, or its encoded bytes) to a running Vigil and parse its answer; any failure is a
     VigilError naming the endpoint."""
+    shown = mask_url(url)
     for attempt in range(OVERLOADED_RETRIES + 1):
         try:
             if isinstance(payload, bytes):
@@ -116,7 +117,7 @@ def post_to_vigil(client: httpx.Client, url: str, path: str, payload: dict[str, 
             else:
                 response = client.post(f"{url}{path}", json=payload)
         except httpx.HTTPError as error:
-            raise VigilError(f"Vigil endpoint {url} not reachable ({type(error).__name__}).") from None
+            raise VigilError(f"Vigil endpoint {shown} not reachable ({type(error).__name__}).") from None
         retry_after = response.headers.get("retry-after", "")
         if response.status_code != 503 or not retry_after or attempt == OVERLOADED_RETRIES:
             break
@@ -131,11 +132,11 @@ def post_to_vigil(client: httpx.Client, url: str, path: str, payload: dict[str, 
             reason = f"{refusal.code}: {refusal.message}"
         except ValidationError:
             reason = response.text[:300]
-        raise VigilError(f"{url}{path} answered {response.status_code}: {reason}")
+        raise VigilError(f"{shown}{path} answered {response.status_code}: {reason}")
     try:
         return schema.model_validate_json(response.content)
     except ValidationError as error:
-        raise VigilError(f"{url}{path} answered an unexpected body: {error.errors()[:2]}") from None
+        raise VigilError(f"{shown}{path} answered an unexpected body: {error.errors()[:2]}") from None
 
 
 class EndpointPredictor:
@@ -145,6 +146,7 @@ class EndpointPredictor:
 
     def __init__(self, url: str, expected: RegisteredVersion | None = None, timeout: float = 120.0) -> None:
         self.url = url.rstrip("/")
+        self._shown_url = mask_url(self.url)
         self.expected = expected
         self._client = httpx.Client(timeout=timeout)
 
@@ -157,9 +159,10 @@ class EndpointPredictor:
             raise ValueError(f"at most {MAX_TEXTS_PER_REQUEST} texts per request")
         body = post_to_vigil(self._client, self.url, "/predict", {"texts": list(texts)}, PredictResponse)
         if len(body.predictions) != len(texts):
-            raise VigilError(f"{self.url}/predict answered {len(body.predictions)} predictions for {len(texts)} texts.")
+            raise VigilError(f"{self._shown_url}/predict answered {len(body.predictions)} predictions for "
+                             f"{len(texts)} texts.")
         if self.expected is not None:
-            check_identity(body.model.name, body.model.version, self.expected, self.url)
+            check_identity(body.model.name, body.model.version, self.expected, self._shown_url)
         return BatchOutput([p.label for p in body.predictions], [p.score for p in body.predictions],
                            body.model.name, body.model.version)
 

@@ -42,6 +42,7 @@ from training.metrics import ECE_BINS, Predictions, confusion_counts, point_metr
 from training.plots import confusion_figure
 from vigil import registry
 from vigil.contracts import ModelIdentity
+from vigil.credentials import mask_url
 from vigil.registry import RegisteredVersion
 from vigil.settings import get_settings
 
@@ -92,7 +93,7 @@ def _summarize(
     )
     evaluation = SentimentEvaluation(
         model=ModelIdentity(name=model.name, version=model.version, alias=model.alias),
-        dataset=_dataset_info(data), metrics=metrics, source=source, endpoint=endpoint,
+        dataset=_dataset_info(data), metrics=metrics, source=source, endpoint=mask_url(endpoint) if endpoint else None,
     )
     return _Scoring(model, scored, predictions, evaluation)
 
@@ -188,7 +189,7 @@ def evaluate_sentiment(
         if isinstance(predictor, EndpointPredictor):
             predictor.close()
     result = _summarize(resolved, eval_data, scored, size, endpoint)
-    _log_evaluation(client, eval_data, result, extra_tags={"vigil.eval.endpoint": endpoint or ""})
+    _log_evaluation(client, eval_data, result, extra_tags={"vigil.eval.endpoint": mask_url(endpoint or "")})
     logger.info("evaluated %s v%s on %s: run %s", resolved.name, resolved.version, eval_data.name,
                 result.evaluation.run_id)
     return result.evaluation

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vigil import registry
+from vigil.credentials import mask_url
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -37,7 +38,7 @@ def run_url(client: MlflowClient, run_id: str) -> str:
     uri = str(client.tracking_uri).rstrip("/")
     if not uri.startswith(("http://", "https://")):
         return run_id
-    return f"{uri}/#/experiments/{experiment_id(client)}/runs/{run_id}"
+    return f"{mask_url(uri)}/#/experiments/{experiment_id(client)}/runs/{run_id}"
 
 
 def metric_key(name: str) -> str:

@@ -43,7 +43,7 @@ def send_alert(alert: Alert, url: str, timeout: float = 5.0) -> bool:
         return False
     import httpx
 
-    shown = mask_url(url)  # a webhook URL often carries its token
+    shown = mask_url(url, keep_path=False)  # a webhook carries its secret in its path (Slack) or query
     try:
         response = httpx.post(url, json=alert.model_dump(mode="json"), timeout=timeout)
     except httpx.HTTPError as error:

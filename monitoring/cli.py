@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from monitoring.job import ExitCode, JobResult
+from vigil.credentials import mask_url
 from vigil.errors import VigilError
 from vigil.settings import Settings, get_settings
 
@@ -248,7 +249,7 @@ def dashboards_command() -> None:
         made = ensure_dashboards(settings)
     except Exception as error:
         raise _fail(error) from None
-    where = settings.evidently_url or str(settings.evidently_workspace_path)
+    where = mask_url(settings.evidently_url) or str(settings.evidently_workspace_path)
     for info in made:
         console.print(f"[green]{info.project}[/] ({info.project_id}): tabs {', '.join(info.tabs)}; "
                       f"{len(info.panels)} panels", highlight=False)
@@ -266,7 +267,7 @@ def ui_command(
     _quiet_libraries()
     settings = get_settings()
     if settings.evidently_url:
-        console.print(f"snapshots go to the remote Evidently UI at {settings.evidently_url}; open it there "
+        console.print(f"snapshots go to the remote Evidently UI at {mask_url(settings.evidently_url)}; open it there "
                       "(unset VIGIL_EVIDENTLY_URL to serve the local workspace).", highlight=False)
         raise typer.Exit(0)
     try:

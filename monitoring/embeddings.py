@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vigil.credentials import ensure_private_dir
 from vigil.embedding import EMBEDDING_DIM, TextEmbedder, resolve_registered_version
 from vigil.settings import Settings
 
@@ -61,7 +62,7 @@ class EmbeddingCache:
     def __init__(self, path: Path, embedder: TextEmbedder) -> None:
         self.path = path
         self.embedder = embedder
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(path.parent)
         with self._connect() as connection:
             connection.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
 

@@ -35,7 +35,8 @@ from monitoring.job import Clock, JobResult, deliver, publish, read_rows
 from monitoring.reference import ServedVersion, resolve_version
 from monitoring.window import Window
 from monitoring.workspace import HtmlPolicy
-from vigil import model_data, registry
+from vigil import model_cache, model_data, registry
+from vigil.credentials import ensure_private_dir
 from vigil.errors import VigilError
 from vigil.settings import Settings
 from vigil.signature import ModelSignatureSpec
@@ -192,13 +193,11 @@ def cached_predictions(settings: Settings, served: ServedVersion, fingerprint: s
     path = directory / f"{fingerprint}.parquet"
     if path.exists():
         return pd.read_parquet(path)[PREDICTION_COLUMN]
-    import mlflow.pyfunc
-
-    registry.use_for_fluent_api(settings.mlflow_tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{served.model_name}/{served.version}")
+    client = registry.connect(settings.mlflow_tracking_uri)
+    predict = model_cache.load_predictor(client, served.model_name, served.version, settings.model_cache_dir)
     inputs = reference[[field.name for field in spec.inputs if field.name in reference.columns]]
-    predictions = first_output(model.predict(inputs))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    predictions = first_output(predict(inputs))
+    ensure_private_dir(path.parent)
     partial = path.with_suffix(".partial")  # then renamed: a killed job never leaves half a file
     pd.DataFrame({PREDICTION_COLUMN: predictions}).to_parquet(partial, index=False)
     partial.replace(path)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from vigil import registry
+from vigil.credentials import ensure_private_dir
 from vigil.errors import MlflowUnavailable, VigilError
 from vigil.settings import Settings
 
@@ -82,7 +83,7 @@ def load_reference(settings: Settings, served: ServedVersion, client: MlflowClie
                              "not reachable.")
         from mlflow.exceptions import MlflowException
 
-        directory.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(directory)
         with tempfile.TemporaryDirectory() as scratch:
             try:
                 downloaded = client.download_artifacts(served.run_id, REFERENCE_ARTIFACT, scratch)

@@ -28,6 +28,7 @@ from monitoring.alerts import Alert
 from monitoring.job import Clock, ExitCode, JobResult, JobStatus, deliver, publish, read_rows
 from monitoring.window import Window
 from monitoring.workspace import HtmlPolicy
+from vigil.credentials import ensure_private_dir
 from vigil.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -253,7 +254,7 @@ def _store_baseline(settings: Settings, usage: pd.DataFrame, window: Window, min
                          "establish one")
         return False
     data, meta = _baseline_path(settings)
-    data.parent.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(data.parent)
     scored.drop(columns=["timestamp"]).to_parquet(data)
     meta.write_text(json.dumps({"window": window.label(), "rows": len(scored),
                                 "created": datetime.now(UTC).isoformat(timespec="seconds")}))

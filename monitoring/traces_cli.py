@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.tree import Tree
 
 from telemetry import semconv
+from vigil.credentials import mask_url
 from vigil.errors import VigilError
 from vigil.settings import get_settings
 
@@ -120,8 +121,8 @@ def _client() -> tuple[MlflowClient, str]:
     experiment = client.get_experiment_by_name(settings.traces_experiment)
     if experiment is None:
         raise VigilError(
-            f"no traces yet: experiment {settings.traces_experiment!r} does not exist on {registry.tracking_uri()} "
-            "(it is created when a Vigil process starts with VIGIL_TRACING=otlp)."
+            f"no traces yet: experiment {settings.traces_experiment!r} does not exist on "
+            f"{mask_url(registry.tracking_uri())} (it is created when a Vigil process starts with VIGIL_TRACING=otlp)."
         )
     return client, experiment.experiment_id
 

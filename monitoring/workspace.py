@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from vigil.credentials import ensure_private_dir, mask_url
 from vigil.errors import VigilError
 from vigil.settings import Settings
 
@@ -41,11 +42,11 @@ def open_workspace(settings: Settings) -> WorkspaceBase:
         try:
             return RemoteWorkspace(settings.evidently_url.rstrip("/"))
         except Exception as error:  # requests' and evidently's errors alike: the message names the URL
-            raise VigilError(f"Evidently UI not reachable at {settings.evidently_url}: {error}") from None
+            raise VigilError(f"Evidently UI not reachable at {mask_url(settings.evidently_url)}: {error}") from None
     from evidently.ui.workspace import Workspace
 
     path = settings.evidently_workspace_path
-    path.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(path)
     return Workspace(str(path.resolve()))
 
 
@@ -112,5 +113,5 @@ def _tell_local_ui(settings: Settings, project_id: str) -> None:
 def report_path(settings: Settings, name: str) -> Path:
     """Where an HTML report called ``name`` goes: ``$VIGIL_HOME/reports``."""
     directory = settings.home / "reports"
-    directory.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(directory)
     return (directory / name).resolve()

@@ -2,7 +2,8 @@
 
 The champion's MLflow model folder goes into BentoML's model store as `vigil-sentiment`, labelled with its MLflow
 name, version, alias and run id; bentofile.yaml lists that model, so `bentoml build` packs it, and a served Bento
-falls back to it when MLflow and the local cache are both absent.
+falls back to it when MLflow and the local cache are both absent. The version's digest record goes with it: its files
+are checked against the registry's record before they are packed, and against the packed copy when they load.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from vigil import model_cache, registry
+from vigil import model_cache, model_digest, registry
 from vigil.settings import get_settings
 
 BENTO_MODEL_NAME = "vigil-sentiment"
@@ -29,14 +30,18 @@ def bundle_champion() -> tuple[str, dict[str, str]]:
     import bentoml
 
     from service.model_store import BUNDLE_META, BundleMeta
+    from vigil.sentiment_model import CLASSIFIER_PATH
 
     settings = get_settings()
     client = registry.connect()
     champion = registry.resolve(client, registry.ModelReference(settings.sentiment_model_name,
                                                                 alias=settings.serve_alias))
     model_dir = model_cache.download_version(client, champion.name, champion.version, settings.model_cache_dir)
+    manifest = model_digest.recorded(client, champion.name, champion.version)
+    if manifest is not None:
+        model_digest.check(model_dir / CLASSIFIER_PATH, manifest)  # a changed file is never packed
     meta = BundleMeta(name=champion.name, version=champion.version, alias=settings.serve_alias,
-                      run_id=champion.run_id or "")
+                      run_id=champion.run_id or "", manifest=manifest)
     labels = {"mlflow_model": meta.name, "mlflow_version": meta.version, "mlflow_alias": meta.alias,
               "mlflow_run_id": meta.run_id}
     with bentoml.models.create(BENTO_MODEL_NAME, labels=labels) as stored:

@@ -5,6 +5,9 @@ through the core (:mod:`vigil.registry`, :mod:`vigil.model_cache`: a local copy 
 ``$VIGIL_HOME/models/<name>/<version>`` plus a last-known-good pointer), and polls the alias: a moved alias loads
 the new version in a background thread and swaps one reference. Requests take the reference once, so in-flight
 work finishes on the model it started with.
+
+Vigil's own model is read as data, never unpickled, and only after its files match the digest recorded when the
+version was registered (:mod:`vigil.model_digest`); a version whose files differ is refused, and /status says which.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from vigil import model_cache, registry
+from vigil import model_cache, model_digest, registry
 from vigil.errors import VigilError
-from vigil.sentiment_model import SentimentClassifier
+from vigil.model_digest import ArtifactMismatch, Manifest
+from vigil.sentiment_model import SentimentClassifier, UnreadableModel, load_logged
 
 if TYPE_CHECKING:
     from telemetry.metrics import VigilMetrics
@@ -30,6 +34,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BUNDLE_META = "vigil_bundle.json"
+# Beside the cached versions: the manifest each version was verified against, for loading it again offline.
+VERIFIED_DIR = "verified"
 # Where a served model came from: fresh from MLflow, the last known good copy, or inside a Bento.
 Source = Literal["registry", "cache", "bundle"]
 
@@ -62,6 +68,8 @@ class BundleMeta(BaseModel):
     version: str
     alias: str
     run_id: str = ""
+    # The registry's digest record of the version, copied when the Bento was built; None: none was recorded.
+    manifest: Manifest | None = None
 
 
 @dataclass
@@ -74,23 +82,14 @@ class HolderStatus:
     last_poll_error: str = ""
 
 
-# (model folder, run id, version) -> the loaded model; raises ModelRefused when the version cannot be served.
-Loader = Callable[[Path, str, str], Any]
+# (model folder, run id, version, where the folder came from) -> the loaded model; raises ModelRefused when the
+# version cannot be served.
+Loader = Callable[[Path, str, str, Source], Any]
 
 
 class ModelRefused(VigilError):
-    """A registered version that loads but cannot be served (e.g. no signature); the reason goes to /status."""
-
-
-def load_model_dir(model_dir: Path) -> SentimentClassifier:
-    """Load a downloaded MLflow model folder through MLflow's own loader, then take its classifier."""
-    import mlflow.pyfunc
-
-    pyfunc_model = mlflow.pyfunc.load_model(str(model_dir))
-    classifier = pyfunc_model.unwrap_python_model().classifier
-    if not isinstance(classifier, SentimentClassifier):
-        raise VigilError(f"{model_dir} is not a Vigil sentiment model")
-    return classifier
+    """A registered version that cannot be served (no signature, files unlike its digest); the reason goes to
+    /status."""
 
 
 def swap_counter(metrics: VigilMetrics) -> Callable[[Swap], None]:
@@ -189,7 +188,7 @@ class ModelHolder:
             model_dir = model_cache.download_version(client, self.name, found.version, self.cache_root)
             run_id = found.run_id or ""
             try:
-                loaded = self._loader(model_dir, run_id, found.version)
+                loaded = self._loader(model_dir, run_id, found.version, "registry")
             except ModelRefused as refused:
                 self._refuse(found.version, str(refused))
                 return False
@@ -206,9 +205,17 @@ class ModelHolder:
             f"; still serving v{current.version}" if current is not None else "")
         logger.error(self.status.reason)
 
-    def _load_sentiment(self, model_dir: Path, run_id: str, version: str) -> SentimentClassifier:
-        """Vigil's classifier in ``model_dir``, on the configured runtime; torch when the ONNX path fails."""
-        classifier = load_model_dir(model_dir)
+    def _load_sentiment(self, model_dir: Path, run_id: str, version: str, source: Source) -> SentimentClassifier:
+        """Vigil's classifier in ``model_dir``, read as data (never through MLflow's pickled wrapper) after its files
+        are checked against the digest recorded for the version; on the configured runtime, torch when the ONNX
+        path fails. Files unlike the digest refuse the version, naming them."""
+        try:
+            expected = self._recorded_manifest(version, source)
+            classifier = load_logged(model_dir, expected)
+        except (ArtifactMismatch, UnreadableModel) as refused:
+            raise ModelRefused(str(refused)) from None
+        if expected is not None and source == "registry":
+            self._remember_manifest(version, expected)
         key = run_id or f"v{version}"
         if self.runtime == "onnx":
             try:
@@ -217,6 +224,24 @@ class ModelHolder:
             except Exception:
                 logger.exception("ONNX Runtime unavailable for %s; serving with torch", key)
         return classifier
+
+    def _recorded_manifest(self, version: str, source: Source) -> Manifest | None:
+        """What ``version``'s files are checked against: the registry's record; without MLflow, the copy of it kept
+        when the version was verified (cache) or packed into the Bento (bundle)."""
+        if source == "registry":
+            return model_digest.recorded(registry.connect(), self.name, version)
+        if source == "cache":
+            kept = self.cache_dir / VERIFIED_DIR / f"{version}.json"
+            return Manifest.model_validate_json(kept.read_text()) if kept.exists() else None
+        assert self.bundle_dir is not None
+        return BundleMeta.model_validate_json((self.bundle_dir / BUNDLE_META).read_text()).manifest
+
+    def _remember_manifest(self, version: str, manifest: Manifest) -> None:
+        kept = self.cache_dir / VERIFIED_DIR / f"{version}.json"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        staging = kept.with_name(f".{kept.name}.partial")
+        staging.write_text(manifest.model_dump_json(indent=2))
+        staging.replace(kept)  # a reader sees the whole record or none
 
     def _swap(self, new: LoadedModel, reason: str = "") -> None:
         """Serve ``new``: the one place the reference changes, counted and announced."""
@@ -245,12 +270,13 @@ class ModelHolder:
             reason = f"MLflow unreachable ({error}); serving cached v{pointer.version}"
             logger.warning(reason)
             self._swap(LoadedModel(self.name, pointer.version, self.alias, pointer.run_id, "cache",
-                                   self._loader(model_dir, pointer.run_id, pointer.version)), reason=reason)
+                                   self._loader(model_dir, pointer.run_id, pointer.version, "cache")),
+                       reason=reason)
             return
         if self.bundle_dir is not None and (self.bundle_dir / "MLmodel").exists():
             meta = BundleMeta.model_validate_json((self.bundle_dir / BUNDLE_META).read_text())
             self._swap(LoadedModel(self.name, meta.version, meta.alias or self.alias, meta.run_id, "bundle",
-                                   self._loader(self.bundle_dir, meta.run_id, meta.version)))
+                                   self._loader(self.bundle_dir, meta.run_id, meta.version, "bundle")))
             return
         self.status.ready = False
         self.status.reason = f"no cached model and MLflow unreachable: {error}"
@@ -285,6 +311,8 @@ class ModelHolder:
             "run_id": model.run_id if model else None,
             "source": model.source if model else None,
             "runtime": getattr(model.model, "runtime", None) if model else None,
+            # Vigil's own model: whether its files matched the digest recorded at registration.
+            "integrity": getattr(model.model, "integrity", None) if model else None,
             "loaded_at": model.loaded_at if model else None,
             "ready": self.status.ready,
             "degraded": self.status.degraded,

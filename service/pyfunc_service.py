@@ -16,7 +16,7 @@ from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 
 from service.http import INTERNAL_SERVICE_LOGGING
-from service.model_store import ModelHolder, ModelRefused, swap_counter
+from service.model_store import ModelHolder, ModelRefused, Source, swap_counter
 from service.pyfunc import PredictedRow, model_input, predicted_rows
 from vigil.settings import Settings, get_settings
 from vigil.signature import ModelSignatureSpec, NoSignature, signature_spec
@@ -40,8 +40,12 @@ class ServedPyfunc:
         self.runtime = f"pyfunc ({flavor})"
 
 
-def load_pyfunc(model_dir: Path, run_id: str, version: str) -> ServedPyfunc:
-    """Load a version through MLflow's own loader; a model without a signature is refused, with the reason."""
+def load_pyfunc(model_dir: Path, run_id: str, version: str, source: Source) -> ServedPyfunc:
+    """Load a version through MLflow's own loader; a model without a signature is refused, with the reason.
+
+    MLflow unpickles the model's Python objects, so this runs the version's code: registering a version is trusted
+    with that (README, "Trust").
+    """
     import mlflow.pyfunc
 
     model = mlflow.pyfunc.load_model(str(model_dir))

@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from telemetry import semconv
 from vigil import registry
+from vigil.credentials import mask_url
 from vigil.errors import VigilError
 from vigil.settings import Settings
 
@@ -52,6 +53,10 @@ class ExporterStatus:
     export_failures: int = 0
     spans_dropped: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Shown in /status, readiness details and logs; the exporter itself is built from the unmasked endpoint.
+        self.endpoint = mask_url(self.endpoint)
 
     def count_failure(self) -> None:
         with self._lock:
@@ -228,7 +233,7 @@ def _primary_exporter(settings: Settings) -> tuple[ExporterStatus, SpanExporter 
     except (ExporterUnavailable, VigilError) as error:
         status.active, status.detail = False, f"MLflow unavailable at start: {error}"
         logger.warning("MLflow at %s is unavailable (%s): spans are not exported to MLflow until restart",
-                       tracking_uri, error)
+                       mask_url(tracking_uri), error)
         return status, None
     status.detail = f"experiment {settings.traces_experiment} ({experiment_id})"
     headers = {MLFLOW_EXPERIMENT_HEADER: experiment_id, **registry.auth_headers()}

@@ -26,7 +26,6 @@ from telemetry import semconv
 from telemetry.exporters import CountingBatchSpanProcessor, ExporterStatus, span_processors
 from telemetry.redaction import text_digest
 from telemetry.sampling import sampler_from_settings
-from vigil.credentials import mask_url
 from vigil.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -188,7 +187,7 @@ def setup_tracing(
                 logger.warning("another tracer provider is already installed; Vigil's spans may not be exported")
         _active = tracing
         atexit.register(shutdown_tracing)
-        logger.info("tracing: %s", ", ".join(f"{e.name}→{mask_url(e.endpoint)}" for e in tracing.exporters)
+        logger.info("tracing: %s", ", ".join(f"{e.name}→{e.endpoint}" for e in tracing.exporters)
                     or tracing.mode)
         return tracing.provider
 

@@ -28,8 +28,8 @@ from training.data import (
 )
 from training.metrics import Predictions, confusion_counts, point_metrics
 from training.plots import confusion_figure
-from vigil import registry
-from vigil.sentiment_model import LABELS, SentimentClassifier, SentimentPyfunc
+from vigil import model_digest, registry
+from vigil.sentiment_model import CLASSIFIER_ARTIFACT, LABELS, SentimentClassifier, SentimentPyfunc
 from vigil.settings import get_settings
 from vigil.text_features import describe_all
 
@@ -200,19 +200,24 @@ def train_sentiment(config: TrainConfig, progress: ProgressCallback | None = Non
             drift_reference(classifier, split.train, config.reference_size, config.seed).to_parquet(reference_file)
             mlflow.log_artifact(str(reference_file), DRIFT_REFERENCE_PATH)
 
-            model_dir = classifier.save(Path(scratch) / "classifier")
+            model_dir = classifier.save(Path(scratch) / CLASSIFIER_ARTIFACT)
+            # Of the files as written here: the registry's record of them is what every later load is checked
+            # against, so an upload, a copy or an artifact store that changes one byte makes the version refused.
+            manifest = model_digest.manifest_of(model_dir)
             example = pd.DataFrame({"text": split.test["text"].head(3).tolist()})
             output = SentimentPyfunc.output_frame(classifier.predict(example["text"].tolist()))
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=SentimentPyfunc(),
-                artifacts={"classifier": str(model_dir)},
+                artifacts={CLASSIFIER_ARTIFACT: str(model_dir)},
                 signature=infer_signature(example, output),
                 input_example=example,
                 registered_model_name=settings.sentiment_model_name,
                 pip_requirements=_pip_requirements(),
             )
         version = str(info.registered_model_version)
+        # Before any alias points at the version, so nothing serves it unrecorded.
+        model_digest.record(client, settings.sentiment_model_name, version, manifest)
         if progress:
             progress("logged and registered", 1, 1)
         mlflow.set_tag("vigil.registered_version", version)

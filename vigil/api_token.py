@@ -1,16 +1,18 @@
 """The bearer token of the service's write endpoints (`POST /rag/documents`): configured, or generated per home.
 
 A configured VIGIL_API_TOKEN must be long enough not to be guessed; without one, the first process that needs a
-token generates one under ``$VIGIL_HOME`` (0600), so the service and `vigil rag ingest` on the same home agree out
-of the box and nothing is writable anonymously.
+token generates one under ``$VIGIL_HOME`` (0600; the home, when it makes it, 0700), so the service and
+`vigil rag ingest` on the same home agree out of the box and nothing is writable anonymously.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
 
+from vigil.credentials import create_private_file, ensure_private_dir
 from vigil.errors import VigilError
 from vigil.settings import Settings
 
@@ -41,27 +43,21 @@ def api_token(settings: Settings) -> str:
         return _read(path)
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(path.parent)
+    # Written whole under a name of its own, then linked into place: when two processes start together, the
+    # link of one fails and it reads the other's token, and no reader ever sees half a file.
+    staging = create_private_file(path.with_name(f".{TOKEN_FILE}.{secrets.token_hex(8)}.partial"))
     try:
-        # O_EXCL: when two processes start together, one writes and the other reads what it wrote.
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return _read(path)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-        file.write(secrets.token_urlsafe(MIN_TOKEN_CHARS) + "\n")
+        staging.write_text(secrets.token_urlsafe(MIN_TOKEN_CHARS) + "\n", encoding="utf-8")
+        with contextlib.suppress(FileExistsError):  # another process linked its token first: read that one
+            os.link(staging, path)
+    finally:
+        staging.unlink()
     return _read(path)
 
 
 def _read(path: Path) -> str:
     token = path.read_text(encoding="utf-8").strip()
-    if len(token) < MIN_TOKEN_CHARS:  # a file still being written by the process that won the race
-        import time
-
-        for _ in range(50):
-            time.sleep(0.02)
-            token = path.read_text(encoding="utf-8").strip()
-            if len(token) >= MIN_TOKEN_CHARS:
-                break
-        else:
-            raise WeakToken(f"{path} holds no usable token; delete it and a new one is generated")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise WeakToken(f"{path} holds no usable token; delete it and a new one is generated")
     return token

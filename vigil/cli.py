@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from vigil import registry
+    from vigil.settings import Settings
 
 console = Console()
 app = typer.Typer(help="Vigil: train, register, serve, trace and watch models.", no_args_is_help=True,
@@ -32,6 +33,14 @@ mlflow_app = typer.Typer(help="The embedded MLflow server of this VIGIL_HOME.", 
 models_app = typer.Typer(help="Registered models and their aliases.", no_args_is_help=True)
 app.add_typer(mlflow_app, name="mlflow")
 app.add_typer(models_app, name="models")
+
+
+@app.callback()
+def authenticate() -> None:
+    """Every command speaks to this home's MLflow server as its admin (unless the environment names someone)."""
+    from vigil.mlflow_auth import authenticate_process
+
+    authenticate_process(get_settings())
 
 
 @app.command("config")
@@ -43,7 +52,8 @@ def show_config() -> None:
     table = Table("variable", "value", title="Vigil settings")
     for name, value in get_settings().masked().items():
         alias = Settings.model_fields[name].validation_alias
-        shown = mask_url(value) if isinstance(value, str) else value
+        # A webhook's secret is in its path (Slack's, Teams'): only its scheme and host are shown.
+        shown = mask_url(value, keep_path=name != "alert_webhook") if isinstance(value, str) else value
         table.add_row(alias if isinstance(alias, str) else f"VIGIL_{name.upper()}", str(shown))
     console.print(table)
 
@@ -60,9 +70,40 @@ def mlflow_up(port: int | None = typer.Option(None, help="Port (default VIGIL_ML
         console.print(f"[green]MLflow server running[/] at {state.uri} (pid {state.pid}, log {state.log_file})")
     else:
         console.print(f"MLflow server already running at {state.uri} (pid {state.pid})")
+    _say_how_to_log_in(settings, state.auth)
     if state.uri != settings.mlflow_tracking_uri:
-        console.print(f"[yellow]note:[/] clients use {settings.mlflow_tracking_uri}; "
+        from vigil.credentials import mask_url
+
+        console.print(f"[yellow]note:[/] clients use {mask_url(settings.mlflow_tracking_uri)}; "
                       f"export MLFLOW_TRACKING_URI={state.uri} to reach this server.")
+
+
+def _say_how_to_log_in(settings: Settings, auth: bool) -> None:
+    from vigil.mlflow_auth import ADMIN_USERNAME
+
+    if auth:
+        console.print(f"MLflow asks for a login: user {ADMIN_USERNAME}, password from `vigil mlflow credentials` "
+                      "(which also prints the variables for your own MLflow scripts).")
+    elif settings.mlflow_auth:
+        console.print("[yellow]warning:[/] this server was started without authentication; anyone who reaches it "
+                      "may move aliases. Restart it: `vigil mlflow down && vigil mlflow up`.")
+
+
+@mlflow_app.command("credentials")
+def mlflow_credentials(
+    role: str = typer.Option("admin", help="admin (registers and promotes) or serving (read-only, writes traces)."),
+) -> None:
+    """Print `export MLFLOW_TRACKING_USERNAME=… MLFLOW_TRACKING_PASSWORD=…` for this home's MLflow server.
+
+    Use it as `eval "$(vigil mlflow credentials)"` before running your own MLflow code against Vigil's server.
+    """
+    from vigil.mlflow_auth import Role, exports
+
+    try:
+        chosen = Role(role)
+    except ValueError:
+        raise typer.BadParameter(f"{role!r}: choose admin or serving", param_hint="--role") from None
+    typer.echo(exports(get_settings(), chosen))
 
 
 @mlflow_app.command("down")

@@ -2,8 +2,9 @@
 
 Settings may hold URLs with credentials in them (a database password in ``VIGIL_INFERENCE_LOG_URL`` or
 ``VIGIL_MLFLOW_BACKEND_STORE_URI``, a token in ``VIGIL_ALERT_WEBHOOK``). Whatever prints, logs or records such a URL
-shows :func:`mask_url` of it. What Vigil writes under ``$VIGIL_HOME`` (state files, logs, the inference log, the MLflow
-store) is readable by its owner only: directories it creates are 0700, files 0600.
+shows :func:`mask_url` of it — a webhook's, whose path may be its secret, ``mask_url(url, keep_path=False)``. What
+Vigil writes under ``$VIGIL_HOME`` (state files, logs, the inference log, the MLflow store) is readable by its owner
+only: directories it creates are 0700, files 0600.
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<netloc>[^/?#]*)(?
 _SECRET_PARAMETER = re.compile(r"token|key|secret|pass|pwd|sig|credential|auth", re.IGNORECASE)
 
 
-def mask_url(url: str) -> str:
+def mask_url(url: str, *, keep_path: bool = True) -> str:
     """``url`` safe to show: ``user:password@`` becomes ``user:***@`` and the value of every query parameter named
     like a credential (token, key, secret, password…) becomes ``***``. Anything that is not a ``scheme://`` URL — a
-    plain path, an empty setting — comes back unchanged."""
+    plain path, an empty setting — comes back unchanged.
+
+    ``keep_path=False`` is for URLs whose path is the secret, as webhooks' are
+    (``https://hooks.slack.com/services/T0/B0/SECRET``): all after the host — path, query and fragment — shows as
+    ``/***``."""
     match = _URL.match(url)
     if match is None:
         return url
@@ -36,6 +41,9 @@ def mask_url(url: str) -> str:
     if at:
         user, colon, _password = userinfo.partition(":")
         netloc = f"{user}:{MASK}@{host}" if colon else netloc
+    if not keep_path:
+        rest = url[match.end("netloc"):]
+        return match["scheme"] + netloc + (f"/{MASK}" if rest.strip("/") else rest)
     query = match["query"]
     if query is not None:
         query = "&".join(_mask_parameter(part) for part in query.split("&"))

@@ -49,12 +49,16 @@ def offline() -> None:
 
 
 def load_encoder(path: Path | None = None) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
-    """Tokenizer and transformer of the encoder at ``path`` (default: the packaged MiniLM)."""
+    """Tokenizer and transformer of the encoder at ``path`` (default: the packaged MiniLM).
+
+    Weights from safetensors only: a folder that has only pickled weights (`pytorch_model.bin`) is refused rather
+    than unpickled.
+    """
     offline()
     from transformers import AutoModel, AutoTokenizer
 
     source = str(path or minilm_path())
-    return AutoTokenizer.from_pretrained(source), AutoModel.from_pretrained(source)
+    return AutoTokenizer.from_pretrained(source), AutoModel.from_pretrained(source, use_safetensors=True)
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

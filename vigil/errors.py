@@ -1,5 +1,7 @@
 """Errors a person can act on: the CLI prints their message and exits non-zero, without a stack trace."""
 
+from vigil.credentials import mask_url
+
 
 class VigilError(Exception):
     """A failure with a message that says what happened and what to do next."""
@@ -13,5 +15,5 @@ class MlflowUnavailable(VigilError):
             "check MLFLOW_TRACKING_URI / VIGIL_MLFLOW_TRACKING_URI"
         )
         suffix = f" ({detail})" if detail else ""
-        super().__init__(f"MLflow server not reachable at {uri}{suffix}: {hint}.")
-        self.uri = uri
+        self.uri = mask_url(uri)  # the message is printed and logged: never a password in it
+        super().__init__(f"MLflow server not reachable at {self.uri}{suffix}: {hint}.")

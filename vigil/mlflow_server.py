@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from vigil import registry
+from vigil import mlflow_auth, registry
 from vigil.credentials import create_private_file, ensure_private_dir, mask_url
 from vigil.errors import MlflowUnavailable, VigilError
 from vigil.settings import Settings
@@ -43,6 +43,7 @@ class ServerState:
     backend_store_uri: str  # masked: for people to read, not to connect with
     artifacts_destination: str
     log_file: str
+    auth: bool = False  # behind MLflow's basic-auth app (a state file from before auth existed says False)
 
 
 def state_path(settings: Settings) -> Path:
@@ -100,7 +101,7 @@ class ServerCommand:
     """How to start this home's `mlflow server`: its argv, and what to add to its environment."""
 
     argv: list[str]
-    environment: dict[str, str]  # the backend store URI, credentials and all: never on the command line
+    environment: dict[str, str]  # the backend store URI, the admin password, secrets: never on the command line
     backend_store_uri: str
     artifacts_destination: str
 
@@ -117,7 +118,9 @@ def server_command(settings: Settings, port: int) -> ServerCommand:
         "--port", str(port),
         "--workers", "1",
     ]
-    return ServerCommand(argv, {BACKEND_STORE_URI_VARIABLE: backend}, backend, artifacts)
+    auth_arguments, auth_environment = mlflow_auth.server_environment(settings)
+    return ServerCommand(argv + auth_arguments, {BACKEND_STORE_URI_VARIABLE: backend, **auth_environment},
+                         backend, artifacts)
 
 
 def status(settings: Settings) -> tuple[ServerState | None, str]:
@@ -151,7 +154,7 @@ def up(settings: Settings, port: int | None = None) -> tuple[ServerState, bool]:
         )
     uri = f"http://{host}:{port}"
     state = ServerState(process.pid, port, host, uri, mask_url(command.backend_store_uri),
-                        mask_url(command.artifacts_destination), str(log_path))
+                        mask_url(command.artifacts_destination), str(log_path), auth=settings.mlflow_auth)
     create_private_file(state_path(settings)).write_text(json.dumps(asdict(state), indent=2))
     deadline = time.monotonic() + settings.mlflow_start_timeout_seconds
     while time.monotonic() < deadline:
@@ -159,6 +162,7 @@ def up(settings: Settings, port: int | None = None) -> tuple[ServerState, bool]:
             state_path(settings).unlink(missing_ok=True)
             raise VigilError(f"mlflow server exited with code {process.returncode}; see {log_path}.")
         if _healthy(uri):
+            mlflow_auth.provision_serving_account(settings, uri)
             return state, True
         time.sleep(0.5)
     _terminate(process.pid)

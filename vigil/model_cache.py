@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from vigil.credentials import ensure_private_dir
 from vigil.settings import get_settings
 
 if TYPE_CHECKING:
@@ -58,7 +60,7 @@ def download_version(client: MlflowClient, name: str, version: str, cache_dir: P
     target = root / str(version)
     if (target / COMPLETE_MARKER).exists():
         return target
-    root.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(root)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".partial", dir=root))
     try:
         # The tracking URI is passed explicitly: MLflow would otherwise resolve `mlflow-artifacts:` locations
@@ -99,7 +101,7 @@ def remember(name: str, version: str, alias: str, run_id: str, cache_dir: Path |
     pointer = LastKnownGood(name=name, version=str(version), alias=alias, run_id=run_id,
                             saved_at=datetime.now(UTC).isoformat(timespec="seconds"))
     root = model_dir(name, cache_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(root)
     staging = root / f".{LAST_KNOWN_GOOD}.partial"
     staging.write_text(pointer.model_dump_json(indent=2))
     staging.replace(root / LAST_KNOWN_GOOD)  # a reader sees the old pointer or the new one, never half
@@ -121,3 +123,27 @@ def last_known_good(name: str, cache_dir: Path | None = None) -> tuple[LastKnown
         logger.warning("%s names v%s, which is not in the cache", pointer_file, pointer.version)
         return None
     return pointer, folder
+
+
+def load_predictor(client: MlflowClient, name: str, version: str,
+                   cache_dir: Path | None = None) -> Callable[[Any], Any]:
+    """``name`` v``version``'s predict function, loaded in this process through the cache.
+
+    Vigil's sentiment model is read as data, checked against the digest recorded at registration; any other version
+    is loaded by MLflow, which unpickles its code (README, "Trust"). The one way for jobs and evaluations to load one.
+    """
+    import mlflow.pyfunc
+
+    from vigil.sentiment_model import SentimentPyfunc, load_registered, texts_from_input
+
+    folder = download_version(client, name, version, cache_dir)
+    classifier = load_registered(client, name, version, folder)
+    if classifier is None:
+        predict: Callable[[Any], Any] = mlflow.pyfunc.load_model(str(folder)).predict
+        return predict
+    loaded = classifier
+
+    def predict_sentiment(inputs: Any) -> Any:
+        return SentimentPyfunc.output_frame(loaded.predict(texts_from_input(inputs)))
+
+    return predict_sentiment

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from vigil.credentials import ensure_private_dir
 from vigil.errors import VigilError
 from vigil.signature import ModelSignatureSpec, signature_spec
 
@@ -238,7 +239,7 @@ def load_attached(settings: Settings, client: MlflowClient | None, name: str, ve
             return None
         if not (downloaded / f"{role}.json").exists():
             return None
-        directory.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(directory)
         for suffix in (".parquet", ".json"):  # copy, then rename: a killed job never leaves half a file
             partial = directory / f"{role}{suffix}.partial"
             shutil.copyfile(downloaded / f"{role}{suffix}", partial)

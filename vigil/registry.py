@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from vigil.credentials import mask_url
 from vigil.errors import MlflowUnavailable, VigilError
 from vigil.settings import get_settings
 
@@ -149,14 +150,14 @@ def experiment_id(name: str, *, uri: str | None = None, timeout: float = EXPERIM
             if (found := by_name(http)) is not None:
                 return found
             created.raise_for_status()
-            raise VigilError(f"MLflow at {uri} did not create experiment {name!r} ({created.status_code}).")
+            raise VigilError(f"MLflow at {mask_url(uri)} did not create experiment {name!r} ({created.status_code}).")
     except httpx.HTTPStatusError as error:
-        raise VigilError(f"MLflow at {uri} answered {error.response.status_code} to "
+        raise VigilError(f"MLflow at {mask_url(uri)} answered {error.response.status_code} to "
                          f"{error.request.url.path}.") from None
     except httpx.HTTPError as error:
         raise MlflowUnavailable(uri, type(error).__name__) from None
     except ValidationError:
-        raise VigilError(f"{uri} does not answer like an MLflow server (experiment {name!r}).") from None
+        raise VigilError(f"{mask_url(uri)} does not answer like an MLflow server (experiment {name!r}).") from None
 
 
 def _local_experiment_id(uri: str, name: str) -> str:

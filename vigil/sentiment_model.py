@@ -19,16 +19,30 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from vigil import model_digest
 from vigil.embedding import EMBEDDING_DIM, MAX_TOKENS, load_encoder, mean_pool
+from vigil.errors import VigilError
 
 if TYPE_CHECKING:
     import torch
+    from mlflow import MlflowClient
+
+    from vigil.model_digest import Manifest
 
 logger = logging.getLogger(__name__)
 
 LABELS: tuple[str, str] = ("negative", "positive")
-HEAD_FILE = "head.pt"
+HEAD_FILE = "head.safetensors"
+# Versions trained before the head was saved as safetensors: read with torch's weights-only reader, which rebuilds
+# tensors and refuses any other object, so it runs no code from the file.
+LEGACY_HEAD_FILE = "head.pt"
 CONFIG_FILE = "vigil_sentiment.json"
+# The pyfunc artifact that holds the classifier folder, and where MLflow puts it in a logged model (a folder
+# artifact is copied to artifacts/<the folder's own name>, so training saves the classifier in a folder of this name).
+CLASSIFIER_ARTIFACT = "classifier"
+CLASSIFIER_PATH = Path("artifacts") / CLASSIFIER_ARTIFACT
+UNVERIFIED = ("unverified: no digest was recorded when this version was registered (trained before Vigil recorded "
+              "digests); loaded as data only — retrain it to serve a verified version")
 # An ONNX export may differ from torch by float rounding only; anything larger means the export is wrong.
 ONNX_TOLERANCE = 1e-4
 ONNX_PROBE_TEXTS = (
@@ -74,6 +88,8 @@ class SentimentClassifier:
         self.network = network
         self.max_tokens = max_tokens
         self.onnx_session: Any = None
+        # How the files were checked when loaded from a registered version (see load_logged); None: not loaded so.
+        self.integrity: str | None = None
 
     @property
     def runtime(self) -> str:
@@ -156,14 +172,15 @@ class SentimentClassifier:
         return to_predictions(self.predict_proba(texts, batch_size))
 
     def save(self, directory: Path) -> Path:
-        """Encoder, tokenizer and head in one folder that :meth:`load` reads back."""
-        import torch
+        """Encoder, tokenizer and head in one folder that :meth:`load` reads back: JSON and safetensors only."""
+        from safetensors.torch import save_file
 
         directory.mkdir(parents=True, exist_ok=True)
         encoder = self.network.encoder
-        encoder.save_pretrained(directory)
+        encoder.save_pretrained(directory)  # config.json + model.safetensors
         self.tokenizer.save_pretrained(directory)
-        torch.save(self.network.head.state_dict(), directory / HEAD_FILE)
+        save_file({name: tensor.contiguous() for name, tensor in self.network.head.state_dict().items()},
+                  directory / HEAD_FILE)
         (directory / CONFIG_FILE).write_text(
             json.dumps({"labels": list(LABELS), "max_tokens": self.max_tokens}, indent=2)
         )
@@ -171,14 +188,73 @@ class SentimentClassifier:
 
     @classmethod
     def load(cls, directory: Path) -> SentimentClassifier:
-        import torch
-
+        """Read a folder written by :meth:`save` as data: nothing in it is unpickled, so nothing in it runs."""
         config = json.loads((directory / CONFIG_FILE).read_text())
         tokenizer, encoder = load_encoder(directory)
         network = build_network(encoder)
-        network.head.load_state_dict(torch.load(directory / HEAD_FILE, weights_only=True))
+        network.head.load_state_dict(_head_weights(directory))
         network.eval()
         return cls(tokenizer, network, max_tokens=int(config["max_tokens"]))
+
+
+class UnreadableModel(VigilError):
+    """A model folder that cannot be read as Vigil's classifier, as data; nothing of it is loaded."""
+
+
+def _head_weights(directory: Path) -> dict[str, Any]:
+    if (directory / HEAD_FILE).is_file():
+        from safetensors.torch import load_file
+
+        return load_file(directory / HEAD_FILE, device="cpu")
+    if (directory / LEGACY_HEAD_FILE).is_file():
+        import pickle
+
+        import torch
+
+        try:
+            return dict(torch.load(directory / LEGACY_HEAD_FILE, map_location="cpu", weights_only=True))
+        except pickle.UnpicklingError as error:
+            first_line = (str(error).splitlines() or [""])[0]
+            raise UnreadableModel(f"{LEGACY_HEAD_FILE} holds more than tensors, so it is not loaded "
+                                  f"({first_line})") from None
+    raise UnreadableModel(f"the classifier has no {HEAD_FILE} (nor the {LEGACY_HEAD_FILE} of older versions)")
+
+
+def is_logged_classifier(model_dir: Path) -> bool:
+    """Whether a downloaded MLflow model folder holds Vigil's classifier (the sentiment model's pyfunc artifact)."""
+    return (model_dir / CLASSIFIER_PATH / CONFIG_FILE).is_file()
+
+
+def load_logged(model_dir: Path, expected: Manifest | None) -> SentimentClassifier:
+    """Vigil's classifier from a downloaded MLflow model folder, read as data; MLflow's pickled wrapper is not opened.
+
+    Every file of the classifier folder is checked against ``expected`` (the manifest recorded at registration)
+    before any is read: a changed, missing or added file raises :class:`~vigil.model_digest.ArtifactMismatch`
+    naming it. ``expected`` None (a version registered before digests) loads unverified. The classifier's
+    ``integrity`` says which.
+    """
+    folder = model_dir / CLASSIFIER_PATH
+    if not folder.is_dir():
+        raise UnreadableModel(f"the model has no {CLASSIFIER_PATH.as_posix()}: it is not a Vigil sentiment model")
+    if expected is not None:
+        model_digest.check(folder, expected)
+    elif not is_logged_classifier(model_dir):
+        raise UnreadableModel(f"{CLASSIFIER_PATH.as_posix()} has no {CONFIG_FILE}: it is not a Vigil sentiment "
+                                 "model")
+    classifier = SentimentClassifier.load(folder)
+    classifier.integrity = f"verified ({expected.digest})" if expected is not None else UNVERIFIED
+    if expected is None:
+        logger.warning("%s: %s", model_dir, UNVERIFIED)
+    return classifier
+
+
+def load_registered(client: MlflowClient, name: str, version: str, model_dir: Path) -> SentimentClassifier | None:
+    """``name`` v``version`` (downloaded to ``model_dir``) as Vigil's classifier, checked against the digest the
+    registry recorded for it (see :func:`load_logged`); None when the version is not Vigil's sentiment model."""
+    expected = model_digest.recorded(client, name, version)
+    if expected is None and not is_logged_classifier(model_dir):
+        return None
+    return load_logged(model_dir, expected)
 
 
 def _joined(probabilities: list[np.ndarray], embeddings: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

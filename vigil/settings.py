@@ -47,6 +47,13 @@ class Settings(BaseSettings):
         "", description="Artifact root the managed server proxies. Empty: $VIGIL_HOME/mlflow/artifacts."
     )
     mlflow_start_timeout_seconds: float = Field(90.0, gt=0, description="How long `mlflow up` waits for health.")
+    mlflow_auth: bool = Field(
+        True, description="Put the managed MLflow server behind MLflow's basic-auth app (accounts under "
+        "$VIGIL_HOME/mlflow, `vigil mlflow credentials`). Off: anyone who reaches it may move aliases."
+    )
+    mlflow_auth_database_uri: str = Field(
+        "", description="Where the managed server keeps its accounts. Empty: sqlite under $VIGIL_HOME/mlflow."
+    )
 
     serve_host: str = Field("127.0.0.1", description="Interface `vigil serve` binds HTTP and gRPC to.")
     http_port: int = Field(3000, ge=1, le=65535, description="HTTP port of `vigil serve`.")

@@ -18,8 +18,9 @@ from pathlib import Path
 from rich.console import Console
 
 from vigil import mlflow_server
-from vigil.credentials import ensure_private_dir
+from vigil.credentials import ensure_private_dir, mask_url
 from vigil.errors import VigilError
+from vigil.mlflow_auth import ADMIN_USERNAME
 from vigil.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,10 @@ def up(settings: Settings, console: Console, serve: bool = True, evidently_ui: b
     try:
         if word != "running":
             state, stack.started_mlflow = mlflow_server.up(settings)
-        console.print(f"MLflow: {state.uri if state else settings.mlflow_tracking_uri}")
+        console.print(f"MLflow: {mask_url(state.uri if state else settings.mlflow_tracking_uri)}")
+        if state is not None and state.auth:
+            console.print(f"  log in as {ADMIN_USERNAME}; `vigil mlflow credentials` prints the password (and the "
+                          "variables your own MLflow scripts need)")
         stack.vigil("train", "embedder", "--if-missing")
         stack.vigil("train", "sentiment", "--if-missing")
         if settings.milvus_uri or not Path(settings.milvus_target).exists():

@@ -21,6 +21,7 @@ from service.rag.chunking import split_sentences
 from service.rag.errors import GeneratorTimeout, GeneratorUnavailable, RagConfigError
 from service.rag.store import STOP_WORDS, Hit
 from vigil.contracts import Usage
+from vigil.credentials import mask_url
 
 if TYPE_CHECKING:
     import httpx
@@ -175,6 +176,7 @@ class OpenAIGenerator:
         if not model:
             raise RagConfigError("VIGIL_GENERATOR=openai needs VIGIL_LLM_MODEL, the model name the endpoint serves.")
         self.base_url = base_url.rstrip("/")
+        self._shown_url = mask_url(self.base_url)  # what error messages name: no credentials in the URL
         self.model = model
         self._api_key = api_key
         self.timeout = timeout
@@ -223,22 +225,22 @@ class OpenAIGenerator:
         try:
             response = self._http().post("/chat/completions", json=body)
         except httpx.TimeoutException:
-            raise GeneratorTimeout(f"the LLM at {self.base_url} did not answer within {self.timeout:g} s "
+            raise GeneratorTimeout(f"the LLM at {self._shown_url} did not answer within {self.timeout:g} s "
                                    "(VIGIL_LLM_TIMEOUT_SECONDS)") from None
         except httpx.HTTPError as exc:
-            raise GeneratorUnavailable(f"the LLM at {self.base_url} is not reachable "
+            raise GeneratorUnavailable(f"the LLM at {self._shown_url} is not reachable "
                                        f"({type(exc).__name__}: {exc})") from None
         if response.status_code != 200:
             detail = " ".join(response.text.split())[:300]
-            raise GeneratorUnavailable(f"the LLM at {self.base_url} answered HTTP {response.status_code}"
+            raise GeneratorUnavailable(f"the LLM at {self._shown_url} answered HTTP {response.status_code}"
                                        + (f": {detail}" if detail else ""))
         try:
             completion = _ChatCompletion.model_validate_json(response.content)
         except ValidationError:
-            raise GeneratorUnavailable(f"the LLM at {self.base_url} answered something that is not a chat "
+            raise GeneratorUnavailable(f"the LLM at {self._shown_url} answered something that is not a chat "
                                        "completion") from None
         if not completion.choices:
-            raise GeneratorUnavailable(f"the LLM at {self.base_url} returned no choices")
+            raise GeneratorUnavailable(f"the LLM at {self._shown_url} returned no choices")
         choice = completion.choices[0]
         answer = (choice.message.content or "").strip()
         if completion.usage is not None:

@@ -18,7 +18,7 @@ from service.rag.chunking import Chunk, chunk_document
 from service.rag.errors import InvalidQuestion, InvalidTopK, QuestionTooLong
 from service.rag.generators import Generator, build_generator
 from service.rag.schemas import DeleteReport, StoreStats
-from service.rag.store import Hit, MilvusStore, redact, store_from_settings
+from service.rag.store import Hit, MilvusStore, store_from_settings
 from telemetry import semconv
 from telemetry.redaction import text_digest
 from vigil.contracts import (
@@ -30,6 +30,7 @@ from vigil.contracts import (
     ModelIdentity,
     RagQueryResponse,
 )
+from vigil.credentials import mask_url
 from vigil.embedding import TextEmbedder, resolve_registered_version
 
 if TYPE_CHECKING:
@@ -242,7 +243,7 @@ class RagPipeline:
                               skipped=len(problems), errors=problems, seconds=round(time.perf_counter() - started, 3),
                               embedding_model=self.embedding_model)
         logger.info("ingested %d documents (%d chunks, %d embedded, %d stale removed) into %s/%s in %.1f s; %d skipped",
-                 report.documents, report.chunks, embedded, removed, redact(self.store.target),
+                 report.documents, report.chunks, embedded, removed, mask_url(self.store.target),
                  self.store.collection, report.seconds, report.skipped)
         return report
 

@@ -19,13 +19,13 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from service.rag.chunking import Chunk
 from service.rag.errors import StoreUnavailable
 from service.rag.schemas import StoreStats
+from vigil.credentials import ensure_private_dir, mask_url
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -112,16 +112,6 @@ class Hit:
 
 def is_lite(target: str) -> bool:
     return target.endswith(".db")
-
-
-def redact(target: str) -> str:
-    """The target without credentials, fit for logs and spans."""
-    if is_lite(target):
-        return target
-    parts = urlsplit(target)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _clip(value: str, max_bytes: int) -> str:
@@ -219,7 +209,7 @@ class MilvusStore:
             from pathlib import Path
 
             try:
-                Path(self.target).parent.mkdir(parents=True, exist_ok=True)
+                ensure_private_dir(Path(self.target).parent)
             except OSError as exc:
                 raise StoreUnavailable(f"Milvus Lite directory {Path(self.target).parent} cannot be created: "
                                        f"{exc.strerror or exc}") from None
@@ -236,7 +226,7 @@ class MilvusStore:
             return (f"Milvus Lite at {self.target} cannot be opened ({getattr(exc, 'message', exc)}). Milvus Lite "
                     "is single-process: if `vigil serve` (or another vigil command) is using it, go through "
                     "the service or stop it first.")
-        return (f"Milvus at {redact(self.target)} is not reachable ({getattr(exc, 'message', exc)}); "
+        return (f"Milvus at {mask_url(self.target)} is not reachable ({getattr(exc, 'message', exc)}); "
                 "check VIGIL_MILVUS_URI and VIGIL_MILVUS_TOKEN.")
 
     def _release(self, client: MilvusClient) -> None:
@@ -289,7 +279,7 @@ class MilvusStore:
         # The collection is empty, so there is nothing to wait for; waiting would poll an RPC (AllocTimestamp)
         # that Milvus Lite lacks and logs an error for.
         client.create_index(self.collection, index, sync=False)
-        logger.info("created Milvus collection %s at %s (hybrid=%s)", self.collection, redact(self.target),
+        logger.info("created Milvus collection %s at %s (hybrid=%s)", self.collection, mask_url(self.target),
                  self._want_hybrid)
 
     def _errors(self) -> _MilvusErrors:
@@ -405,7 +395,7 @@ class MilvusStore:
                     chunks += 1
                     documents.add(str(row[DOCUMENT_ID]))
                     versions.add(str(row[MODEL_VERSION]))
-        return StoreStats(store=self.kind, target=redact(self.target), collection=self.collection, exists=exists,
+        return StoreStats(store=self.kind, target=mask_url(self.target), collection=self.collection, exists=exists,
                           chunks=chunks, documents=len(documents), embedding_model_versions=sorted(versions),
                           hybrid=self.hybrid)
 
@@ -468,6 +458,6 @@ class _MilvusErrors:
         if isinstance(error, (MilvusException, ConnectionError, *rpc_error)):
             store = self._store
             raise StoreUnavailable(
-                f"Milvus ({store.kind} at {redact(store.target)}, collection {store.collection}) failed: "
+                f"Milvus ({store.kind} at {mask_url(store.target)}, collection {store.collection}) failed: "
                 f"{getattr(error, 'message', None) or error}"
             ) from error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -41,6 +42,18 @@ class VigilEnv:
         return result
 
 
+ADMIN_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def admin_variables(session: VigilEnv) -> dict[str, str]:
+    """What `eval "$(vigil mlflow credentials)"` would set."""
+    words = shlex.split(session.run("mlflow", "credentials").stdout)
+    assert words[0] == "export"
+    variables = dict(word.split("=", 1) for word in words[1:])
+    assert set(variables) == set(ADMIN_VARIABLES)
+    return variables
+
+
 @pytest.fixture(scope="session")
 def vigil_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VigilEnv]:
     """A real `mlflow server` on a free port, managed by `vigil mlflow up/down`."""
@@ -56,7 +69,10 @@ def vigil_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VigilEnv]:
     }
     session = VigilEnv(home, f"http://127.0.0.1:{port}", env)
     session.run("mlflow", "up", timeout=180)
-    previous = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "VIGIL_HOME")}
+    # The server asks for a login; the tests' own MLflow clients and scripts get the admin's, as a user's do.
+    env.update(admin_variables(session))
+    previous = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "VIGIL_HOME", *ADMIN_VARIABLES)}
+    os.environ.update({key: env[key] for key in ADMIN_VARIABLES})
     os.environ["MLFLOW_TRACKING_URI"] = session.tracking_uri
     os.environ["VIGIL_HOME"] = str(home)
     yield session

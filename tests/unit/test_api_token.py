@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,3 +37,21 @@ def test_processes_starting_together_get_the_same_token(tmp_path: Path) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         tokens = set(pool.map(lambda _: api_token(settings(tmp_path)), range(16)))
     assert len(tokens) == 1
+    assert [path.name for path in tmp_path.iterdir()] == ["api_token"]  # no staging file left behind
+
+
+def test_the_generated_token_and_the_home_it_creates_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    home = tmp_path / "home" / ".vigil"
+    previous = os.umask(0o022)  # a usual umask: left to it, the home would be 0755 and the token 0644
+    try:
+        api_token(settings(home))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(home.stat().st_mode) == stat.S_IMODE(home.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(token_path(settings(home)).stat().st_mode) == 0o600
+
+
+def test_an_empty_token_file_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    token_path(settings(tmp_path)).write_text("\n")
+    with pytest.raises(WeakToken, match="holds no usable token; delete it"):
+        api_token(settings(tmp_path))

@@ -24,6 +24,8 @@ from vigil.settings import Settings
 DATABASE_URL = "postgresql+psycopg://vigil:hunter2@db.internal:5432/vigil"
 STORE_URL = "postgresql://mlflow:s3cret@db.internal/mlflow"
 WEBHOOK_URL = "https://hooks.example/alerts?channel=ops&token=abc123"
+# Slack's incoming webhooks carry their secret in the path, not in a parameter.
+SLACK_WEBHOOK = "https://hooks.slack.com/services/T0000/B0000/XXXXSECRET"
 
 
 @pytest.mark.parametrize(("url", "shown"), [
@@ -51,6 +53,21 @@ def test_mask_url(url: str, shown: str) -> None:
     assert mask_url(shown) == shown  # masking what is masked changes nothing
 
 
+@pytest.mark.parametrize(("url", "shown"), [
+    (SLACK_WEBHOOK, "https://hooks.slack.com/***"),
+    ("https://discord.com/api/webhooks/123/s3cr3t?wait=true", "https://discord.com/***"),
+    ("https://relay:hunter2@hooks.example:8443/x?token=abc#frag", "https://relay:***@hooks.example:8443/***"),
+    ("https://hooks.example?token=abc", "https://hooks.example/***"),
+    # Nothing after the host: nothing to hide.
+    ("https://hooks.example", "https://hooks.example"),
+    ("https://hooks.example/", "https://hooks.example/"),
+    ("", ""),
+])
+def test_mask_url_without_its_path_for_webhooks(url: str, shown: str) -> None:
+    assert mask_url(url, keep_path=False) == shown
+    assert mask_url(shown, keep_path=False) == shown
+
+
 def test_vigil_config_prints_no_password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VIGIL_INFERENCE_LOG_URL", DATABASE_URL)
     monkeypatch.setenv("VIGIL_MLFLOW_BACKEND_STORE_URI", STORE_URL)
@@ -63,7 +80,15 @@ def test_vigil_config_prints_no_password(monkeypatch: pytest.MonkeyPatch) -> Non
         assert secret not in result.output
     assert "postgresql+psycopg://vigil:***@db.internal:5432/vigil" in result.output
     assert "postgresql://mlflow:***@db.internal/mlflow" in result.output
-    assert "https://hooks.example/alerts?channel=ops&token=***" in result.output
+
+
+def test_vigil_config_hides_a_webhook_secret_in_its_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIGIL_ALERT_WEBHOOK", SLACK_WEBHOOK)
+    monkeypatch.setattr(cli, "console", Console(width=400, force_terminal=False))
+    result = CliRunner().invoke(cli.app, ["config"])
+    assert result.exit_code == 0, result.output
+    assert "XXXXSECRET" not in result.output
+    assert "https://hooks.slack.com/***" in result.output
 
 
 def test_the_mlflow_server_reads_its_backend_store_from_its_environment_not_its_argv(
@@ -76,7 +101,7 @@ def test_the_mlflow_server_reads_its_backend_store_from_its_environment_not_its_
     settings = Settings(_env_file=None, home=tmp_path / "home", mlflow_backend_store_uri=STORE_URL)  # type: ignore[call-arg]
     command = mlflow_server.server_command(settings, 5123)
     assert "s3cret" not in " ".join(command.argv)
-    assert command.environment == {"MLFLOW_BACKEND_STORE_URI": STORE_URL}
+    assert command.environment["MLFLOW_BACKEND_STORE_URI"] == STORE_URL
     # What `mlflow server` makes of that argv and environment: the store, credentials and all.
     assert command.argv[1:4] == ["-m", "mlflow", "server"]
     context = mlflow_server_cli.make_context("server", command.argv[4:])
@@ -118,8 +143,9 @@ def started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[S
         return replace(real_command(settings, port), argv=[sys.executable, "-c", STAND_IN, str(report), str(port)])
 
     monkeypatch.setattr(mlflow_server, "server_command", stand_in)
+    # The stand-in has no accounts to set up: the basic-auth app is tested against the real server.
     for name, value in {"VIGIL_HOME": str(tmp_path / "home"), "VIGIL_MLFLOW_PORT": str(free_port()),
-                        "VIGIL_MLFLOW_BACKEND_STORE_URI": STORE_URL}.items():
+                        "VIGIL_MLFLOW_BACKEND_STORE_URI": STORE_URL, "VIGIL_MLFLOW_AUTH": "false"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
@@ -198,5 +224,81 @@ def test_an_undelivered_alert_logs_the_webhook_without_its_token(caplog: pytest.
     port = free_port()  # nothing listens there
     with caplog.at_level(logging.INFO, logger="monitoring.alerts"):
         assert send_alert(alert, f"http://127.0.0.1:{port}/hooks/alerts?token=abc123", timeout=5) is False
-    assert f"alert webhook http://127.0.0.1:{port}/hooks/alerts?token=*** not reachable" in caplog.text
-    assert "abc123" not in caplog.text
+        assert send_alert(alert, f"http://127.0.0.1:{port}/services/T0000/B0000/XXXXSECRET", timeout=5) is False
+    assert caplog.text.count(f"alert webhook http://127.0.0.1:{port}/*** not reachable") == 2
+    assert "abc123" not in caplog.text and "XXXXSECRET" not in caplog.text
+
+
+def test_an_unreachable_mlflow_is_named_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vigil import registry
+    from vigil.errors import MlflowUnavailable
+
+    uri = f"http://vigil:hunter2@127.0.0.1:{free_port()}"  # nothing listens there
+    shown = uri.replace("hunter2", "***")
+    assert str(MlflowUnavailable(uri, "ConnectError")).startswith(f"MLflow server not reachable at {shown} (")
+    for reach in (lambda: registry.check_reachable(uri, timeout=5),
+                  lambda: registry.experiment_id("vigil-test", uri=uri, timeout=5)):
+        with pytest.raises(MlflowUnavailable) as refused:
+            reach()
+        assert f"not reachable at {shown}" in str(refused.value) and "hunter2" not in str(refused.value)
+        assert refused.value.uri == shown
+
+
+def test_tracing_status_and_its_warning_name_mlflow_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from telemetry import tracing
+
+    uri = f"http://vigil:hunter2@127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with caplog.at_level(logging.WARNING, logger="telemetry"):
+        built = tracing.build_tracing("t", settings=Settings(_env_file=None, tracing="otlp"))  # type: ignore[call-arg]
+    try:
+        (mlflow,) = built.status()["exporters"]
+    finally:
+        built.shutdown(1)
+    assert mlflow["endpoint"] == uri.replace("hunter2", "***") + "/v1/traces"
+    assert not mlflow["active"] and "vigil:***@" in mlflow["detail"]
+    assert "vigil:***@" in caplog.text
+    assert "hunter2" not in caplog.text + json.dumps(built.status())
+
+
+def test_endpoints_with_credentials_are_named_without_them_in_errors() -> None:
+    import httpx
+
+    from evaluations.scoring import post_to_vigil
+    from service.rag.errors import GeneratorUnavailable
+    from service.rag.generators import OpenAIGenerator
+    from vigil.contracts import PredictResponse
+    from vigil.errors import VigilError
+
+    port = free_port()  # nothing listens there
+    with httpx.Client(timeout=5) as client, pytest.raises(VigilError) as refused:
+        post_to_vigil(client, f"http://me:hunter2@127.0.0.1:{port}", "/predict", {"texts": ["hi"]}, PredictResponse)
+    assert str(refused.value).startswith(f"Vigil endpoint http://me:***@127.0.0.1:{port} not reachable")
+    generator = OpenAIGenerator(f"http://me:hunter2@127.0.0.1:{port}/v1?api_key=k3y", "m", timeout=5)
+    try:
+        with pytest.raises(GeneratorUnavailable) as failed:
+            generator.generate("what?", [])
+    finally:
+        generator.close()
+    assert f"the LLM at http://me:***@127.0.0.1:{port}/v1?api_key=*** is not reachable" in str(failed.value)
+    assert "hunter2" not in str(failed.value) and "k3y" not in str(failed.value)
+
+
+def test_folders_vigil_makes_in_its_home_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    from monitoring.workspace import open_workspace, report_path
+    from vigil import model_cache
+
+    settings = Settings(_env_file=None, home=tmp_path / "home")  # type: ignore[call-arg]
+    previous = os.umask(0o022)  # left to the umask, every one of them would be 0755
+    try:
+        model_cache.remember("sentiment", "3", "champion", "run-3", cache_dir=settings.model_cache_dir)
+        open_workspace(settings)
+        report_path(settings, "drift.html")
+    finally:
+        os.umask(previous)
+    home = settings.home
+    made = [home, home / "models", home / "models" / "sentiment", home / "evidently", home / "reports"]
+    assert {str(folder.relative_to(tmp_path)): stat.S_IMODE(folder.stat().st_mode) for folder in made} == {
+        str(folder.relative_to(tmp_path)): 0o700 for folder in made}

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from service import model_store
-from service.model_store import ModelHolder, ModelRefused, Swap
+from service.model_store import ModelHolder, ModelRefused, Source, Swap
 from service.pyfunc_service import load_pyfunc
-from vigil import model_cache, registry
+from vigil import model_cache, model_digest, registry
 from vigil.errors import MlflowUnavailable
 
 
@@ -44,7 +44,8 @@ def mlflow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Registry:
 
     monkeypatch.setattr(model_cache, "download_version", download)
     # Each load gives a new object, so a swap can tell new weights from a relabelled model.
-    monkeypatch.setattr(model_store, "load_model_dir", lambda folder: object())
+    monkeypatch.setattr(model_store, "load_logged", lambda folder, expected: object())
+    monkeypatch.setattr(model_digest, "recorded", lambda client, name, version: None)
     return stand_in
 
 
@@ -92,7 +93,7 @@ def test_a_version_that_cannot_be_served_is_refused_with_the_reason_and_the_next
         mlflow: Registry, tmp_path: Path) -> None:
     loads: list[str] = []
 
-    def loader(folder: Path, run_id: str, version: str) -> object:
+    def loader(folder: Path, run_id: str, version: str, source: Source) -> object:
         loads.append(version)
         if version == "1":
             raise ModelRefused("the model has no signature")
@@ -121,4 +122,4 @@ def test_load_pyfunc_refuses_a_model_logged_without_a_signature(tmp_path: Path) 
 
     mlflow.pyfunc.save_model(str(tmp_path / "unsigned"), python_model=Doubler())
     with pytest.raises(ModelRefused, match="no signature"):
-        load_pyfunc(tmp_path / "unsigned", "", "1")
+        load_pyfunc(tmp_path / "unsigned", "", "1", "registry")

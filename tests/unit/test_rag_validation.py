@@ -19,7 +19,7 @@ from service.rag.errors import (
     StoreUnavailable,
 )
 from service.rag.pipeline import validate_question, validate_top_k
-from service.rag.store import redact
+from service.rag.store import MilvusStore
 from vigil.contracts import IngestReport, IngestRequest
 from vigil.errors import VigilError
 
@@ -60,8 +60,11 @@ def test_fault_statuses_and_cli_friendliness() -> None:
 
 
 def test_credentials_never_leave_the_store_target() -> None:
-    assert redact("https://user:secret@in01.zillizcloud.com:19530/db?token=t") == "https://in01.zillizcloud.com:19530/db"
-    assert redact("/home/vigil/.vigil/milvus/vigil.db") == "/home/vigil/.vigil/milvus/vigil.db"
+    store = MilvusStore("http://user:secret@127.0.0.1:1/db?token=t0k3n", "chunks", timeout=0.5)  # nothing listens
+    with pytest.raises(StoreUnavailable) as refused:
+        store.open()
+    assert "Milvus at http://user:***@127.0.0.1:1/db?token=*** is not reachable" in str(refused.value)
+    assert "secret" not in str(refused.value) and "t0k3n" not in str(refused.value)
 
 
 def test_ingest_request_and_report_round_trip() -> None:
