@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from vigil import model_cache, model_digest, registry
+from vigil.credentials import ensure_private_dir
 from vigil.errors import VigilError
 from vigil.model_digest import ArtifactMismatch, Manifest
 from vigil.sentiment_model import SentimentClassifier, UnreadableModel, load_logged
@@ -238,7 +239,7 @@ class ModelHolder:
 
     def _remember_manifest(self, version: str, manifest: Manifest) -> None:
         kept = self.cache_dir / VERIFIED_DIR / f"{version}.json"
-        kept.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(kept.parent)
         staging = kept.with_name(f".{kept.name}.partial")
         staging.write_text(manifest.model_dump_json(indent=2))
         staging.replace(kept)  # a reader sees the whole record or none

@@ -20,6 +20,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from vigil import model_digest
+from vigil.credentials import ensure_private_dir
 from vigil.embedding import EMBEDDING_DIM, MAX_TOKENS, load_encoder, mean_pool
 from vigil.errors import VigilError
 
@@ -280,7 +281,7 @@ def export_onnx(classifier: SentimentClassifier, path: Path) -> Path:
             return torch.softmax(logits, dim=-1), pooled
 
     example = classifier.tokenize(ONNX_PROBE_TEXTS)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(path.parent)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     dynamic = {0: "batch", 1: "tokens"}
     with warnings.catch_warnings(), torch.no_grad():
