@@ -7,6 +7,7 @@ error answers), `service.oip` (protocol) and `service.validation` (limits). REST
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import logging
@@ -47,8 +48,10 @@ from service.rag.errors import RagError, RagServiceUnavailable
 from service.rag_service import RagService
 from service.sentiment_service import SentimentModel
 from service.serving_telemetry import (
+    RAG_SERVICE_NAME,
     PredictionRecord,
     ServingTelemetry,
+    relay_keep_notices,
     route_bentoml_spans_through_global_provider,
     skip_asgi_message_spans,
 )
@@ -122,8 +125,10 @@ class Vigil:
         self.telemetry = ServingTelemetry(self.settings)
         batch_max_size = self.settings.limits_of(self.model_name).batch_max_size
         self.coalescer: Coalescer[str, Any] = Coalescer(self._call_model, max_items=batch_max_size,
-                                                        max_in_flight=self.settings.model_calls_in_flight)
+                                                        max_in_flight=self.settings.model_calls_in_flight,
+                                                        tracer=self.telemetry.tracer)
         self._grpc_server: Any = None
+        self._keep_notices: asyncio.Task[None] | None = None
         self.pyfuncs = {
             name: PyfuncFront(name, alias, functools.partial(getattr, self, f"pyfunc_{index}"), self.telemetry,
                               self.settings)
@@ -258,6 +263,7 @@ class Vigil:
             raise ApiError(401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
         # Validated here against the contract, so a bad document is a 422 naming its field (`documents.0.id`).
         body = await read_json(request, IngestRequest)
+        self.telemetry.calls_downstream(RAG_SERVICE_NAME)
         try:
             report: IngestReport = await self.rag.to_async.ingest(request=body)
         except BentoMLException as error:
@@ -401,6 +407,16 @@ class Vigil:
     # --- lifecycle -----------------------------------------------------------------------------------------
 
     @bentoml.on_startup
+    async def relay_sampling_decisions(self) -> None:
+        """Tell the RAG service which pending traces this worker kept at their end (telemetry.sampling)."""
+
+        async def keep_in_rag(trace_ids: list[str]) -> object:
+            return await self.rag.to_async.keep_traces(trace_ids=trace_ids)
+
+        self._keep_notices = asyncio.get_running_loop().create_task(
+            relay_keep_notices({RAG_SERVICE_NAME: keep_in_rag}))
+
+    @bentoml.on_startup
     async def start_grpc(self) -> None:
         sentiment = ModelBackend(
             name=self.model_name, infer=self._grpc_sentiment, metadata=self.model_state, platform="vigil_pytorch",
@@ -451,6 +467,8 @@ class Vigil:
     async def stop(self) -> None:
         if self._grpc_server is not None:
             await self._grpc_server.stop(grace=5)
+        if self._keep_notices is not None:
+            self._keep_notices.cancel()
         # Rows and spans of the last requests are written before the process goes.
         self.telemetry.close()
 

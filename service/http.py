@@ -1,11 +1,16 @@
 """HTTP plumbing of the API service: the FastAPI app, reading bodies into contract models, error answers, JSON
-responses, and the retry of a dependency call whose pooled connection dropped."""
+responses, the retry of a dependency call whose pooled connection dropped, and the dependency services outliving
+their caller's drain on SIGTERM."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from contextlib import aclosing
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import aclosing, contextmanager
+from types import FrameType
 from typing import Any, TypeVar
 
 import aiohttp
@@ -24,6 +29,11 @@ logger = logging.getLogger(__name__)
 # The model and RAG services answer only the API worker, which logs every request itself: their own access lines
 # would double the log and cost each call a formatted line (bench/RESULTS.md, models).
 INTERNAL_SERVICE_LOGGING: dict[str, Any] = {"access": {"enabled": False}}
+
+# On SIGTERM a dependency service keeps answering until the API worker has not called it for this long (at once when
+# it is idle), and at most for the API's longest request (its traffic timeout).
+CALLERS_QUIET_SECONDS = 1.0
+CALLERS_DRAIN_SECONDS = 60.0
 
 Result = TypeVar("Result")
 Body = TypeVar("Body", bound=BaseModel)
@@ -170,3 +180,64 @@ async def retry_once_on_dropped_connection(call: Callable[[], Awaitable[Result]]
     except aiohttp.ClientConnectionError as error:
         logger.info("a connection to a dependency service dropped (%r); retrying once", error)
         return await call()
+
+
+class OutliveCallers:
+    """Keeps a dependency service (a model, RAG) answering after SIGTERM until the API worker has stopped calling it.
+
+    BentoML's arbiter sends SIGTERM to every worker at once. The API worker then finishes the requests it accepted,
+    but a model service that stopped at once closes its socket and pooled connections, and those requests' calls end
+    in 503 `not_ready` (bench/RESULTS.md, "Faults"; tests/integration/test_faults.py, SIGTERM under load). So the
+    service takes SIGTERM over from uvicorn, whose handler it wraps (uvicorn installs it in the worker's main thread
+    before the service instance is made: create this in ``__init__``), and hands it on once no call has run for
+    :data:`CALLERS_QUIET_SECONDS`, or after :data:`CALLERS_DRAIN_SECONDS`. Each call runs inside :meth:`call`.
+    Elsewhere (not the main thread, no handler to wrap) nothing changes.
+    """
+
+    def __init__(self, quiet_seconds: float = CALLERS_QUIET_SECONDS,
+                 longest_seconds: float = CALLERS_DRAIN_SECONDS) -> None:
+        self.quiet_seconds = quiet_seconds
+        self.longest_seconds = longest_seconds
+        self._in_progress = 0
+        self._last_call = float("-inf")  # when the latest call ended
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.installed = self._install()
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        """Around one call (calls run on BentoML's threads)."""
+        with self._lock:
+            self._in_progress += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_progress -= 1
+                self._last_call = time.monotonic()
+
+    def _quiet(self) -> bool:
+        with self._lock:
+            return self._in_progress == 0 and time.monotonic() - self._last_call >= self.quiet_seconds
+
+    def _install(self) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        handler = signal.getsignal(signal.SIGTERM)
+        if not callable(handler):
+            return False
+
+        def deferred(signum: int, _frame: FrameType | None) -> None:
+            if not self._stopping.is_set():
+                self._stopping.set()
+                threading.Thread(target=self._hand_on, args=(handler, signum), name="vigil-outlive-callers",
+                                 daemon=True).start()
+
+        signal.signal(signal.SIGTERM, deferred)
+        return True
+
+    def _hand_on(self, handler: Callable[[int, FrameType | None], Any], signum: int) -> None:
+        deadline = time.monotonic() + self.longest_seconds
+        while time.monotonic() < deadline and not self._quiet():
+            time.sleep(0.05)
+        handler(signum, None)  # uvicorn's: it only sets the flag its main loop checks

@@ -13,13 +13,12 @@ from typing import Any
 
 import aiohttp
 from bentoml.exceptions import BentoMLException
-from opentelemetry.trace import Status, StatusCode
 
 from service.coalescer import Coalescer
 from service.errors import ApiError, not_ready, overloaded
 from service.http import retry_once_on_dropped_connection
 from service.pyfunc import PredictedRow
-from service.serving_telemetry import ServingTelemetry
+from service.serving_telemetry import ServingTelemetry, mark_failure
 from telemetry import semconv
 from telemetry.propagation import request_id_from
 from telemetry.records import InferenceRecord
@@ -56,7 +55,8 @@ class PyfuncFront:
         self.settings = settings
         self.limits = settings.limits_of(name)
         self.coalescer: Coalescer[dict[str, Any], PredictedRow] = Coalescer(
-            self._call, max_items=self.limits.batch_max_size, max_in_flight=settings.model_calls_in_flight)
+            self._call, max_items=self.limits.batch_max_size, max_in_flight=settings.model_calls_in_flight,
+            tracer=telemetry.tracer)
         self._spec: tuple[str, ModelSignatureSpec] | None = None  # (version, its signature)
 
     async def state(self) -> dict[str, Any]:
@@ -91,7 +91,7 @@ class PyfuncFront:
                 predicted = await self.coalescer.submit(rows)
             except ApiError as error:
                 self.telemetry.refused(error.code)
-                span.set_status(Status(StatusCode.ERROR, error.message[:200]))
+                mark_failure(span, error)
                 raise
             version = predicted[0].version
             if self._spec is not None and self._spec[0] != version:

@@ -15,7 +15,7 @@ import bentoml
 from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 
-from service.http import INTERNAL_SERVICE_LOGGING
+from service.http import INTERNAL_SERVICE_LOGGING, OutliveCallers
 from service.model_store import ModelHolder, ModelRefused, Source, swap_counter
 from service.pyfunc import PredictedRow, model_input, predicted_rows
 from vigil.settings import Settings, get_settings
@@ -66,6 +66,7 @@ def pyfunc_service(name: str, alias: str, settings: Settings) -> type:
         def __init__(self) -> None:
             from telemetry.metrics import get_metrics
 
+            self.callers = OutliveCallers()  # on SIGTERM, answers the API worker's last calls before it stops
             current = get_settings()
             self.metrics = get_metrics()
             self.holder = ModelHolder(name, alias, current.model_cache_dir, current.alias_poll_seconds,
@@ -79,7 +80,8 @@ def pyfunc_service(name: str, alias: str, settings: Settings) -> type:
             if loaded is None:
                 raise ServiceUnavailable(f"model not loaded: {self.holder.status.reason}")
             served: ServedPyfunc = loaded.model
-            prediction = served.model.predict(model_input(served.spec, rows))
+            with self.callers.call():
+                prediction = served.model.predict(model_input(served.spec, rows))
             self.metrics.batch_size.observe(len(rows))
             return predicted_rows(prediction, len(rows), loaded.version)
 

@@ -18,7 +18,7 @@ import bentoml
 from starlette.responses import Response
 
 from service.errors import error_response
-from service.http import INTERNAL_SERVICE_LOGGING
+from service.http import INTERNAL_SERVICE_LOGGING, OutliveCallers
 from service.rag.errors import RagError
 from vigil.contracts import IngestReport, IngestRequest, RagQueryResponse
 from vigil.settings import get_settings
@@ -35,11 +35,12 @@ class RagService:
         from telemetry.metrics import get_metrics
         from telemetry.tracing import setup_tracing
 
+        self.callers = OutliveCallers()  # on SIGTERM, answers the API worker's last calls before it stops
         self.settings = get_settings()
         # One thread, as for the sentiment model: two collapse when other processes want the cores (bench/RESULTS.md).
         torch.set_num_threads(self.settings.torch_threads)
-        # Only Vigil's API worker calls this service, and it sends a sampled traceparent only for a trace it admitted
-        # within its own budgets: a second cap here would cut those traces in two.
+        # Only Vigil's API worker calls this service: a traceparent's flag is its sampling decision (01 kept, 00
+        # pending until `keep_traces`), not a caller's wish to put under a budget of its own (telemetry.sampling).
         setup_tracing("vigil-rag", settings=self.settings, trust_remote_parents=True)
         self.metrics = get_metrics()
         self.pipeline = RagPipeline.from_settings(self.settings)
@@ -57,7 +58,8 @@ class RagService:
         """The answer (its trace id left for the API to fill in), or the typed error as its own response."""
         started = time.perf_counter()
         try:
-            answer = self.pipeline.query(question, top_k)
+            with self.callers.call():
+                answer = self.pipeline.query(question, top_k)
         except RagError as error:
             return error_response(error)
         self.metrics.rag_retrieval_seconds.observe(time.perf_counter() - started)
@@ -67,10 +69,19 @@ class RagService:
     def ingest(self, request: IngestRequest) -> IngestReport | Response:
         """Chunk, embed and store the documents (the API validated them against the contract already)."""
         try:
-            return self.pipeline.ingest(request.documents, chunk_tokens=request.chunk_tokens,
-                                        overlap_tokens=request.overlap_tokens)
+            with self.callers.call():
+                return self.pipeline.ingest(request.documents, chunk_tokens=request.chunk_tokens,
+                                            overlap_tokens=request.overlap_tokens)
         except RagError as error:
             return error_response(error)
+
+    @bentoml.api
+    def keep_traces(self, trace_ids: list[str]) -> int:
+        """The API worker kept these pending traces at their end (failed, slow): export this service's part of them.
+        Returns how many were held here."""
+        from telemetry.tracing import keep_traces
+
+        return keep_traces(trace_ids)
 
     @bentoml.api
     def stats(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 from pydantic import BaseModel
 
-from service.http import INTERNAL_SERVICE_LOGGING
+from service.http import INTERNAL_SERVICE_LOGGING, OutliveCallers
 from vigil.settings import get_settings
 
 # Read at import, once: `@bentoml.api` takes the batching limits at class definition, and BentoML imports this
@@ -45,6 +45,7 @@ class SentimentModel:
         from service.model_store import ModelHolder, swap_counter
         from telemetry.metrics import get_metrics
 
+        self.callers = OutliveCallers()  # on SIGTERM, answers the API worker's last calls before it stops
         settings = get_settings()
         torch.set_num_threads(settings.torch_threads)
         self.metrics = get_metrics()
@@ -69,7 +70,8 @@ class SentimentModel:
         model = self.holder.current
         if model is None:
             raise ServiceUnavailable(f"model not loaded: {self.holder.status.reason}")
-        predictions = model.model.predict(texts, batch_size=max(len(texts), 1))
+        with self.callers.call():
+            predictions = model.model.predict(texts, batch_size=max(len(texts), 1))
         self.metrics.batch_size.observe(len(texts))
         return [ScoredText(label=p.label, score=p.score, version=model.version, batch_size=len(texts))
                 for p in predictions]

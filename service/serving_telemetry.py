@@ -2,27 +2,105 @@
 
 Built once per API worker. REST requests arrive inside BentoML's server span (its middleware honours an incoming
 `traceparent`); gRPC requests carry theirs in metadata, so this module opens their server span itself.
+
+Spans say ERROR only for a failure (5xx, an unexpected exception), never for a refusal (4xx): tail sampling
+(`telemetry.sampling`) keeps every failed request's trace, and a caller's mistake is not a failure of Vigil's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, use_span
 
+from service.errors import ApiError
 from telemetry import semconv
 from telemetry.inference_log import InferenceLogWriter
 from telemetry.metrics import get_metrics
 from telemetry.propagation import extract_context
 from telemetry.records import InferenceRecord
-from telemetry.tracing import get_tracer, setup_tracing, shutdown_tracing, text_attribute
+from telemetry.sampling import KEEP_NOTICE_SECONDS
+from telemetry.tracing import drain_keep_notices, get_tracer, setup_tracing, shutdown_tracing, text_attribute
 from vigil.contracts import RagQueryResponse
 from vigil.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def mark_failure(span: Span, error: BaseException) -> None:
+    """ERROR status on ``span`` for a failure; a refusal (an ApiError below 500) leaves the status unset."""
+    if isinstance(error, ApiError) and error.status < 500:
+        return
+    span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+
+
+@contextmanager
+def failures_marked(span: Span) -> Iterator[Span]:
+    try:
+        yield span
+    except Exception as error:
+        mark_failure(span, error)
+        raise
+
+
+@contextmanager
+def shared_call_spans(tracer: trace.Tracer, parents: Sequence[otel_context.Context], name: str,
+                      attributes: Mapping[str, int]) -> Iterator[None]:
+    """One span ``name`` in each of ``parents``' traces for a call they share, each linked to the others'.
+
+    The coalescer sends several requests' texts in one model call; each request's trace shows that call, and the
+    links say which other requests it served. The first request's span is current during the call, so the call
+    carries its traceparent.
+    """
+    spans = [tracer.start_span(name, context=parent, attributes=attributes) for parent in parents]
+    if len(spans) > 1:
+        for span in spans:
+            for other in spans:
+                if other is not span:
+                    span.add_link(other.get_span_context())
+    try:
+        with use_span(spans[0], end_on_exit=False, record_exception=False, set_status_on_exception=False):
+            yield
+    except Exception as error:
+        for span in spans:
+            mark_failure(span, error)
+        raise
+    finally:
+        for span in spans:
+            span.end()
+
+
+async def relay_keep_notices(services: Mapping[str, Callable[[list[str]], Awaitable[object]]],
+                             drain: Callable[[], dict[str, list[str]]] = drain_keep_notices) -> None:
+    """Forever: tell each service behind the API worker which of its pending traces the API worker kept.
+
+    A service behind the API worker holds its spans of a pending trace until the API worker's root ends
+    (`telemetry.sampling`); this carries the decision back for the traces kept at their end (failed, slow), batched
+    every KEEP_NOTICE_SECONDS. A lost notice loses that service's part of one trace, never a request: the first
+    failure per service is a warning, the rest are logged at debug level.
+    """
+    warned: set[str] = set()
+    while True:
+        await asyncio.sleep(KEEP_NOTICE_SECONDS)
+        for service, trace_ids in drain().items():
+            keep = services.get(service)
+            if keep is None:
+                continue
+            try:
+                await keep(trace_ids)
+            except Exception as error:
+                log = logger.debug if service in warned else logger.warning
+                warned.add(service)
+                log("could not tell %s to keep %d traces (their spans there are lost): %r", service, len(trace_ids),
+                    error)
 
 
 def route_bentoml_spans_through_global_provider() -> None:
@@ -59,6 +137,10 @@ def skip_asgi_message_spans() -> None:
     asgi.OpenTelemetryMiddleware = OpenTelemetryMiddlewareWithoutMessageSpans  # type: ignore[misc]
 
 
+# The BentoML name of the RAG service (service/rag_service.py), which holds its spans of pending traces.
+RAG_SERVICE_NAME = "vigil-rag"
+
+
 @dataclass(frozen=True)
 class PredictionRecord:
     texts: list[str]
@@ -84,7 +166,8 @@ class ServingTelemetry:
             yield
             return
         with self.tracer.start_as_current_span(semconv.SPAN_GRPC_MODEL_INFER, context=extract_context(carrier),
-                                               kind=SpanKind.SERVER) as span:
+                                               kind=SpanKind.SERVER, record_exception=False,
+                                               set_status_on_exception=False) as span, failures_marked(span):
             span.set_attribute(semconv.RPC_SYSTEM, "grpc")
             yield
 
@@ -96,11 +179,16 @@ class ServingTelemetry:
 
     @staticmethod
     def trace_ids(span: Span) -> tuple[str, str]:
-        """(trace id, traceparent) to hand back for ``span``; empty strings when it is not sampled."""
+        """(trace id, traceparent) to hand back for ``span``; empty strings when it is not recorded.
+
+        Every recorded request has its trace id (on its log rows too), kept or not: tail sampling decides after the
+        answer. The traceparent's flag says whether the trace was kept at its start (01) or is pending (00).
+        """
         context = span.get_span_context()
-        if not (context.is_valid and context.trace_flags.sampled):
+        if not (context.is_valid and (span.is_recording() or context.trace_flags.sampled)):
             return "", ""
-        return f"{context.trace_id:032x}", f"00-{context.trace_id:032x}-{context.span_id:016x}-01"
+        flags = "01" if context.trace_flags.sampled else "00"
+        return f"{context.trace_id:032x}", f"00-{context.trace_id:032x}-{context.span_id:016x}-{flags}"
 
     @contextmanager
     def _predict(self, protocol: str, endpoint: str) -> Iterator[Span]:
@@ -110,18 +198,25 @@ class ServingTelemetry:
             span.set_attribute(semconv.MODEL_ALIAS, self.settings.serve_alias)
             span.set_attribute(semconv.PROTOCOL, protocol)
             span.set_attribute(semconv.ENDPOINT, endpoint)
-            try:
+            with failures_marked(span):
                 yield span
-            except Exception as error:
-                span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
-                raise
 
     @contextmanager
     def rag_span(self, carrier: Mapping[str, str], protocol: str, endpoint: str) -> Iterator[Span]:
         """The API's span around a RAG call; the RAG service's `rag.query` tree hangs below it."""
-        with self.server_span(carrier, protocol), self.tracer.start_as_current_span(semconv.SPAN_RAG_REQUEST) as span:
+        with self.server_span(carrier, protocol), self.tracer.start_as_current_span(
+                semconv.SPAN_RAG_REQUEST, record_exception=False, set_status_on_exception=False) as span, \
+                failures_marked(span):
             span.set_attribute(semconv.ENDPOINT, endpoint)
+            span.set_attribute(semconv.DOWNSTREAM_SERVICE, RAG_SERVICE_NAME)
             yield span
+
+    @staticmethod
+    def calls_downstream(service: str) -> None:
+        """Mark the current span as calling ``service``, whose spans of this trace wait for this process's decision."""
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute(semconv.DOWNSTREAM_SERVICE, service)
 
     def record_rag(self, span: Span, protocol: str, endpoint: str, request_id: str, question: str,
                    answer: RagQueryResponse, latency_ms: float) -> tuple[str, str]:

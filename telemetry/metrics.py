@@ -42,6 +42,7 @@ class VigilMetrics:
     span_export_failures: Counter  # exporter
     spans_dropped: Counter  # exporter
     traces_rate_limited: Counter  # parent (none | remote)
+    traces: Counter  # decision (kept | dropped), reason
     rag_prompt_tokens: Counter  # generator, model
     rag_completion_tokens: Counter  # generator, model
     rag_retrieval_seconds: Histogram
@@ -97,10 +98,17 @@ class VigilMetrics:
             ),
             traces_rate_limited=prom.Counter(
                 "vigil_traces_rate_limited_total",
-                "Traces left unsampled by a cap (their requests are still served and logged), by parent: none (a "
-                "new trace, VIGIL_TRACE_MAX_PER_SECOND) or remote (a caller's sampled one, "
-                "VIGIL_TRACE_REMOTE_MAX_PER_SECOND).",
+                "Traces left out of a sample by its budget (kept still if the request fails or is slow), by parent: "
+                "none (the uniform sample of new traces, VIGIL_TRACE_MAX_PER_SECOND) or remote (a caller's sampled "
+                "one, VIGIL_TRACE_REMOTE_MAX_PER_SECOND).",
                 ["parent"], registry=target,
+            ),
+            traces=prom.Counter(
+                "vigil_traces_total",
+                "Requests' traces by tail-sampling decision: kept (reason error | slow | caller | sample | all) or "
+                "dropped (reason unsampled | budget | caller_budget | overflow). Counted by the process that decides "
+                "for the whole trace (the API worker); every request is in the inference log either way.",
+                ["decision", "reason"], registry=target,
             ),
             rag_prompt_tokens=prom.Counter(
                 "vigil_rag_prompt_tokens_total", "Prompt tokens sent to RAG generators.", ["generator", "model"],

@@ -27,9 +27,12 @@ def inject_traceparent(
 
 
 def current_trace_id() -> str:
-    """The current trace id as 32 hex digits, or "" when the current span is not sampled or tracing is off."""
-    span_context = trace.get_current_span().get_span_context()
-    if not (span_context.is_valid and span_context.trace_flags.sampled):
+    """The current trace id as 32 hex digits, or "" when the current span is neither recorded nor sampled (tracing
+    off, or a caller's unsampled trace in a process without Vigil's tracing). Under tail sampling a recorded trace has
+    its id before the decision to keep it is made."""
+    span = trace.get_current_span()
+    span_context = span.get_span_context()
+    if not (span_context.is_valid and (span.is_recording() or span_context.trace_flags.sampled)):
         return ""
     return format_trace_id(span_context.trace_id)
 

@@ -14,6 +14,9 @@ SPAN_RAG_EMBED = "rag.embed"
 SPAN_RAG_RETRIEVE = "rag.retrieve"
 SPAN_RAG_GENERATE = "rag.generate"
 SPAN_RAG_REQUEST = "rag.request"  # the API's span around a call to the RAG service
+# The API worker's call to a model service, one span in each request's trace that the call served (the coalescer
+# shares a call between requests); each links to the others' spans of the same call.
+SPAN_MODEL_CALL = "model.call"
 # gRPC requests carry their traceparent in metadata, so Vigil opens their server span itself (REST's is BentoML's).
 SPAN_GRPC_MODEL_INFER = "inference.GRPCInferenceService/ModelInfer"
 # The ASGI middleware BentoML installs names a span per `receive` and `send` message "<server span> http receive"
@@ -31,6 +34,15 @@ PROTOCOL = "vigil.protocol"  # rest | grpc
 ENDPOINT = "vigil.endpoint"
 INPUT_TEXT = "vigil.input.text"  # raw, or its telemetry.redaction.text_digest with VIGIL_TRACE_RAW_TEXT=false
 INPUT_COUNT = "vigil.input.count"
+COALESCED_REQUESTS = "vigil.coalesced.requests"  # requests that shared one model call
+COALESCED_ITEMS = "vigil.coalesced.items"  # texts or rows that call carried
+
+# --- tail sampling (telemetry/sampling.py) --------------------------------------------------------------------
+# On a process's local root span: what was known at the trace's start (sample | caller | all | budget |
+# caller_budget | unsampled); the final decision is counted in vigil_traces_total.
+SAMPLING_HEAD = "vigil.sampling.head"
+# A Vigil service this span's request called, whose spans of the trace wait for this process's decision.
+DOWNSTREAM_SERVICE = "vigil.downstream.service"
 
 # --- retrieval ----------------------------------------------------------------------------------------------
 RETRIEVAL_STORE = "vigil.retrieval.store"  # e.g. milvus-lite, milvus
@@ -46,6 +58,7 @@ RPC_SYSTEM = "rpc.system"  # "grpc"
 RPC_METHOD = "rpc.method"
 HTTP_ROUTE = "http.route"
 HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
+HTTP_STATUS_CODE = "http.status_code"  # the older name, which the ASGI middleware still writes by default
 
 # --- GenAI semantic conventions -----------------------------------------------------------------------------
 GEN_AI_OPERATION_NAME = "gen_ai.operation.name"  # "chat", "text_completion", "embeddings"

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from telemetry import semconv
 from telemetry.exporters import CountingBatchSpanProcessor, ExporterStatus, span_processors
 from telemetry.redaction import text_digest
-from telemetry.sampling import sampler_from_settings
+from telemetry.sampling import TailSamplingProcessor, sampler_from_settings
 from vigil.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -37,9 +37,13 @@ class Tracing:
     def __init__(
         self, provider: TracerProvider, *, mode: str, settings: Settings, owns_provider: bool,
         exporters: list[ExporterStatus], processors: list[CountingBatchSpanProcessor],
+        tail: TailSamplingProcessor | None = None,
     ) -> None:
         self.provider = provider
         self.mode = mode
+        self.tail = tail
+        self.trace_all = settings.trace_all
+        self.slow_ms = settings.trace_slow_ms
         self.sample_ratio = settings.trace_sample_ratio
         self.max_traces_per_second = settings.trace_max_per_second
         self.max_remote_traces_per_second = settings.trace_remote_max_per_second
@@ -54,12 +58,15 @@ class Tracing:
         """Mode, exporters and their counters; ``degraded`` when a configured exporter could not start."""
         return {
             "mode": self.mode,
+            "trace_all": self.trace_all,
+            "slow_ms": self.slow_ms,
             "sample_ratio": self.sample_ratio,
             "max_traces_per_second": self.max_traces_per_second,
             "max_remote_traces_per_second": self.max_remote_traces_per_second,
             "degraded": any(not exporter.active for exporter in self.exporters),
             "shut_down": self._is_shut_down,
             "exporters": [exporter.as_dict() for exporter in self.exporters],
+            "held_spans": self.tail.held_spans if self.tail is not None else 0,
         }
 
     def shutdown(self, timeout_seconds: float = 3.0) -> bool:
@@ -137,8 +144,10 @@ def build_tracing(
 ) -> Tracing:
     """A provider with the exporters ``settings`` ask for, without installing it globally (tests use this).
 
-    An injected ``tracer_provider`` keeps its own resource and sampler; Vigil only adds exporters to it.
-    ``trust_remote_parents``: see :func:`~telemetry.sampling.sampler_from_settings`.
+    Spans reach the exporters through one :class:`~telemetry.sampling.TailSamplingProcessor`. An injected
+    ``tracer_provider`` keeps its own resource and sampler; Vigil only adds that processor to it (with a sampler
+    that flags every trace sampled, everything passes straight through). ``trust_remote_parents``: a service only
+    Vigil's API worker calls (see :mod:`telemetry.sampling`).
     """
     settings = settings or get_settings()
     owns_provider = tracer_provider is None
@@ -148,11 +157,13 @@ def build_tracing(
         tracer_provider = TracerProvider(resource=_resource(service_name, settings), sampler=sampler,
                                          shutdown_on_exit=False)
     exporters, processors = span_processors(settings)
-    for processor in processors:
-        tracer_provider.add_span_processor(processor)
+    tail = None
+    if processors:
+        tail = TailSamplingProcessor(processors, slow_ms=settings.trace_slow_ms, defer_to_caller=trust_remote_parents)
+        tracer_provider.add_span_processor(tail)
     return Tracing(
         tracer_provider, mode=settings.tracing, settings=settings, owns_provider=owns_provider,
-        exporters=exporters, processors=processors,
+        exporters=exporters, processors=processors, tail=tail,
     )
 
 
@@ -169,8 +180,8 @@ def setup_tracing(
     Pass ``tracer_provider`` to use a provider you built (tests pass one with an in-memory exporter); an SDK
     provider someone else already installed globally is used the same way, so there stays one per process.
     Shutdown is registered at exit with the bound of :func:`shutdown_tracing`. ``trust_remote_parents=True`` in a
-    service only Vigil's API worker calls, whose callers' traces the API worker has already capped (see
-    :func:`~telemetry.sampling.sampler_from_settings`).
+    service only Vigil's API worker calls: its callers' trace flags are the API worker's sampling decisions, and it
+    waits for the API worker's :func:`keep_traces` on the pending ones (see :mod:`telemetry.sampling`).
     """
     global _active
     with _lock:
@@ -196,6 +207,20 @@ def shutdown_tracing(timeout_seconds: float = 3.0) -> bool:
     """Flush and stop the process's exporters within ``timeout_seconds``; True when nothing was abandoned."""
     tracing = _active
     return True if tracing is None else tracing.shutdown(timeout_seconds)
+
+
+def keep_traces(trace_ids: list[str]) -> int:
+    """In a service behind the API worker: the API worker kept these pending traces; export what is held of them.
+    Returns how many were held here."""
+    tracing = _active
+    return 0 if tracing is None or tracing.tail is None else tracing.tail.keep(trace_ids)
+
+
+def drain_keep_notices() -> dict[str, list[str]]:
+    """In the API worker: downstream service -> the pending traces it holds that were kept here, since last asked
+    (for :func:`keep_traces` in that service)."""
+    tracing = _active
+    return {} if tracing is None or tracing.tail is None else tracing.tail.drain_notices()
 
 
 def tracing_status() -> dict[str, Any]:

@@ -114,17 +114,28 @@ class Settings(BaseSettings):
 
     # --- tracing -------------------------------------------------------------------------------------------
     tracing: Literal["otlp", "console", "off"] = Field("otlp", description="Where spans go.")
-    trace_sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of new traces sampled.")
+    trace_sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of new traces eligible for the uniform sample (tail sampling keeps "
+        "failed and slow requests' traces whatever it says)."
+    )
     trace_max_per_second: float = Field(
-        0.0, ge=0, description="New traces a process samples per second, at most (after the ratio); 0: no limit. "
-        "Bounds what a trace store sharing the serving cores ingests under load; the inference log still has "
-        "every request."
+        1.0, ge=0, description="The uniform sample: ordinary new traces (neither failed nor slow) a process keeps per "
+        "second, at most (after the ratio); 0: no limit. Every other ordinary trace is counted "
+        "(vigil_traces_total) and dropped; the inference log still has every request."
     )
     trace_remote_max_per_second: float = Field(
         None, ge=0, validate_default=True, description="Traces a caller sent sampled (its `traceparent` flag) that a "
-        "process records per second, at most, on a budget apart from new traces'; 0: no limit. Empty: the same as "
-        "VIGIL_TRACE_MAX_PER_SECOND, so a caller's flag cannot lift the cap. Over it the request is served and logged, "
-        "its trace not recorded."
+        "process keeps per second, at most, on a budget apart from the uniform sample's; 0: no limit. Empty: the same "
+        "as VIGIL_TRACE_MAX_PER_SECOND, so a caller's flag cannot lift the budget. Over it the request's trace is "
+        "kept only when it failed or was slow."
+    )
+    trace_slow_ms: float = Field(
+        1000.0, gt=0, description="Tail sampling: a request whose server span lasts this long (milliseconds) or "
+        "longer is slow, and its whole trace is kept."
+    )
+    trace_all: bool = Field(
+        False, description="Keep every trace (no tail sampling; the ratio and the budgets are ignored): for a person "
+        "who wants every request in the trace store and accepts what the store's ingestion costs."
     )
     traces_experiment: str = Field("vigil-traces", description="MLflow experiment that receives traces.")
     otlp_endpoint: str = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import REPO_ROOT, VIGIL_BIN, free_port, wait_until
@@ -131,6 +133,11 @@ class Server:
         return True
 
     def stop(self) -> None:
+        # BentoML's workers run in sessions of their own, outside this process group: found by the process tree.
+        try:
+            tree = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGINT)
             try:
@@ -140,6 +147,10 @@ class Server:
                 self.process.wait()
         if self.group_alive():  # what outlived its parent must not hold ports and cores for the next tests
             os.killpg(self.process.pid, signal.SIGKILL)
+        _, survivors = psutil.wait_procs(tree, timeout=15)
+        for survivor in survivors:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                survivor.kill()
 
 
 def start_server(env: dict[str, str], log: Path, expect_ready: bool = True) -> Server:
@@ -193,6 +204,8 @@ def server(vigil_env: VigilEnv, registry_client: MlflowClient, langsmith: OtlpRe
            "VIGIL_ALIAS_POLL_SECONDS": "1", "VIGIL_TRACING": "otlp", "LANGSMITH_API_KEY": "ls-test-key",
            "LANGSMITH_ENDPOINT": langsmith.url, "LANGSMITH_PROJECT": "vigil-tests",
            "VIGIL_API_TOKEN": INGEST_TOKEN,
+           # The tests that look for a request's trace send it sampled; their traces are kept however fast they come.
+           "VIGIL_TRACE_REMOTE_MAX_PER_SECOND": "0",
            # A batch of 64 long reviews can take the default budget of 1 s on a busy 2-core machine, and BentoML then
            # refuses it as overloaded; no test here is about shedding load.
            "VIGIL_BATCH_MAX_LATENCY_MS": "10000"}

@@ -10,18 +10,12 @@ and every answer names a version that was the champion.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
-import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import httpx
 import pytest
 import schemathesis
@@ -29,36 +23,30 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from mlflow import MlflowClient
-from pydantic import ValidationError
 from schemathesis.errors import FailureGroup
 
-from service.errors import OipErrorResponse
 from service.http import openapi_body
-from service.oip.rest import InferRequest, InferResponse
+from service.oip.rest import InferRequest
 from tests.conftest import wait_until
-from tests.integration.conftest import Server, VigilEnv, start_server
-from vigil.contracts import ErrorResponse, PredictResponse
+from tests.integration.conftest import Server, VigilEnv
+from tests.support.serving import (
+    REQUEST_TIMEOUT_SECONDS,
+    SENTENCES,
+    Tally,
+    background_load,
+    for_seconds,
+    infer_route,
+    load,
+    own_server,
+    predict_route,
+)
+from vigil.contracts import PredictResponse
 
 logger = logging.getLogger(__name__)
 
 # The first test of a session also pays for MLflow, training and `vigil serve` (pyproject's 600 s are sized for
 # that); each test here adds at most a couple of minutes of its own.
 TIMEOUT_SECONDS = 900
-# No request may take longer: a queue that never drains fails the test instead of hanging it.
-REQUEST_TIMEOUT_SECONDS = 60
-
-# Obvious reviews, so that each one's label is stable across batches and versions.
-SENTENCES = (
-    "I love this phone, it works great and the battery lasts forever.",
-    "Terrible quality, it broke after one day. Waste of money.",
-    "Absolutely wonderful film, the cast is brilliant.",
-    "The worst customer service I have ever had, never again.",
-    "Great value, fast delivery and it does exactly what it says.",
-    "It stopped working after a week and the refund was refused.",
-    "A delightful little cafe with friendly staff and lovely coffee.",
-    "Boring, far too long and the ending made no sense at all.",
-)
-LABELS = {"positive", "negative"}
 
 
 # --- fuzzing ---------------------------------------------------------------------------------------------------
@@ -237,115 +225,6 @@ def test_a_path_the_api_does_not_route_is_refused_in_json(live_server: Server) -
 # --- load ------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Route:
-    """A prediction route: the n-th request's body, and what a 200 answer to it says (version, label)."""
-
-    path: str
-    body: Callable[[int], dict[str, Any]]
-    answer: Callable[[int, bytes], tuple[str, str]]
-    refusal: Callable[[bytes], str]  # the reason a refusal's body gives
-
-
-def sentence(n: int) -> str:
-    return SENTENCES[n % len(SENTENCES)]
-
-
-def predict_route(model: str) -> Route:
-    def answer(n: int, body: bytes) -> tuple[str, str]:
-        parsed = PredictResponse.model_validate_json(body)
-        if parsed.model.name != model or len(parsed.predictions) != 1:
-            raise ValueError(f"not one prediction of {model}")
-        return parsed.model.version, parsed.predictions[0].label
-
-    return Route("/predict", lambda n: {"text": sentence(n)}, answer,
-                 lambda body: ErrorResponse.model_validate_json(body).error.code)
-
-
-def infer_route(model: str) -> Route:
-    def body(n: int) -> dict[str, Any]:
-        return {"id": f"load-{n}", "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
-                                               "data": [sentence(n)]}]}
-
-    def answer(n: int, raw: bytes) -> tuple[str, str]:
-        parsed = InferResponse.model_validate_json(raw)
-        outputs = {output.name: output.data for output in parsed.outputs}
-        # The id ties the answer to its own request: a mix-up between concurrent requests would show here.
-        if parsed.model_name != model or parsed.id != f"load-{n}" or len(outputs.get("score", [])) != 1:
-            raise ValueError(f"not the answer of {model} to request load-{n}")
-        (label,) = outputs["label"]
-        return parsed.model_version, label
-
-    return Route(f"/v2/models/{model}/infer", body, answer,
-                 lambda raw: OipErrorResponse.model_validate_json(raw).error)
-
-
-@dataclass
-class Tally:
-    """What a load run got back. Appended to by the run's event loop; read by the test's thread as it goes."""
-
-    answered: int = 0  # 200s with a right body
-    versions: list[str] = field(default_factory=list)  # of each 200, in the order they arrived
-    refused: Counter[str] = field(default_factory=Counter)  # 503s with Retry-After, by reason, where allowed
-    failures: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return (f"{self.answered} requests answered, {sum(self.refused.values())} refused with 503 "
-                f"{dict(self.refused)}, {len(self.failures)} failed; first failures: {self.failures[:5]}")
-
-
-def load(tally: Tally, base_url: str, routes: Sequence[Route], clients: int, keep_going: Callable[[int], bool],
-         *, expected_labels: dict[str, str] | None = None, may_refuse: bool = False) -> None:
-    """``clients`` concurrent callers, each sending its next request as soon as its last one is answered, for as
-    long as ``keep_going(n)`` allows the n-th request of the run; routes take turns. Blocks until all are done."""
-    asyncio.run(_load(tally, base_url, routes, clients, keep_going, expected_labels, may_refuse))
-
-
-async def _load(tally: Tally, base_url: str, routes: Sequence[Route], clients: int,
-                keep_going: Callable[[int], bool], expected_labels: dict[str, str] | None, may_refuse: bool) -> None:
-    numbers = itertools.count()
-
-    def judge(route: Route, n: int, status: int, retry_after: str | None, body: bytes) -> str | None:
-        """None for a right answer; else what was wrong with it."""
-        try:
-            if status == 200:
-                version, label = route.answer(n, body)
-                wanted = expected_labels[sentence(n)] if expected_labels else None
-                if label not in LABELS or (wanted and label != wanted):
-                    return f"label {label!r} for {sentence(n)!r}, expected {wanted or LABELS}"
-                tally.answered += 1
-                tally.versions.append(version)
-                return None
-            if status == 503 and may_refuse and retry_after:
-                tally.refused[route.refusal(body)] += 1
-                return None
-        except (ValidationError, ValueError) as wrong:
-            return f"{wrong}: {body[:300]!r}"
-        return f"{status} (Retry-After {retry_after!r}): {body[:300]!r}"
-
-    async def client(session: aiohttp.ClientSession) -> None:
-        while keep_going(n := next(numbers)):
-            route = routes[n % len(routes)]
-            try:
-                async with session.post(route.path, json=route.body(n)) as response:
-                    problem = judge(route, n, response.status, response.headers.get("Retry-After"),
-                                    await response.read())
-            except (aiohttp.ClientError, TimeoutError) as error:
-                problem = f"no answer: {error!r}"
-            if problem:
-                tally.failures.append(f"POST {route.path} #{n}: {problem}")
-
-    connector = aiohttp.TCPConnector(limit=clients)
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
-    async with aiohttp.ClientSession(base_url, connector=connector, timeout=timeout) as session:
-        await asyncio.gather(*(client(session) for _ in range(clients)))
-
-
-def for_seconds(seconds: float) -> Callable[[int], bool]:
-    deadline = time.monotonic() + seconds
-    return lambda _: time.monotonic() < deadline
-
-
 def labels_alone(server: Server) -> dict[str, str]:
     """Each sentence's label when it is asked alone: under load, a request must get the same answer."""
     labels = {}
@@ -358,23 +237,6 @@ def labels_alone(server: Server) -> dict[str, str]:
 
 LOAD_CLIENTS = 64
 LOAD_SECONDS = 30
-# The loaded service traces as production would be told to, with a cap: uncapped, these tests sent ~15 000 traces
-# into the session's MLflow and LangSmith stand-in, and the tests after them waited on that backlog.
-LOADED_TRACES_PER_SECOND = 20
-
-
-@contextmanager
-def own_server(live_server: Server, tmp_path_factory: pytest.TempPathFactory, name: str,
-               **settings: str) -> Iterator[Server]:
-    """The session's service again, in a home of its own, traces capped, with ``settings`` over its environment."""
-    home = tmp_path_factory.mktemp(name)
-    env = {**live_server.env, "VIGIL_HOME": str(home), "VIGIL_TRACE_MAX_PER_SECOND": str(LOADED_TRACES_PER_SECOND),
-           **settings}
-    running = start_server(env, home / "serve.log")
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -454,28 +316,22 @@ def test_alias_swap_under_load_fails_no_request(
     other = others[-1] if others else str(registry_client.copy_model_version("models:/sentiment/2", model).version)
     wait_until(lambda: served_version(loaded_server, model) == original, timeout=60, what=f"v{original} served")
 
-    tally = Tally()
-    stop = threading.Event()
-    clients = threading.Thread(target=load, args=(tally, loaded_server.http, [predict_route(model)], SWAP_CLIENTS,
-                                                  lambda _: not stop.is_set()))
-    clients.start()
     try:
-        wait_until(lambda: tally.answered > SWAP_CLIENTS, timeout=60, what="requests flowing")
-        # Forced: this moves the alias to test serving through the move, not to judge the version.
-        vigil_env.run("models", "promote", model, "--version", other, "--force", "--reason",
-                      "hardening test: alias swap under load")
-        wait_until(lambda: tally.versions[-1] == other, timeout=180, what=f"answers from v{other}")
-        vigil_env.run("models", "rollback", model, "--reason", "hardening test: alias swap under load, back")
-        wait_until(lambda: tally.versions[-1] == original, timeout=180, what=f"answers from v{original} again")
-        answered = tally.answered
-        wait_until(lambda: tally.answered > answered + SWAP_CLIENTS, timeout=60, what="more answers after the swap")
+        with background_load(loaded_server.http, [predict_route(model)], SWAP_CLIENTS) as tally:
+            wait_until(lambda: tally.answered > SWAP_CLIENTS, timeout=60, what="requests flowing")
+            # Forced: this moves the alias to test serving through the move, not to judge the version.
+            vigil_env.run("models", "promote", model, "--version", other, "--force", "--reason",
+                          "hardening test: alias swap under load")
+            wait_until(lambda: tally.versions[-1] == other, timeout=180, what=f"answers from v{other}")
+            vigil_env.run("models", "rollback", model, "--reason", "hardening test: alias swap under load, back")
+            wait_until(lambda: tally.versions[-1] == original, timeout=180, what=f"answers from v{original} again")
+            answered = tally.answered
+            wait_until(lambda: tally.answered > answered + SWAP_CLIENTS, timeout=60,
+                       what="more answers after the swap")
     finally:
-        stop.set()
-        clients.join(timeout=REQUEST_TIMEOUT_SECONDS + 30)
         if registry_client.get_model_version_by_alias(model, "champion").version != original:
             vigil_env.run("models", "promote", model, "--version", original, "--force", "--reason",
                           "hardening test: restore the champion", check=False)
-    assert not clients.is_alive(), "the load clients did not stop"
     figures = f"{SWAP_CLIENTS} clients on /predict through v{original} → v{other} → v{original}: {tally.summary()}"
     logger.info("alias swap: %s; versions %s", figures, dict(Counter(tally.versions)))
     assert tally.failures == [], figures

@@ -24,6 +24,7 @@ from telemetry.records import create_engine, read_frame
 from tests.conftest import free_port, wait_until
 from tests.integration.conftest import INGEST_TOKEN, MODEL, Server, VigilEnv, start_server
 from tests.support.otlp_receiver import OtlpReceiver
+from tests.support.serving import metric
 
 POSITIVE = "I love this phone, it works great and the battery lasts forever."
 NEGATIVE = "Terrible quality, it broke after one day. Waste of money."
@@ -329,15 +330,6 @@ def test_langsmith_receives_the_same_spans(server: Server, langsmith: OtlpReceiv
     assert export.headers["x-api-key"] == "ls-test-key"
     assert export.headers["langsmith-project"] == "vigil-tests"
     assert span.attributes["vigil.model.name"] == MODEL
-
-
-def metric(server: Server, sample: str, **labels: str) -> float:
-    """The sum of the service's ``/metrics`` samples named ``sample`` whose labels include ``labels``."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    families = text_string_to_metric_families(httpx.get(f"{server.http}/metrics", timeout=10).text)
-    return sum(s.value for family in families for s in family.samples
-               if s.name == sample and labels.items() <= s.labels.items())
 
 
 def test_metrics_move_with_traffic(server: Server) -> None:

@@ -91,7 +91,8 @@ class OtlpReceiver:
         with self._lock:
             return [(export, span) for export in self.exports for span in export.spans]
 
-    def start(self) -> OtlpReceiver:
+    def start(self, port: int = 0) -> OtlpReceiver:
+        """Serve on ``port`` (0: a free one); a stopped receiver starts again on its own port with ``port``."""
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -116,7 +117,7 @@ class OtlpReceiver:
             def log_message(self, format: str, *args: Any) -> None:  # the test output stays readable
                 pass
 
-        self._server = serve_in_thread(Handler, "otlp-receiver")
+        self._server = serve_in_thread(Handler, "otlp-receiver", port)
         return self
 
     def stop(self) -> None:

@@ -25,6 +25,7 @@ EXPECTED = {
     "vigil_span_export_failures_total": ("counter", {"exporter"}),
     "vigil_spans_dropped_total": ("counter", {"exporter"}),
     "vigil_traces_rate_limited_total": ("counter", {"parent"}),
+    "vigil_traces_total": ("counter", {"decision", "reason"}),
     "vigil_rag_prompt_tokens_total": ("counter", {"generator", "model"}),
     "vigil_rag_completion_tokens_total": ("counter", {"generator", "model"}),
     "vigil_rag_retrieval_seconds": ("histogram", set()),
@@ -56,6 +57,7 @@ def test_every_metric_has_its_conventional_name_type_and_labels() -> None:
     metrics.span_export_failures.labels(exporter="mlflow").inc()
     metrics.spans_dropped.labels(exporter="mlflow").inc()
     metrics.traces_rate_limited.labels(parent="remote").inc()
+    metrics.traces.labels(decision="kept", reason="error").inc()
     metrics.rag_prompt_tokens.labels(generator="extractive", model="extractive").inc(120)
     metrics.rag_completion_tokens.labels(generator="extractive", model="extractive").inc(30)
     metrics.rag_retrieval_seconds.observe(0.004)
@@ -73,6 +75,7 @@ def test_every_metric_has_its_conventional_name_type_and_labels() -> None:
         ("vigil_span_export_failures_total", {"exporter": "mlflow"}),
         ("vigil_spans_dropped_total", {"exporter": "mlflow"}),
         ("vigil_traces_rate_limited_total", {"parent": "remote"}),
+        ("vigil_traces_total", {"decision": "kept", "reason": "error"}),
         ("vigil_rag_prompt_tokens_total", {"generator": "extractive", "model": "extractive"}),
         ("vigil_rag_completion_tokens_total", {"generator": "extractive", "model": "extractive"}),
         ("vigil_rag_retrieval_seconds_count", {}),
@@ -82,6 +85,7 @@ def test_every_metric_has_its_conventional_name_type_and_labels() -> None:
         "vigil_batch_size_sum": 8.0, "vigil_inference_log_queue_depth": 3.0, "vigil_inference_log_writes_total": 5.0,
         "vigil_inference_log_drops_total": 1.0, "vigil_span_export_failures_total": 1.0,
         "vigil_spans_dropped_total": 1.0, "vigil_traces_rate_limited_total": 1.0,
+        "vigil_traces_total": 1.0,
         "vigil_rag_prompt_tokens_total": 120.0, "vigil_rag_completion_tokens_total": 30.0,
         "vigil_rag_retrieval_seconds_count": 1.0, "vigil_requests_rejected_total": 1.0,
     }

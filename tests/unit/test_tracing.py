@@ -17,7 +17,6 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import format_span_id, format_trace_id
 from prometheus_client import REGISTRY
 from rich.console import Console
@@ -73,9 +72,9 @@ def test_injected_provider_records_vigil_spans(memory: tuple[TracerProvider, InM
     child, parent = finished[semconv.SPAN_RAG_GENERATE], finished[semconv.SPAN_RAG_QUERY]
     assert child.parent is not None and child.parent.span_id == parent.context.span_id
     assert child.attributes is not None and child.attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] == 30
-    assert built.status() == {"mode": "off", "sample_ratio": 1.0, "max_traces_per_second": 0.0,
-                              "max_remote_traces_per_second": 0.0, "degraded": False, "shut_down": False,
-                              "exporters": []}
+    assert built.status() == {"mode": "off", "trace_all": False, "slow_ms": 1000.0, "sample_ratio": 1.0,
+                              "max_traces_per_second": 1.0, "max_remote_traces_per_second": 1.0, "degraded": False,
+                              "shut_down": False, "exporters": [], "held_spans": 0}
 
 
 def test_own_provider_has_resource_ratio_sampler_and_console_exporter() -> None:
@@ -85,9 +84,9 @@ def test_own_provider_has_resource_ratio_sampler_and_console_exporter() -> None:
     assert resource["service.name"] == "vigil-test"
     assert resource["service.version"] == tracing.vigil_version() != ""
     assert resource[semconv.DEPLOYMENT_ENVIRONMENT] == "ci"
-    assert isinstance(built.provider.sampler, ParentBased)
-    assert "0.5" in built.provider.sampler.get_description()
-    # A sampled remote parent decides for us, whatever the ratio.
+    assert isinstance(built.provider.sampler, sampling.TailSampler)
+    assert "ratio=0.5" in built.provider.sampler.get_description()
+    # A sampled remote parent is kept within its budget, whatever the ratio.
     remote = propagation.extract_context({"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
     with built.provider.get_tracer("test").start_as_current_span(semconv.SPAN_SENTIMENT_PREDICT, context=remote):
         assert propagation.current_trace_id() == TRACE_ID
@@ -95,149 +94,13 @@ def test_own_provider_has_resource_ratio_sampler_and_console_exporter() -> None:
     assert built.shutdown(timeout_seconds=5)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def rate_limited(parent: str) -> float:
-    return REGISTRY.get_sample_value("vigil_traces_rate_limited_total", {"parent": parent}) or 0.0
-
-
-def test_rate_limit_samples_at_most_n_new_traces_a_second_and_counts_the_rest() -> None:
-    clock = FakeClock()
-    exporter = InMemorySpanExporter()
-    sampler = ParentBased(sampling.RateLimitedSampler(ALWAYS_ON, 2, clock=clock))
-    provider = TracerProvider(sampler=sampler)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("test")
-    limited_before = rate_limited("none")
-
-    def start_traces(count: int) -> list[bool]:
-        sampled = []
-        for _ in range(count):
-            with tracer.start_as_current_span("root"), tracer.start_as_current_span("child") as child:
-                sampled.append(child.is_recording())
-        return sampled
-
-    assert start_traces(5) == [True, True, False, False, False]  # the burst is one second's worth
-    clock.now += 0.5
-    assert start_traces(2) == [True, False]
-    clock.now += 10
-    assert start_traces(3) == [True, True, False]  # idle time does not bank more than one second
-    assert len(exporter.get_finished_spans()) == 2 * 5
-    assert rate_limited("none") - limited_before == 5
-    provider.shutdown()
-
-
-class Traces:
-    """A provider with Vigil's sampler for ``values`` on a fake clock; starts traces new or from a caller."""
-
-    def __init__(self, clock: FakeClock, **values: object) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.provider = TracerProvider(sampler=sampling.sampler_from_settings(settings(tracing="console", **values),
-                                                                              clock=clock))
-        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.tracer = self.provider.get_tracer("test")
-        self.callers = 0
-
-    def new(self, count: int) -> list[bool]:
-        recorded = []
-        for _ in range(count):
-            with self.tracer.start_as_current_span("root"), self.tracer.start_as_current_span("child") as child:
-                recorded.append(child.is_recording())
-        return recorded
-
-    def from_callers(self, count: int, flags: str = "01") -> list[str]:
-        """For each caller's request, the trace id it is recorded under ("" when it is not recorded)."""
-        trace_ids = []
-        for _ in range(count):
-            self.callers += 1
-            carrier = {"traceparent": f"00-{self.callers:032x}-{PARENT_ID}-{flags}", "tracestate": "caller=1"}
-            with self.tracer.start_as_current_span("server", context=propagation.extract_context(carrier)) as span, \
-                    self.tracer.start_as_current_span("sentiment.predict"):
-                trace_ids.append(propagation.current_trace_id())
-                # Recorded or not, the request stays in the caller's trace and passes its tracestate on.
-                assert format_trace_id(span.get_span_context().trace_id) == f"{self.callers:032x}"
-                assert propagation.inject_traceparent({})["tracestate"] == "caller=1"
-        return trace_ids
-
-
-def test_callers_sampled_traces_are_recorded_within_their_own_budget_and_dropped_over_it() -> None:
-    clock = FakeClock()
-    traces = Traces(clock, trace_max_per_second=2, trace_remote_max_per_second=3)
-    remote_before, new_before = rate_limited("remote"), rate_limited("none")
-
-    # Within the budget, a caller's sampled trace is recorded under the caller's trace id, with both its spans.
-    assert traces.from_callers(5) == [f"{n:032x}" for n in (1, 2, 3)] + ["", ""]
-    recorded = traces.exporter.get_finished_spans()
-    assert sorted({format_trace_id(span.context.trace_id) for span in recorded}) == [f"{n:032x}" for n in (1, 2, 3)]
-    assert len(recorded) == 3 * 2
-    assert rate_limited("remote") - remote_before == 2
-    # The callers spent their own budget only: new traces still have all of theirs.
-    assert traces.new(3) == [True, True, False]
-    assert rate_limited("none") - new_before == 1
-    # A second later each budget is back, and a caller's unsampled trace is never recorded.
-    clock.now += 1
-    assert traces.from_callers(2, flags="00") == ["", ""]
-    assert traces.from_callers(4) == [f"{n:032x}" for n in (8, 9, 10)] + [""]
-    assert rate_limited("remote") - remote_before == 3
-    traces.provider.shutdown()
-
-
-def test_new_traces_over_their_budget_leave_callers_budget_alone() -> None:
-    traces = Traces(FakeClock(), trace_max_per_second=1, trace_remote_max_per_second=2)
-    assert traces.new(4) == [True, False, False, False]
-    assert traces.from_callers(3) == [f"{n:032x}" for n in (1, 2)] + [""]
-    traces.provider.shutdown()
-
-
-def test_the_callers_budget_defaults_to_the_cap_and_zero_lifts_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_callers_budget_defaults_to_the_uniform_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings(trace_max_per_second=4).trace_remote_max_per_second == 4
     monkeypatch.setenv("VIGIL_TRACE_MAX_PER_SECOND", "7")
     monkeypatch.setenv("VIGIL_TRACE_REMOTE_MAX_PER_SECOND", "")  # as .env.example ships it
     assert settings().trace_remote_max_per_second == 7
-    # By default a caller cannot lift the cap by sampling its traces.
-    assert Traces(FakeClock(), trace_max_per_second=2).from_callers(3) == [f"{n:032x}" for n in (1, 2)] + [""]
-    # 0: no cap on callers' sampled traces, while new traces keep theirs.
-    uncapped = Traces(FakeClock(), trace_max_per_second=2, trace_remote_max_per_second=0)
-    assert all(uncapped.from_callers(20))
-    assert uncapped.new(3) == [True, True, False]
     with pytest.raises(ValueError, match="trace_remote_max_per_second"):
         settings(trace_remote_max_per_second=-1)
-
-
-def test_a_service_behind_the_api_worker_records_every_trace_the_api_worker_admitted() -> None:
-    # vigil-rag's remote parents are the API worker's spans, admitted under both caps already.
-    trusted = sampling.sampler_from_settings(settings(tracing="console", trace_max_per_second=1),
-                                             trust_remote_parents=True, clock=FakeClock())
-    provider = TracerProvider(sampler=trusted)
-    tracer = provider.get_tracer("test")
-    for n in range(1, 11):
-        remote = propagation.extract_context({"traceparent": f"00-{n:032x}-{PARENT_ID}-01"})
-        with tracer.start_as_current_span("rag.query", context=remote) as span:
-            assert span.is_recording()
-    built = tracing.build_tracing("t", settings=settings(tracing="console", trace_max_per_second=1),
-                                  trust_remote_parents=True)
-    assert "remoteParentSampled:AlwaysOnSampler" in built.provider.sampler.get_description()
-    assert built.shutdown(timeout_seconds=5)
-
-
-def test_rate_limit_setting_builds_the_limited_sampler_and_shows_in_status() -> None:
-    built = tracing.build_tracing("t", settings=settings(tracing="console", trace_max_per_second=25,
-                                                         trace_remote_max_per_second=5))
-    description = built.provider.sampler.get_description()
-    assert "root:RateLimited{25/s" in description and "remoteParentSampled:RateLimited{5/s" in description
-    assert (built.status()["max_traces_per_second"], built.status()["max_remote_traces_per_second"]) == (25, 5)
-    assert built.shutdown(timeout_seconds=5)
-    unlimited = tracing.build_tracing("t", settings=settings(tracing="console"))
-    assert "RateLimited" not in unlimited.provider.sampler.get_description()
-    assert unlimited.shutdown(timeout_seconds=5)
-    with pytest.raises(ValueError):
-        sampling.RateLimitedSampler(ALWAYS_ON, 0)
 
 
 def test_off_mode_creates_cheap_unsampled_spans() -> None:
@@ -328,7 +191,7 @@ def test_failed_exports_and_dropped_spans_are_counted_never_raised() -> None:
     failures_before = _exported_failures("otlp")
     dropped_before = REGISTRY.get_sample_value("vigil_spans_dropped_total", {"exporter": "otlp"}) or 0.0
     built = tracing.build_tracing("t", settings=settings(tracing="otlp", otlp_endpoint=closed, span_queue_size=2,
-                                                         export_timeout_seconds=0.3))
+                                                         export_timeout_seconds=0.3, trace_all=True))
     tracer = built.provider.get_tracer("t")
     for index in range(200):
         with tracer.start_as_current_span(f"span-{index}"):
