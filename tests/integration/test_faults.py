@@ -159,7 +159,9 @@ def test_predictions_go_on_while_mlflow_is_down_and_the_alias_is_followed_when_i
     live_server: Server, own_mlflow: OwnMlflow, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     model = model_of(live_server)
-    registry = MlflowClient(own_mlflow.session.tracking_uri)
+    # The registry URI named too: without it MLflow's client takes a process-wide one an earlier test may have set
+    # (the session's server), and the alias would move there.
+    registry = MlflowClient(own_mlflow.session.tracking_uri, registry_uri=own_mlflow.session.tracking_uri)
     champion = str(registry.get_model_version_by_alias(model, "champion").version)
     others = sorted({v.version for v in registry.search_model_versions(f"name='{model}'")} - {champion}, key=int)
     other = others[-1] if others else str(registry.copy_model_version("models:/sentiment/2", model).version)
