@@ -1,8 +1,9 @@
 """What observability costs: Vigil REST at concurrency 32 with tracing and the inference log on, against both off,
-in one run. Tracing on is measured three ways: exporting every request's trace to the real MLflow server (the
-default, which ingests on the same two cores), the same with VIGIL_TRACE_MAX_PER_SECOND (at most that many new
-traces a second go to the store), and every trace to an OTLP endpoint that discards (bench/null_collector.py),
-which prices Vigil's own share.
+in one run. Tracing on is measured three ways: the default (tail sampling: every request counted and logged, the
+traces of failed and slow requests and a uniform sample of VIGIL_TRACE_MAX_PER_SECOND kept, into the real MLflow
+server on the same two cores), every trace into that MLflow (VIGIL_TRACE_ALL=true, the behaviour before tail
+sampling), and every trace to an OTLP endpoint that discards (bench/null_collector.py), which prices Vigil's own
+share.
 
     make bench-telemetry      (or: .venv/bin/python bench/telemetry_overhead.py [--seconds 20] [--rounds 5])
 
@@ -37,10 +38,9 @@ from training.data import load_sentiment
 from vigil.mlflow_server import read_state
 from vigil.settings import get_settings
 
-RATE_LIMIT_PER_SECOND = 10
 # What tells how much of the load reached the trace store: summed over the server's workers.
-TELEMETRY_SERIES = ("vigil_traces_rate_limited_total", "vigil_spans_dropped_total", "vigil_span_export_failures_total",
-                    "vigil_inference_log_writes_total")
+TELEMETRY_SERIES = ("vigil_traces_total{decision=kept}", "vigil_traces_total{decision=dropped}",
+                    "vigil_spans_dropped_total", "vigil_span_export_failures_total", "vigil_inference_log_writes_total")
 
 
 @dataclass
@@ -105,9 +105,13 @@ async def scrape(session: aiohttp.ClientSession, base_url: str) -> dict[str, flo
         text = await response.text()
     totals: dict[str, float] = {}
     for line in text.splitlines():
-        match = re.match(r"^(vigil_[a-z_]+_total)(?:\{[^}]*\})? ([0-9.e+-]+)$", line)
+        match = re.match(r"^(vigil_[a-z_]+_total)(\{[^}]*\})? ([0-9.e+-]+)$", line)
         if match:
-            totals[match.group(1)] = totals.get(match.group(1), 0.0) + float(match.group(2))
+            name, labels, value = match.group(1), match.group(2) or "", float(match.group(3))
+            totals[name] = totals.get(name, 0.0) + value
+            if decision := re.search(r'decision="([a-z]+)"', labels):  # the tail-sampling decisions, apart
+                key = f"{name}{{decision={decision.group(1)}}}"
+                totals[key] = totals.get(key, 0.0) + value
     return totals
 
 
@@ -140,10 +144,9 @@ def main() -> None:
     collector_port = free_port()
     configs = {
         "telemetry-on": {"VIGIL_TRACING": "otlp", "VIGIL_INFERENCE_LOG": "true"},
-        "telemetry-on-rate-limited": {"VIGIL_TRACING": "otlp", "VIGIL_INFERENCE_LOG": "true",
-                                      "VIGIL_TRACE_MAX_PER_SECOND": str(RATE_LIMIT_PER_SECOND)},
+        "telemetry-on-every-trace": {"VIGIL_TRACING": "otlp", "VIGIL_INFERENCE_LOG": "true", "VIGIL_TRACE_ALL": "true"},
         "telemetry-on-null-collector": {
-            "VIGIL_TRACING": "otlp", "VIGIL_INFERENCE_LOG": "true",
+            "VIGIL_TRACING": "otlp", "VIGIL_INFERENCE_LOG": "true", "VIGIL_TRACE_ALL": "true",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{collector_port}/v1/traces"},
         "telemetry-off": {"VIGIL_TRACING": "off", "VIGIL_INFERENCE_LOG": "false"},
     }
@@ -172,12 +175,12 @@ def main() -> None:
         "ratios_against_off": ratios,
     }
     args.out.write_text(json.dumps(report, indent=2))
-    print("\n| configuration | req/s | p50 ms | p99 ms | req/s range | p99 range | traces rate-limited "
-          "| spans dropped |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| configuration | req/s | p50 ms | p99 ms | req/s range | p99 range | traces kept | traces dropped "
+          "| spans dropped |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, median in medians.items():
         print(f"| {name} | {median['throughput']} | {median['p50_ms']} | {median['p99_ms']} | "
               f"{median['throughput_min']}-{median['throughput_max']} | {median['p99_min']}-{median['p99_max']} | "
-              f"{median['traces_rate_limited']:.0f} | {median['spans_dropped']:.0f} |")
+              f"{median['traces_kept']:.0f} | {median['traces_dropped']:.0f} | {median['spans_dropped']:.0f} |")
     print(f"\nratios of medians against off: {json.dumps(ratios)}")
     roles = sorted({role for rounds in results.values() for r in rounds for role in r.cpu_ms_per_request})
     print("\nCPU ms per request (median round):\n| configuration | " + " | ".join(roles) + " |\n"
@@ -198,7 +201,8 @@ def summarise(rounds: list[Round]) -> dict[str, Any]:
         "throughput_min": min(throughputs), "throughput_max": max(throughputs),
         "p99_min": min(p99s), "p99_max": max(p99s),
         "errors": sum(r.errors for r in results),
-        "traces_rate_limited": sum(r.telemetry["vigil_traces_rate_limited_total"] for r in rounds),
+        "traces_kept": sum(r.telemetry["vigil_traces_total{decision=kept}"] for r in rounds),
+        "traces_dropped": sum(r.telemetry["vigil_traces_total{decision=dropped}"] for r in rounds),
         "spans_dropped": sum(r.telemetry["vigil_spans_dropped_total"] for r in rounds),
         "cpu_ms_per_request": {
             role: round(statistics.median(r.cpu_ms_per_request.get(role, 0.0) for r in rounds), 3)
