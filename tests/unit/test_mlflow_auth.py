@@ -156,6 +156,8 @@ def test_vigil_serve_gives_the_services_the_read_only_account(
 
     monkeypatch.setattr(registry, "check_reachable", mlflow_down)
     monkeypatch.setattr(service_cli.subprocess, "Popen", Process)
+    # `vigil serve` forwards SIGTERM to its child; this process keeps its own handler.
+    monkeypatch.setattr(service_cli.signal, "signal", lambda *_: None)
     try:
         result = CliRunner().invoke(service_cli.app, [])
     finally:
