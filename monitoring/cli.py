@@ -6,12 +6,14 @@ The jobs exit 0 (all clear), 1 (drift, or a budget exceeded) and 2 (too little d
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
@@ -233,6 +235,52 @@ def tokens_command(
     window = _window(since, until, last, "24h")
     settings = get_settings()
     _run_job(lambda: run_tokens_job(settings, window, min_rows, rebaseline), print_tokens, as_json)
+
+
+# --- live quality --------------------------------------------------------------------------------------------
+
+
+@app.command("quality")
+def quality_command(
+    model: str = typer.Option("sentiment", "--model", help="A served model's name (`sentiment`: Vigil's own)."),
+    since: Since = None,
+    until: Until = None,
+    last: str | None = typer.Option(None, "--last", help="Window length (default 24h, ending now)."),
+    task: str | None = typer.Option(None, "--task", help="classification or regression (default: read from the "
+                                    "labels: strings, booleans and a few whole numbers are classes)."),
+    json_out: str | None = typer.Option(None, "--json", metavar="OUT", help="Write the JSON result to OUT "
+                                        "(`-`: standard output) instead of printing a table."),
+) -> None:
+    """Live quality per served version, from requests whose true label came back through `POST /feedback`:
+    accuracy and macro-F1 (classifiers) or MAE and RMSE (regressors), with request and labelled counts."""
+    from monitoring.quality import measure_quality
+
+    if task not in (None, "classification", "regression"):
+        raise _usage_error(f"--task must be classification or regression, not {task!r}")
+    window = _window(since, until, last, "24h")
+    try:
+        report = measure_quality(get_settings(), model, window, task)  # type: ignore[arg-type]
+    except Exception as error:
+        raise _fail(error) from None
+    if json_out is not None:
+        text = json.dumps(report.contract(), indent=2)
+        if json_out == "-":
+            sys.stdout.write(text + "\n")
+        else:
+            Path(json_out).write_text(text + "\n")
+            console.print(f"written to {json_out}", highlight=False)
+    else:
+        table = Table(title=f"{model} · live quality · {window.label()} · {report.task or 'no labels yet'}")
+        figures = (("mae", "rmse") if report.task == "regression"
+                   else ("accuracy", "macro_f1", "estimated_accuracy", "estimated_macro_f1"))
+        for column in ("version", "role", "requests", "labelled", *figures, "agreement_with_champion"):
+            table.add_column(column)
+        for entry in report.versions:
+            table.add_row(entry.version, entry.role, str(entry.requests), str(entry.labelled),
+                          *(_fmt(getattr(entry, figure)) for figure in figures),
+                          _fmt(entry.agreement_with_champion))
+        console.print(table)
+    raise typer.Exit(ExitCode.OK if report.versions else ExitCode.NO_VERDICT)
 
 
 # --- dashboards and UI ---------------------------------------------------------------------------------------

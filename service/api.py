@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, Response
 
 from service.coalescer import Coalescer
 from service.errors import ApiError, OipErrorResponse, api_error, not_ready, overloaded, remote_error
+from service.feedback import FeedbackDesk
 from service.http import (
     create_app,
     json_response,
@@ -60,6 +61,10 @@ from telemetry.propagation import REQUEST_ID_HEADER, request_id_from
 from vigil.api_token import api_token
 from vigil.contracts import (
     ErrorResponse,
+    Feedback,
+    FeedbackBatch,
+    FeedbackBatchReport,
+    FeedbackRecorded,
     IngestReport,
     IngestRequest,
     ModelIdentity,
@@ -127,6 +132,10 @@ class Vigil:
         self.coalescer: Coalescer[str, Any] = Coalescer(self._call_model, max_items=batch_max_size,
                                                         max_in_flight=self.settings.model_calls_in_flight,
                                                         tracer=self.telemetry.tracer)
+        self.feedback_desk = (FeedbackDesk(self.settings.inference_log_sqlalchemy_url,
+                                           self.settings.mlflow_tracking_uri or None,
+                                           self.settings.inference_log_flush_seconds)
+                              if self.settings.inference_log else None)
         self._grpc_server: Any = None
         self._keep_notices: asyncio.Task[None] | None = None
         self.pyfuncs = {
@@ -151,6 +160,7 @@ class Vigil:
             prediction = PredictionRecord(
                 texts=texts, labels=[s.label for s in scored], scores=[float(s.score) for s in scored],
                 version=str(scored[0].version), batch_size=int(scored[0].batch_size),
+                precision=str(getattr(scored[0], "precision", "")),
                 latency_ms=(time.perf_counter() - started) * 1000,
             )
             trace_id, traceparent = self.telemetry.record(span, protocol, endpoint, request_id, prediction)
@@ -257,10 +267,7 @@ class Vigil:
                   "id": "vigil-note", "title": "Vigil", "text": "Vigil keeps its vectors in Milvus Lite."}]}}))
     async def rag_documents(self, request: Request) -> Response:
         """Ingest documents (needs `Authorization: Bearer <VIGIL_API_TOKEN>`); the RAG service owns the store."""
-        expected = self.api_token
-        offered = request.headers.get("authorization", "")
-        if not hmac.compare_digest(offered.encode(), f"Bearer {expected}".encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        self._require_token(request)
         # Validated here against the contract, so a bad document is a 422 naming its field (`documents.0.id`).
         body = await read_json(request, IngestRequest)
         self.telemetry.calls_downstream(RAG_SERVICE_NAME)
@@ -271,6 +278,42 @@ class Vigil:
         except aiohttp.ClientConnectionError as error:
             raise api_error(RagServiceUnavailable(f"the RAG service is unavailable: {error!r}")) from None
         return json_response(report.model_dump())
+
+    def _require_token(self, request: Request) -> None:
+        """Writes need `Authorization: Bearer <VIGIL_API_TOKEN>`: what is served, or judged, is never anonymous."""
+        offered = request.headers.get("authorization", "")
+        if not hmac.compare_digest(offered.encode(), f"Bearer {self.api_token}".encode()):
+            raise ApiError(401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    # --- feedback ------------------------------------------------------------------------------------------
+
+    @app.post("/feedback", response_model=FeedbackRecorded, tags=["feedback"], responses=REFUSED,
+              openapi_extra=openapi_body(Feedback, {
+                  "label": {"request_id": "5f0c9a8e3b1d4c7e9a2b6d8f0e1c3a5b", "label": "positive"},
+                  "rating": {"request_id": "5f0c9a8e3b1d4c7e9a2b6d8f0e1c3a5b", "score": 1, "comment": "spot on"}}))
+    async def feedback(self, request: Request) -> Response:
+        """The true label of a served request, or a rating, by the request id its answer carried (needs the bearer
+        token). Sending the same feedback again changes nothing; a new one replaces it, and the old is kept."""
+        self._require_token(request)
+        item = await read_json(request, Feedback)
+        return json_response((await self._feedback_desk().submit(item)).model_dump())
+
+    @app.post("/feedback/batch", response_model=FeedbackBatchReport, tags=["feedback"], responses=REFUSED,
+              openapi_extra=openapi_body(FeedbackBatch, {"labels": {"feedback": [
+                  {"request_id": "5f0c9a8e3b1d4c7e9a2b6d8f0e1c3a5b", "label": "positive"},
+                  {"request_id": "0a1b2c3d4e5f60718293a4b5c6d7e8f9", "label": "negative"}]}}))
+    async def feedback_batch(self, request: Request) -> Response:
+        """Up to 1000 feedbacks at once, for labels that arrive later in bulk; each is judged on its own and an
+        unknown id or a refused label is reported in its result."""
+        self._require_token(request)
+        batch = await read_json(request, FeedbackBatch)
+        return json_response((await self._feedback_desk().submit_many(batch.feedback)).model_dump())
+
+    def _feedback_desk(self) -> FeedbackDesk:
+        if self.feedback_desk is None:
+            raise ApiError(503, "inference_log_off", "feedback is stored beside the inference log, which is off "
+                                                     "(VIGIL_INFERENCE_LOG=false)")
+        return self.feedback_desk
 
     # --- Open Inference Protocol v2 (REST) -----------------------------------------------------------------
 
@@ -469,6 +512,8 @@ class Vigil:
             await self._grpc_server.stop(grace=5)
         if self._keep_notices is not None:
             self._keep_notices.cancel()
+        if self.feedback_desk is not None:
+            await self.feedback_desk.close()
         # Rows and spans of the last requests are written before the process goes.
         self.telemetry.close()
 

@@ -210,3 +210,46 @@ class IngestReport(BaseModel):
             seconds=self.seconds + other.seconds,
             embedding_model=other.embedding_model or self.embedding_model,
         )
+
+
+# --- feedback -------------------------------------------------------------------------------------------------------
+
+MAX_FEEDBACK_ITEMS = 1000
+MAX_FEEDBACK_COMMENT_CHARS = 2000
+
+
+class Feedback(BaseModel):
+    """Ground truth or a rating for one served request, named by the request id its answer carried."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=64)
+    label: Any = Field(None, description="The true label or value: one the model could have answered (a string "
+                                         "label, a number for a regressor), or a list of them, one per row of a "
+                                         "several-row request.")
+    score: float | None = Field(None, allow_inf_nan=False, description="A person's rating, e.g. of a RAG answer.")
+    comment: str | None = Field(None, max_length=MAX_FEEDBACK_COMMENT_CHARS)
+
+
+class FeedbackBatch(BaseModel):
+    """Labels that arrive later in bulk: up to 1000 feedbacks in one call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    feedback: list[Feedback] = Field(min_length=1, max_length=MAX_FEEDBACK_ITEMS)
+
+
+class FeedbackRecorded(BaseModel):
+    request_id: str
+    status: str = Field(description="recorded (new or changed), unchanged (the same feedback again), or, in a batch, "
+                                    "unknown_request / refused (with `error`)")
+    revisions: int = Field(0, description="distinct feedbacks this request has had; the newest counts")
+    model: ModelIdentity | None = None
+    error: ErrorDetail | None = None
+
+
+class FeedbackBatchReport(BaseModel):
+    results: list[FeedbackRecorded]
+    recorded: int
+    unchanged: int
+    refused: int = Field(description="unknown request ids and refused labels; each result says why")
