@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint lock clean stop proto bench bench-serving bench-telemetry bench-models bench-model-drift chromium
+.PHONY: install run test lint lock clean stop proto bench bench-serving bench-telemetry bench-models bench-model-drift bench-quantization chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,7 +75,13 @@ bench-models: install
 bench-model-drift: install
 	$(BIN)/python bench/model_drift.py
 
-bench: bench-serving bench-telemetry bench-models bench-model-drift
+# Float vs INT8 graphs of the classifier, with and without length bucketing, in process (issue 16, item 2).
+bench-quantization: install
+	$(BIN)/vigil mlflow up
+	$(BIN)/vigil train sentiment --if-missing
+	$(BIN)/python bench/quantization.py
+
+bench: bench-serving bench-telemetry bench-models bench-model-drift bench-quantization
 
 clean:
 	rm -rf $(VENV)

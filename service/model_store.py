@@ -23,11 +23,19 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from vigil import model_cache, model_digest, registry
+from vigil import model_cache, model_data, model_digest, registry
 from vigil.credentials import ensure_private_dir
 from vigil.errors import VigilError
 from vigil.model_digest import ArtifactMismatch, Manifest
-from vigil.sentiment_model import SentimentClassifier, UnreadableModel, load_logged
+from vigil.sentiment_model import (
+    EvaluationData,
+    QuantizationVerdict,
+    SentimentClassifier,
+    UnreadableModel,
+    choose_precision,
+    evaluation_data,
+    load_logged,
+)
 
 if TYPE_CHECKING:
     from telemetry.metrics import VigilMetrics
@@ -125,6 +133,7 @@ class ModelHolder:
         runtime: str = "torch",
         threads: int = 1,
         loader: Loader | None = None,
+        quantize: bool = False,
     ) -> None:
         self.name = name
         self.alias = alias
@@ -135,6 +144,7 @@ class ModelHolder:
         self.on_swap = on_swap
         self.runtime = runtime
         self.threads = threads
+        self.quantize = quantize  # consider the INT8 graph on ONNX (served only when it scores as well)
         self._loader: Loader = loader or self._load_sentiment
         self._refused_version: str | None = None  # loaded once and refused: not loaded again until the alias moves
         self.status = HolderStatus()
@@ -219,12 +229,35 @@ class ModelHolder:
             self._remember_manifest(version, expected)
         key = run_id or f"v{version}"
         if self.runtime == "onnx":
+            onnx_path = self.cache_dir / "onnx" / f"{key}.onnx"
             try:
                 # Exported once per run id into the cache, never into the model folder (a Bento's is read-only).
-                classifier.use_onnx(self.cache_dir / "onnx" / f"{key}.onnx", self.threads)
+                classifier.use_onnx(onnx_path, self.threads)
             except Exception:
                 logger.exception("ONNX Runtime unavailable for %s; serving with torch", key)
+            else:
+                if self.quantize:
+                    self._choose_precision(classifier, onnx_path, version, source)
         return classifier
+
+    def _choose_precision(self, classifier: SentimentClassifier, onnx_path: Path, version: str,
+                          source: Source) -> None:
+        """INT8 when it scores as well as float on the version's own test split; a failure here serves float."""
+        def evaluation() -> EvaluationData | None:
+            from vigil.settings import get_settings
+
+            attached = model_data.load_attached(get_settings(), registry.connect(), self.name, version, "evaluation")
+            if attached is None:
+                return None
+            frame, info = attached
+            return evaluation_data(frame, info.fingerprint, info.target)
+
+        try:
+            # Without MLflow (cache, bundle) only a verdict kept from an earlier load can choose INT8.
+            choose_precision(classifier, onnx_path, self.threads, evaluation if source == "registry" else None)
+        except Exception as error:
+            logger.exception("the INT8 check of %s v%s failed; serving float", self.name, version)
+            classifier.quantization = QuantizationVerdict(precision="float", reason=f"the INT8 check failed: {error}")
 
     def _recorded_manifest(self, version: str, source: Source) -> Manifest | None:
         """What ``version``'s files are checked against: the registry's record; without MLflow, the copy of it kept
@@ -303,6 +336,16 @@ class ModelHolder:
                 else:
                     logger.warning("alias poll failed, still serving v%s: %s", self._current.version, error)
 
+    def _precision(self, model: LoadedModel | None) -> dict[str, Any]:
+        """The served graph's precision and why: both macro-F1s and their difference when INT8 was checked."""
+        precision = getattr(model.model, "precision", None) if model else None
+        verdict: QuantizationVerdict | None = getattr(model.model, "quantization", None) if model else None
+        if verdict is not None:
+            return {"precision": precision, "quantization": verdict.model_dump()}
+        reason = "off (VIGIL_MODEL_QUANTIZE=false)" if not self.quantize else "INT8 needs the onnx runtime"
+        return {"precision": precision, "quantization": {"precision": precision, "reason": reason}
+                if precision is not None else None}
+
     def describe(self) -> dict[str, Any]:
         model = self._current
         return {
@@ -312,6 +355,7 @@ class ModelHolder:
             "run_id": model.run_id if model else None,
             "source": model.source if model else None,
             "runtime": getattr(model.model, "runtime", None) if model else None,
+            **self._precision(model),
             # Vigil's own model: whether its files matched the digest recorded at registration.
             "integrity": getattr(model.model, "integrity", None) if model else None,
             "loaded_at": model.loaded_at if model else None,

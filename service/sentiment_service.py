@@ -29,6 +29,7 @@ class ScoredText(BaseModel):
     score: float
     version: str
     batch_size: int  # of the batch this text was scored in, after adaptive batching
+    precision: str = "float"  # of the graph that scored it: float | int8 (VIGIL_MODEL_QUANTIZE)
 
 
 # Named media type: without it BentoML derives it from the output's JSON schema on every response (bench/RESULTS.md,
@@ -58,6 +59,7 @@ class SentimentModel:
             on_swap=swap_counter(self.metrics),
             runtime=settings.model_runtime,
             threads=settings.onnx_threads or os.cpu_count() or 1,
+            quantize=settings.model_quantize,
         )
         self.holder.start()
         if self.holder.current is not None:
@@ -73,8 +75,9 @@ class SentimentModel:
         with self.callers.call():
             predictions = model.model.predict(texts, batch_size=max(len(texts), 1))
         self.metrics.batch_size.observe(len(texts))
-        return [ScoredText(label=p.label, score=p.score, version=model.version, batch_size=len(texts))
-                for p in predictions]
+        precision = getattr(model.model, "precision", "float")
+        return [ScoredText(label=p.label, score=p.score, version=model.version, batch_size=len(texts),
+                           precision=precision) for p in predictions]
 
 
     @bentoml.api

@@ -27,6 +27,7 @@ ASGI_MESSAGE_SPAN_SUFFIXES = (" http receive", " http send")
 MODEL_NAME = "vigil.model.name"
 MODEL_VERSION = "vigil.model.version"
 MODEL_ALIAS = "vigil.model.alias"
+MODEL_PRECISION = "vigil.model.precision"  # of the graph that scored: float | int8
 BATCH_SIZE = "vigil.batch.size"
 LABEL_COUNTS_PREFIX = "vigil.labels."  # + label -> count in this request
 REQUEST_ID = "vigil.request.id"

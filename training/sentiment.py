@@ -29,6 +29,7 @@ from training.data import (
 from training.metrics import Predictions, confusion_counts, point_metrics
 from training.plots import confusion_figure
 from vigil import model_digest, registry
+from vigil.model_data import log_dataset
 from vigil.sentiment_model import CLASSIFIER_ARTIFACT, LABELS, SentimentClassifier, SentimentPyfunc
 from vigil.settings import get_settings
 from vigil.text_features import describe_all
@@ -206,11 +207,15 @@ def train_sentiment(config: TrainConfig, progress: ProgressCallback | None = Non
             manifest = model_digest.manifest_of(model_dir)
             example = pd.DataFrame({"text": split.test["text"].head(3).tolist()})
             output = SentimentPyfunc.output_frame(classifier.predict(example["text"].tolist()))
+            signature = infer_signature(example, output)
+            # The version's own test split as its evaluation data: what the model service scores an INT8 graph
+            # against before serving it (VIGIL_MODEL_QUANTIZE), and what evaluation and the gate may read.
+            log_dataset(split.test[["text", "label"]], role="evaluation", target="label", signature=signature)
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=SentimentPyfunc(),
                 artifacts={CLASSIFIER_ARTIFACT: str(model_dir)},
-                signature=infer_signature(example, output),
+                signature=signature,
                 input_example=example,
                 registered_model_name=settings.sentiment_model_name,
                 pip_requirements=_pip_requirements(),

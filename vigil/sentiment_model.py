@@ -10,14 +10,15 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
+from pydantic import BaseModel
 
 from vigil import model_digest
 from vigil.credentials import ensure_private_dir
@@ -52,6 +53,14 @@ ONNX_PROBE_TEXTS = (
     "ok",
     "I would not recommend this to anyone, it broke after a week and support did not answer my emails at all.",
 )
+# The INT8 graph is served only when its macro-F1 on the version's own test split is this close to the float one's.
+QUANTIZATION_TOLERANCE = 0.005
+# Texts per ONNX call after sorting a batch by token length: padding a batch to its longest text wastes most of the
+# work, and small sub-batches of similar length ran fastest (bench/RESULTS.md, "Classifier ceiling"). 0: off.
+BUCKET_SIZE = 4
+# What quantize_onnx does; a verdict kept for another recipe is not reused (its INT8 graph is written again).
+QUANTIZATION_RECIPE = "dynamic INT8: MatMul weights per channel, reduced range"
+Precision = Literal["float", "int8"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,10 @@ class SentimentClassifier:
         self.network = network
         self.max_tokens = max_tokens
         self.onnx_session: Any = None
+        self.precision: Precision = "float"  # of the ONNX graph in use (torch is always float)
+        # Why the served graph has its precision (see choose_precision); None: INT8 was not considered.
+        self.quantization: QuantizationVerdict | None = None
+        self.bucket_size = BUCKET_SIZE
         # How the files were checked when loaded from a registered version (see load_logged); None: not loaded so.
         self.integrity: str | None = None
 
@@ -107,6 +120,7 @@ class SentimentClassifier:
         session = onnx_session(path, threads)
         torch_probabilities = self.predict_proba(ONNX_PROBE_TEXTS, batch_size=len(ONNX_PROBE_TEXTS))
         self.onnx_session = session
+        self.precision = "float"
         try:
             onnx_probabilities = self.predict_proba(ONNX_PROBE_TEXTS, batch_size=len(ONNX_PROBE_TEXTS))
             difference = float(np.abs(torch_probabilities - onnx_probabilities).max())
@@ -115,6 +129,14 @@ class SentimentClassifier:
         except Exception:
             self.onnx_session = None  # whatever went wrong, the classifier stays on torch
             raise
+
+    def use_quantized(self, path: Path, threads: int = 1) -> None:
+        """Predict with the INT8 graph at ``path`` (see :func:`quantize_onnx`) from now on; needs :meth:`use_onnx`
+        first, and is only served once :func:`choose_precision` found it as good as the float graph."""
+        if self.onnx_session is None:
+            raise ValueError("use_onnx first: the INT8 graph replaces an ONNX session")
+        self.onnx_session = onnx_session(path, threads)
+        self.precision = "int8"
 
     @classmethod
     def from_pretrained_encoder(cls, encoder_dir: Path | None = None) -> SentimentClassifier:
@@ -148,16 +170,43 @@ class SentimentClassifier:
         probabilities: list[np.ndarray] = []
         embeddings: list[np.ndarray] = []
         for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
-                                  max_length=self.max_tokens, return_tensors="np")
-            batch_probabilities, pooled = self.onnx_session.run(
-                ["probabilities", "pooled"],
-                {"input_ids": batch["input_ids"].astype(np.int64),
-                 "attention_mask": batch["attention_mask"].astype(np.int64)},
-            )
+            chunk = list(texts[start : start + batch_size])
+            if self.bucket_size > 0 and len(chunk) > self.bucket_size:
+                batch_probabilities, pooled = self._run_bucketed(chunk)
+            else:
+                batch = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_tokens,
+                                       return_tensors="np")
+                batch_probabilities, pooled = self._run_onnx(batch["input_ids"], batch["attention_mask"])
             probabilities.append(batch_probabilities)
             embeddings.append(pooled)
         return _joined(probabilities, embeddings)
+
+    def _run_onnx(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        batch_probabilities, pooled = self.onnx_session.run(
+            ["probabilities", "pooled"],
+            {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)},
+        )
+        return batch_probabilities, pooled
+
+    def _run_bucketed(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``texts`` sorted by token length and run ``bucket_size`` at a time, each sub-batch padded only to its own
+        longest text; results in the order of ``texts``."""
+        token_ids = self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda row: len(token_ids[row]))
+        pad = self.tokenizer.pad_token_id or 0
+        probabilities = np.empty((len(texts), len(LABELS)), np.float32)
+        embeddings = np.empty((len(texts), EMBEDDING_DIM), np.float32)
+        for start in range(0, len(order), self.bucket_size):
+            rows = order[start : start + self.bucket_size]
+            width = max(len(token_ids[row]) for row in rows)
+            input_ids = np.full((len(rows), width), pad, np.int64)
+            attention_mask = np.zeros((len(rows), width), np.int64)
+            for position, row in enumerate(rows):
+                length = len(token_ids[row])
+                input_ids[position, :length] = token_ids[row]
+                attention_mask[position, :length] = 1
+            probabilities[rows], embeddings[rows] = self._run_onnx(input_ids, attention_mask)
+        return probabilities, embeddings
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Class probabilities, shape (n, 2), columns in LABELS order."""
@@ -310,6 +359,148 @@ def onnx_session(path: Path, threads: int) -> Any:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def quantize_onnx(float_path: Path, int8_path: Path) -> Path:
+    """Write the dynamic INT8 quantization of the float graph at ``float_path`` (the MatMul weights INT8 per channel,
+    their inputs quantized at run time) to ``int8_path``, beside and renamed into place like :func:`export_onnx`.
+
+    Per channel: per-tensor scales lost more macro-F1 on the test split; reduced range: without VNNI the u8×s8
+    kernels can saturate on full-range weights; MatMul only: the word-embedding table stays float, as every token's
+    input goes through it (bench/RESULTS.md, "Classifier ceiling").
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    ensure_private_dir(int8_path.parent)
+    partial = int8_path.with_name(f".{int8_path.name}.{os.getpid()}.partial")
+    quantize_dynamic(float_path, partial, per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul"])
+    partial.replace(int8_path)
+    logger.info("quantized %s to INT8 at %s", float_path.name, int8_path)
+    return int8_path
+
+
+class QuantizationVerdict(BaseModel):
+    """Whether the INT8 graph of a version is served, and why: kept as JSON beside its ONNX files."""
+
+    precision: Precision
+    reason: str
+    float_macro_f1: float | None = None
+    int8_macro_f1: float | None = None
+    difference: float | None = None  # int8 - float
+    tolerance: float = QUANTIZATION_TOLERANCE
+    recipe: str = QUANTIZATION_RECIPE
+    evaluation_rows: int = 0
+    evaluation_fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """A version's own labelled test split (its attached evaluation data): texts and true labels."""
+
+    texts: list[str]
+    labels: list[str]  # one of LABELS each
+    fingerprint: str
+
+
+def evaluation_data(frame: pd.DataFrame, fingerprint: str, target: str | None = "label") -> EvaluationData:
+    """An attached evaluation table (a `text` column and the target, 0/1 or the label names) as EvaluationData."""
+    column = target or "label"
+    if "text" not in frame.columns or column not in frame.columns:
+        raise ValueError(f"the evaluation data needs `text` and `{column}` columns; it has {list(frame.columns)}")
+    labels = [value if value in LABELS else LABELS[int(value)] for value in frame[column].tolist()]
+    return EvaluationData([str(text) for text in frame["text"].tolist()], labels, fingerprint)
+
+
+def macro_f1(true_labels: Sequence[str], predicted: Sequence[str]) -> float:
+    """Unweighted mean of the per-label F1 over LABELS (a label never true nor predicted scores 0)."""
+    scores = []
+    for label in LABELS:
+        true_positive = sum(t == label and p == label for t, p in zip(true_labels, predicted, strict=True))
+        predicted_count = sum(p == label for p in predicted)
+        true_count = sum(t == label for t in true_labels)
+        denominator = predicted_count + true_count
+        scores.append(2 * true_positive / denominator if denominator else 0.0)
+    return float(np.mean(scores))
+
+
+def judge_quantization(float_f1: float, int8_f1: float, data: EvaluationData,
+                       tolerance: float = QUANTIZATION_TOLERANCE) -> QuantizationVerdict:
+    """INT8 when its macro-F1 is within ``tolerance`` of the float graph's, float otherwise."""
+    difference = int8_f1 - float_f1
+    within = abs(difference) <= tolerance
+    reason = (f"INT8 macro-F1 {int8_f1:.4f} vs float {float_f1:.4f} on {len(data.texts)} test texts: difference "
+              f"{difference:+.4f} {'within' if within else 'outside'} ±{tolerance}")
+    return QuantizationVerdict(precision="int8" if within else "float", reason=reason, float_macro_f1=float_f1,
+                               int8_macro_f1=int8_f1, difference=difference, tolerance=tolerance,
+                               evaluation_rows=len(data.texts), evaluation_fingerprint=data.fingerprint)
+
+
+def verdict_path(float_path: Path) -> Path:
+    return float_path.with_name(f"{float_path.stem}.int8.json")
+
+
+def int8_path(float_path: Path) -> Path:
+    return float_path.with_name(f"{float_path.stem}.int8.onnx")
+
+
+def choose_precision(classifier: SentimentClassifier, float_path: Path, threads: int,
+                     evaluation: Callable[[], EvaluationData | None] | None,
+                     tolerance: float = QUANTIZATION_TOLERANCE) -> QuantizationVerdict:
+    """Serve the INT8 graph of ``classifier`` (on ONNX from ``float_path``) only when it scores as well as the float
+    graph on the version's evaluation data; the classifier's ``quantization`` says why either way.
+
+    The verdict is kept beside the ONNX files (:func:`verdict_path`) and reused while the evaluation data keeps its
+    fingerprint, so a version is scored once. ``evaluation`` None (MLflow unreachable: a cached copy or a Bento)
+    reuses a kept verdict or stays float; ``evaluation`` returning None (no data attached) stays float.
+    """
+    if classifier.onnx_session is None:
+        raise ValueError("choose_precision needs the classifier on ONNX (use_onnx)")
+    kept_path = verdict_path(float_path)
+    kept = QuantizationVerdict.model_validate_json(kept_path.read_text()) if kept_path.exists() else None
+    if kept is not None and kept.recipe != QUANTIZATION_RECIPE:
+        int8_path(float_path).unlink(missing_ok=True)  # made another way: quantized and scored again
+        kept = None
+    if evaluation is None:
+        verdict = kept or QuantizationVerdict(
+            precision="float", reason="no INT8 verdict kept for this version and no registry to check it against")
+    else:
+        data = evaluation()
+        if data is None:
+            verdict = QuantizationVerdict(precision="float", reason="no evaluation data attached to this version, "
+                                          "so INT8 cannot be checked (attach its test split: vigil models "
+                                          "reference NAME --role evaluation --target label --data FILE)")
+        elif (kept is not None and kept.evaluation_fingerprint == data.fingerprint and kept.tolerance == tolerance
+              and int8_path(float_path).exists()):
+            verdict = kept
+        else:
+            verdict = _score_quantized(classifier, float_path, threads, data, tolerance)
+            staging = kept_path.with_name(f".{kept_path.name}.{os.getpid()}.partial")
+            staging.write_text(verdict.model_dump_json(indent=2))
+            staging.replace(kept_path)  # a reader sees the whole verdict or none
+    if verdict.precision == "int8" and int8_path(float_path).exists():
+        classifier.use_quantized(int8_path(float_path), threads)
+    elif verdict.precision == "int8":
+        verdict = verdict.model_copy(update={"precision": "float", "reason": "the INT8 graph is missing"})
+    classifier.quantization = verdict
+    return verdict
+
+
+def _score_quantized(classifier: SentimentClassifier, float_path: Path, threads: int, data: EvaluationData,
+                     tolerance: float) -> QuantizationVerdict:
+    quantized = int8_path(float_path)
+    if not quantized.exists():
+        quantize_onnx(float_path, quantized)
+    float_session = classifier.onnx_session
+    float_f1 = macro_f1(data.labels, [p.label for p in classifier.predict(data.texts, batch_size=32)])
+    classifier.onnx_session = onnx_session(quantized, threads)
+    try:
+        int8_f1 = macro_f1(data.labels, [p.label for p in classifier.predict(data.texts, batch_size=32)])
+    finally:
+        classifier.onnx_session = float_session
+    verdict = judge_quantization(float_f1, int8_f1, data, tolerance)
+    logger.info("%s: %s", float_path.name, verdict.reason)
+    return verdict
 
 
 def to_predictions(probabilities: np.ndarray) -> list[Prediction]:

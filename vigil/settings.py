@@ -98,18 +98,25 @@ class Settings(BaseSettings):
         "meanwhile share the next call (see service/coalescer.py)."
     )
     model_runtime: Literal["onnx", "torch"] = Field(
-        "onnx", description="What runs the served classifier: ONNX Runtime (an export of the same network, "
-        "checked against torch at load) or torch."
+        "onnx", description="What runs the served classifier and the RAG encoder: ONNX Runtime (an export of the "
+        "same network, checked against torch at load; torch when that fails) or torch."
     )
     onnx_threads: int = Field(
         0, ge=0, description="Intra-op threads of ONNX Runtime in the model service; 0: one per core. Unlike "
         "torch's OpenMP threads (VIGIL_TORCH_THREADS), they do not collapse when other processes want the cores "
         "(bench/RESULTS.md, serving)."
     )
+    model_quantize: bool = Field(
+        True, description="With VIGIL_MODEL_RUNTIME=onnx, serve a dynamic INT8 quantization of the classifier's "
+        "graph when its macro-F1 on the version's own test split (its attached evaluation data) is within 0.005 of "
+        "the float graph's; checked once per version, the verdict kept beside the ONNX files and shown in /status. "
+        "Float otherwise, and for versions without evaluation data."
+    )
     torch_threads: int = Field(
         1, ge=1, description="Intra-op threads of torch in each model and RAG service process (the classifier "
-        "when VIGIL_MODEL_RUNTIME=torch, the RAG encoder). One: torch's OpenMP threads collapse as soon as another "
-        "process wants a core, and a server always shares its cores (bench/RESULTS.md, serving under contention)."
+        "when VIGIL_MODEL_RUNTIME=torch, the RAG encoder on either runtime). One: torch's OpenMP threads collapse "
+        "as soon as another process wants a core, and a server always shares its cores (bench/RESULTS.md, serving "
+        "under contention)."
     )
 
     # --- tracing -------------------------------------------------------------------------------------------
