@@ -1,11 +1,12 @@
 """What observability costs: Vigil REST at concurrency 32 with tracing and the inference log on, against both off,
-in one run. Tracing on is measured three ways: the default (tail sampling: every request counted and logged, the
+in one run. Tracing on is measured four ways: the default (tail sampling: every request counted and logged, the
 traces of failed and slow requests and a uniform sample of VIGIL_TRACE_MAX_PER_SECOND kept, into the real MLflow
 server on the same two cores), every trace into that MLflow (VIGIL_TRACE_ALL=true, the behaviour before tail
 sampling), and every trace to an OTLP endpoint that discards (bench/null_collector.py), which prices Vigil's own
-share.
+share; and the default with no uniform sample (telemetry-on-budget-0: only failed and slow traces kept).
 
-    make bench-telemetry      (or: .venv/bin/python bench/telemetry_overhead.py [--seconds 20] [--rounds 5])
+    make bench-telemetry      (or: .venv/bin/python bench/telemetry_overhead.py [--seconds 20] [--rounds 5]
+                               [--configs telemetry-on,telemetry-on-budget-0])
 
 Needs the embedded stack with a champion (`make run`). The configurations alternate for --rounds rounds, each on a
 fresh server, so a slow moment of the machine does not land on one side only; the summary takes each
@@ -40,7 +41,23 @@ from vigil.settings import get_settings
 
 # What tells how much of the load reached the trace store: summed over the server's workers.
 TELEMETRY_SERIES = ("vigil_traces_total{decision=kept}", "vigil_traces_total{decision=dropped}",
-                    "vigil_spans_dropped_total", "vigil_span_export_failures_total", "vigil_inference_log_writes_total")
+                    "vigil_spans_dropped_total", "vigil_span_export_failures_total", "vigil_inference_log_writes_total",
+                    # The model worker's batches: their mean size is what its CPU per request depends on.
+                    "vigil_batch_size_sum", "vigil_batch_size_count")
+
+
+# What each configuration sets on top of the environment; {collector_port} is bench/null_collector.py's.
+CONFIGS: dict[str, dict[str, str]] = {
+    "telemetry-on": {"VIGIL_TRACING": "otlp", "VIGIL_INFERENCE_LOG": "true"},
+    # The default with no uniform sample: only failed and slow traces (and callers' sampled ones) are kept.
+    # (VIGIL_TRACE_MAX_PER_SECOND=0 would mean no limit, every trace kept.)
+    "telemetry-on-budget-0": {"VIGIL_TRACING": "otlp", "VIGIL_INFERENCE_LOG": "true", "VIGIL_TRACE_SAMPLE_RATIO": "0"},
+    "telemetry-on-every-trace": {"VIGIL_TRACING": "otlp", "VIGIL_INFERENCE_LOG": "true", "VIGIL_TRACE_ALL": "true"},
+    "telemetry-on-null-collector": {
+        "VIGIL_TRACING": "otlp", "VIGIL_INFERENCE_LOG": "true", "VIGIL_TRACE_ALL": "true",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:{collector_port}/v1/traces"},
+    "telemetry-off": {"VIGIL_TRACING": "off", "VIGIL_INFERENCE_LOG": "false"},
+}
 
 
 @dataclass
@@ -105,7 +122,7 @@ async def scrape(session: aiohttp.ClientSession, base_url: str) -> dict[str, flo
         text = await response.text()
     totals: dict[str, float] = {}
     for line in text.splitlines():
-        match = re.match(r"^(vigil_[a-z_]+_total)(\{[^}]*\})? ([0-9.e+-]+)$", line)
+        match = re.match(r"^(vigil_[a-z_]+_(?:total|sum|count))(\{[^}]*\})? ([0-9.e+-]+)$", line)
         if match:
             name, labels, value = match.group(1), match.group(2) or "", float(match.group(3))
             totals[name] = totals.get(name, 0.0) + value
@@ -137,19 +154,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "telemetry_overhead.json")
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help=f"comma-separated, of: {', '.join(CONFIGS)} (telemetry-off is always measured)")
     args = parser.parse_args()
+    chosen = [name.strip() for name in args.configs.split(",") if name.strip()]
+    if unknown := sorted(set(chosen) - set(CONFIGS)):
+        parser.error(f"unknown configurations: {', '.join(unknown)}")
 
     frame, _ = load_sentiment(domains=["amazon", "yelp", "imdb"])
     texts = frame.sample(frac=1.0, random_state=0)["text"].tolist()
     collector_port = free_port()
-    configs = {
-        "telemetry-on": {"VIGIL_TRACING": "otlp", "VIGIL_INFERENCE_LOG": "true"},
-        "telemetry-on-every-trace": {"VIGIL_TRACING": "otlp", "VIGIL_INFERENCE_LOG": "true", "VIGIL_TRACE_ALL": "true"},
-        "telemetry-on-null-collector": {
-            "VIGIL_TRACING": "otlp", "VIGIL_INFERENCE_LOG": "true", "VIGIL_TRACE_ALL": "true",
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{collector_port}/v1/traces"},
-        "telemetry-off": {"VIGIL_TRACING": "off", "VIGIL_INFERENCE_LOG": "false"},
-    }
+    configs = {name: {key: value.format(collector_port=collector_port) for key, value in CONFIGS[name].items()}
+               for name in CONFIGS if name in chosen or name == "telemetry-off"}
     logs = REPO / "bench" / "out"
     logs.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[Round]] = {name: [] for name in configs}
@@ -176,11 +192,12 @@ def main() -> None:
     }
     args.out.write_text(json.dumps(report, indent=2))
     print("\n| configuration | req/s | p50 ms | p99 ms | req/s range | p99 range | traces kept | traces dropped "
-          "| spans dropped |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| spans dropped | mean batch |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, median in medians.items():
         print(f"| {name} | {median['throughput']} | {median['p50_ms']} | {median['p99_ms']} | "
               f"{median['throughput_min']}-{median['throughput_max']} | {median['p99_min']}-{median['p99_max']} | "
-              f"{median['traces_kept']:.0f} | {median['traces_dropped']:.0f} | {median['spans_dropped']:.0f} |")
+              f"{median['traces_kept']:.0f} | {median['traces_dropped']:.0f} | {median['spans_dropped']:.0f} | "
+              f"{median['mean_batch_size']} |")
     print(f"\nratios of medians against off: {json.dumps(ratios)}")
     roles = sorted({role for rounds in results.values() for r in rounds for role in r.cpu_ms_per_request})
     print("\nCPU ms per request (median round):\n| configuration | " + " | ".join(roles) + " |\n"
@@ -204,6 +221,8 @@ def summarise(rounds: list[Round]) -> dict[str, Any]:
         "traces_kept": sum(r.telemetry["vigil_traces_total{decision=kept}"] for r in rounds),
         "traces_dropped": sum(r.telemetry["vigil_traces_total{decision=dropped}"] for r in rounds),
         "spans_dropped": sum(r.telemetry["vigil_spans_dropped_total"] for r in rounds),
+        "mean_batch_size": round(sum(r.telemetry["vigil_batch_size_sum"] for r in rounds)
+                                 / max(1.0, sum(r.telemetry["vigil_batch_size_count"] for r in rounds)), 1),
         "cpu_ms_per_request": {
             role: round(statistics.median(r.cpu_ms_per_request.get(role, 0.0) for r in rounds), 3)
             for role in {role for r in rounds for role in r.cpu_ms_per_request}

@@ -8,7 +8,7 @@ on a quiet server), and under load each round trip carries every request that ar
 The model service's adaptive batcher still forms the batches the model runs; this only cuts the trips.
 
 Given a tracer, each request's trace shows the call that served it: a ``model.call`` span per request sharing the
-call, each linked to the others (`service.serving_telemetry.shared_call_spans`).
+call, linked to the first request's one (`service.serving_telemetry.shared_call_spans`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, use_span
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, use_span
 
 from service.errors import ApiError
 from telemetry import semconv
@@ -54,18 +54,21 @@ def failures_marked(span: Span) -> Iterator[Span]:
 @contextmanager
 def shared_call_spans(tracer: trace.Tracer, parents: Sequence[otel_context.Context], name: str,
                       attributes: Mapping[str, int]) -> Iterator[None]:
-    """One span ``name`` in each of ``parents``' traces for a call they share, each linked to the others'.
+    """One span ``name`` in each of ``parents``' traces for a call they share, linked as a star.
 
-    The coalescer sends several requests' texts in one model call; each request's trace shows that call, and the
-    links say which other requests it served. The first request's span is current during the call, so the call
-    carries its traceparent.
+    The coalescer sends several requests' texts in one model call; each request's trace shows that call. The first
+    request's span is current during the call, so the call carries its traceparent: it links to every other
+    request's span (which requests the call served), and each of those links to it (where the call went on). A link
+    from every span to every other cost a call of n requests n(n-1) links, the largest single part of the API
+    worker's tracing time at concurrency 32 (bench/RESULTS.md, "Closing the gap"); the star costs 2(n-1) and still
+    joins any two of them.
     """
-    spans = [tracer.start_span(name, context=parent, attributes=attributes) for parent in parents]
-    if len(spans) > 1:
-        for span in spans:
-            for other in spans:
-                if other is not span:
-                    span.add_link(other.get_span_context())
+    leader = tracer.start_span(name, context=parents[0], attributes=attributes)
+    leader_link = [Link(leader.get_span_context())]
+    spans = [leader, *(tracer.start_span(name, context=parent, attributes=attributes, links=leader_link)
+                       for parent in parents[1:])]
+    for span in spans[1:]:
+        leader.add_link(span.get_span_context())
     try:
         with use_span(spans[0], end_on_exit=False, record_exception=False, set_status_on_exception=False):
             yield
@@ -149,6 +152,7 @@ class PredictionRecord:
     version: str
     batch_size: int
     latency_ms: float
+    precision: str = ""  # of the classifier's graph (float | int8); empty: not reported
 
 
 class ServingTelemetry:
@@ -158,6 +162,9 @@ class ServingTelemetry:
         self.tracer = get_tracer("vigil.service")
         self.metrics = get_metrics()
         self.log = InferenceLogWriter.from_settings(settings) if settings.inference_log else None
+        # prometheus_client's labels() builds and looks up its key under a lock on every call; a handful of
+        # (model, version, label) children serve every request.
+        self._prediction_counters: dict[tuple[str, str, str], Any] = {}
 
     @contextmanager
     def server_span(self, carrier: Mapping[str, str], protocol: str) -> Iterator[None]:
@@ -192,14 +199,14 @@ class ServingTelemetry:
 
     @contextmanager
     def _predict(self, protocol: str, endpoint: str) -> Iterator[Span]:
-        with self.tracer.start_as_current_span(semconv.SPAN_SENTIMENT_PREDICT, record_exception=False,
-                                               set_status_on_exception=False) as span:
-            span.set_attribute(semconv.MODEL_NAME, self.settings.sentiment_model_name)
-            span.set_attribute(semconv.MODEL_ALIAS, self.settings.serve_alias)
-            span.set_attribute(semconv.PROTOCOL, protocol)
-            span.set_attribute(semconv.ENDPOINT, endpoint)
-            with failures_marked(span):
-                yield span
+        # Attributes given at the start are stored in one go; each set_attribute takes the span's lock again.
+        attributes = {semconv.MODEL_NAME: self.settings.sentiment_model_name,
+                      semconv.MODEL_ALIAS: self.settings.serve_alias, semconv.PROTOCOL: protocol,
+                      semconv.ENDPOINT: endpoint}
+        with self.tracer.start_as_current_span(semconv.SPAN_SENTIMENT_PREDICT, attributes=attributes,
+                                               record_exception=False, set_status_on_exception=False) as span, \
+                failures_marked(span):
+            yield span
 
     @contextmanager
     def rag_span(self, carrier: Mapping[str, str], protocol: str, endpoint: str) -> Iterator[Span]:
@@ -243,6 +250,14 @@ class ServingTelemetry:
             ))
         return trace_id, traceparent
 
+    def _prediction_counter(self, model: str, version: str, label: str) -> Any:
+        key = (model, version, label)
+        counter = self._prediction_counters.get(key)
+        if counter is None:
+            counter = self._prediction_counters[key] = self.metrics.predictions.labels(model=model, version=version,
+                                                                                      label=label)
+        return counter
+
     def refused(self, reason: str) -> None:
         self.metrics.requests_rejected.labels(reason=reason).inc()
 
@@ -252,16 +267,19 @@ class ServingTelemetry:
         trace_id, traceparent = self.trace_ids(span)
         name = self.settings.sentiment_model_name
         if span.is_recording():
-            span.set_attribute(semconv.MODEL_VERSION, prediction.version)
-            span.set_attribute(semconv.BATCH_SIZE, prediction.batch_size)
-            span.set_attribute(semconv.INPUT_COUNT, len(prediction.texts))
-            span.set_attribute(semconv.REQUEST_ID, request_id)
+            attributes: dict[str, str | int] = {
+                semconv.MODEL_VERSION: prediction.version, semconv.BATCH_SIZE: prediction.batch_size,
+                semconv.INPUT_COUNT: len(prediction.texts), semconv.REQUEST_ID: request_id,
+            }
+            if prediction.precision:
+                attributes[semconv.MODEL_PRECISION] = prediction.precision
             for label, count in Counter(prediction.labels).items():
-                span.set_attribute(semconv.LABEL_COUNTS_PREFIX + label, count)
+                attributes[semconv.LABEL_COUNTS_PREFIX + label] = count
             if len(prediction.texts) == 1:
-                span.set_attribute(semconv.INPUT_TEXT, text_attribute(prediction.texts[0]))
+                attributes[semconv.INPUT_TEXT] = text_attribute(prediction.texts[0])
+            span.set_attributes(attributes)
         for label in prediction.labels:
-            self.metrics.predictions.labels(model=name, version=prediction.version, label=label).inc()
+            self._prediction_counter(name, prediction.version, label).inc()
         if self.log is None:
             return trace_id, traceparent
         for text, label, score in zip(prediction.texts, prediction.labels, prediction.scores, strict=True):

@@ -20,11 +20,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from telemetry.records import InferenceRecord, create_engine, inference_log, storable
+from telemetry.records import InferenceRecord, create_engine, inference_log, storable_row
 from telemetry.redaction import TEXT_REDACTIONS, TextRedaction, redact_text
 from vigil.credentials import create_private_file, ensure_private_dir, mask_url
 from vigil.settings import Settings, get_settings
@@ -172,7 +172,7 @@ class InferenceLogWriter:
             row["inputs"] = {name: redact_text(value, self.redaction) if isinstance(value, str) else value
                              for name, value in record.inputs.items()}
         # After redaction: a hashed text stays the digest of what the request carried, as on its span.
-        return cast(dict[str, Any], storable(row))
+        return storable_row(row)
 
     def _connect(self) -> sa.Engine | None:
         error: Exception | None = None

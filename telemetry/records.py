@@ -32,16 +32,18 @@ inference_log = sa.Table(
     sa.Column("label", sa.String(32), nullable=True),
     sa.Column("score", sa.Float, nullable=True),
     sa.Column("latency_ms", sa.Float, nullable=False),
-    sa.Column("retrieved_ids", sa.JSON, nullable=True),
-    sa.Column("retrieved_scores", sa.JSON, nullable=True),
+    # none_as_null: an empty JSON column is SQL NULL, not the text `null` (which cost a json.dumps per column and
+    # row); both read back as None.
+    sa.Column("retrieved_ids", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("retrieved_scores", sa.JSON(none_as_null=True), nullable=True),
     sa.Column("prompt_tokens", sa.Integer, nullable=True),
     sa.Column("completion_tokens", sa.Integer, nullable=True),
     sa.Column("total_tokens", sa.Integer, nullable=True),
     sa.Column("generator", sa.String(64), nullable=True),
     sa.Column("generator_model", sa.String(128), nullable=True),
     # Any pyfunc model's row (kind `model`): its inputs and outputs by signature name, typed by JSON.
-    sa.Column("inputs", sa.JSON, nullable=True),
-    sa.Column("outputs", sa.JSON, nullable=True),
+    sa.Column("inputs", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("outputs", sa.JSON(none_as_null=True), nullable=True),
 )
 
 
@@ -57,8 +59,8 @@ def storable(value: Any) -> Any:
     """``value`` fit for the log: in every string in it (nested dict keys and values, list items included), NUL, the
     other control characters but tab, newline and carriage return, and lone surrogates become U+FFFD.
 
-    The one cleaning of a row; the writer applies it to each whole row (after redaction, so that a hashed text is
-    the digest of what the request carried, the same digest as on its span).
+    The one cleaning of a row; the writer applies it to each row through :func:`storable_row` (after redaction, so
+    that a hashed text is the digest of what the request carried, the same digest as on its span).
     """
     if isinstance(value, str):
         return _UNSTORABLE.sub(REPLACEMENT_CHARACTER, value)
@@ -67,6 +69,19 @@ def storable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [storable(item) for item in value]
     return value
+
+
+def storable_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row (column name -> value) with :func:`storable` values.
+
+    The writer thread shares the API worker's interpreter with the requests: the column names need no cleaning,
+    and most of a row's columns are empty or numbers, so only the values that can hold text go through it.
+    """
+    return {name: value if value is None or isinstance(value, _NO_TEXT) else storable(value)
+            for name, value in row.items()}
+
+
+_NO_TEXT = (int, float, datetime)
 
 
 class InferenceRecord(BaseModel):

@@ -205,12 +205,21 @@ def _count_rate_limited(parent: str) -> None:
         logger.debug("could not count a rate-limited trace", exc_info=True)
 
 
+# (decision, reason) -> its child of vigil_traces_total: counted once per request, on the thread that ends its root
+# span, where prometheus_client's labels() (a key built and looked up under a lock) would run every time.
+_trace_counters: dict[tuple[str, str], Any] = {}
+
+
 def count_trace(decision: Decided, reason: str) -> None:
     """``vigil_traces_total{decision, reason}``; a broken metrics set-up never fails the span that ended."""
     try:
-        from telemetry.metrics import get_metrics
+        counter = _trace_counters.get((decision, reason))
+        if counter is None:
+            from telemetry.metrics import get_metrics
 
-        get_metrics().traces.labels(decision=decision, reason=reason).inc()
+            counter = _trace_counters[(decision, reason)] = get_metrics().traces.labels(decision=decision,
+                                                                                        reason=reason)
+        counter.inc()
     except Exception:
         logger.debug("could not count a trace decision", exc_info=True)
 

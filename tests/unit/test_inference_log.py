@@ -269,3 +269,22 @@ def test_the_log_file_and_the_folders_the_writer_creates_are_private(tmp_path: P
     assert writer.close(timeout=30)
     assert stat.S_IMODE(database.stat().st_mode) == 0o600
     assert stat.S_IMODE(database.parent.stat().st_mode) == stat.S_IMODE((tmp_path / "home").stat().st_mode) == 0o700
+
+
+def test_empty_json_columns_are_null_in_the_database_and_none_when_read(url: str) -> None:
+    # SQL NULL rather than the JSON text `null`: no serialisation per empty column and row, the same None for readers.
+    writer = InferenceLogWriter(url, flush_seconds=0.05)
+    writer.log(record(1))
+    writer.log(InferenceRecord(
+        request_id="req-rag", trace_id="", endpoint="/rag/query", protocol="rest", kind="rag", model_name="embedder",
+        model_version="1", input_text="why?", latency_ms=2.0, retrieved_ids=["d1"], retrieved_scores=[0.5],
+    ))
+    assert writer.close(timeout=30)
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
+        stored = dict(connection.execute(
+            "SELECT request_id, retrieved_ids IS NULL AND retrieved_scores IS NULL AND inputs IS NULL "
+            "AND outputs IS NULL FROM inference_log").fetchall())
+    assert stored == {"req-1": 1, "req-rag": 0}
+    read = {row["request_id"]: row for row in rows(url)}
+    assert read["req-1"]["retrieved_ids"] is None and read["req-1"]["outputs"] is None
+    assert read["req-rag"]["retrieved_ids"] == ["d1"] and read["req-rag"]["retrieved_scores"] == [0.5]

@@ -12,12 +12,13 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode, format_trace_id
+from prometheus_client import REGISTRY
 
 from service.coalescer import Coalescer
 from service.errors import ApiError
-from service.serving_telemetry import mark_failure, relay_keep_notices
+from service.serving_telemetry import mark_failure, relay_keep_notices, shared_call_spans
 from telemetry import propagation, semconv
-from telemetry.sampling import TailSampler, TailSamplingProcessor
+from telemetry.sampling import TailSampler, TailSamplingProcessor, count_trace
 
 MS = 1_000_000  # nanoseconds
 
@@ -281,6 +282,26 @@ def test_a_coalesced_model_call_appears_in_each_requests_trace_linked_to_the_oth
     assert [link.context.span_id for link in shared[1].links] == [shared[0].context.span_id]  # type: ignore[union-attr]
 
 
+def test_a_call_shared_by_many_requests_links_the_first_requests_span_to_each_other_and_back() -> None:
+    # A star, not every span to every other: 2(n-1) links for n requests, any two joined through the first.
+    process = Process(keep_all=True)
+    predicts = [process.tracer.start_span("sentiment.predict") for _ in range(4)]
+    parents = [trace.set_span_in_context(span) for span in predicts]
+    with shared_call_spans(process.tracer, parents, semconv.SPAN_MODEL_CALL, {semconv.COALESCED_REQUESTS: 4}):
+        current = trace.get_current_span()
+    for span in predicts:
+        span.end()
+    calls = {span.parent.span_id: span for span in process.exporter.get_finished_spans()  # type: ignore[union-attr]
+             if span.name == semconv.SPAN_MODEL_CALL}
+    first, *others = [calls[span.get_span_context().span_id] for span in predicts]
+    assert current.get_span_context() == first.context  # the call carries the first request's traceparent
+    assert [link.context.span_id for link in first.links] == [o.context.span_id for o in others]
+    for other in others:
+        assert [link.context.span_id for link in other.links] == [first.context.span_id]
+    assert {span.context.trace_id for span in calls.values()} == {
+        span.get_span_context().trace_id for span in predicts}  # each in its own request's trace
+
+
 def test_the_api_worker_relays_its_decisions_to_the_services_that_hold_spans() -> None:
     notices = [{"vigil-rag": ["a" * 32], "unknown": ["b" * 32]}, {"vigil-rag": ["c" * 32]}, {"vigil-rag": ["d" * 32]}]
     told: list[list[str]] = []
@@ -303,3 +324,14 @@ def test_the_api_worker_relays_its_decisions_to_the_services_that_hold_spans() -
 
     asyncio.run(relay())  # a failed notice never ends the relay
     assert told == [["a" * 32], ["c" * 32], ["d" * 32]]
+
+
+def test_each_decision_is_counted_in_prometheus_every_time_it_is_made() -> None:
+    # count_trace keeps each (decision, reason) child after its first use; every later call must still count.
+    def counted() -> float:
+        return REGISTRY.get_sample_value("vigil_traces_total", {"decision": "dropped", "reason": "budget"}) or 0.0
+
+    before = counted()
+    for _ in range(3):
+        count_trace("dropped", "budget")
+    assert counted() - before == 3.0
