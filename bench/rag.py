@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=TOP_K, help="top_k of the quality queries, as `vigil eval rag --k`.")
     parser.add_argument("--home", type=Path, default=None, help="VIGIL_HOME to use (default: a fresh temp dir).")
     parser.add_argument("--torch-threads", type=int, default=int(os.environ.get("VIGIL_TORCH_THREADS", "1")),
-                        help="Intra-op threads of the encoder (default VIGIL_TORCH_THREADS or 1).")
+                        help="Intra-op threads of the encoder, either runtime (default VIGIL_TORCH_THREADS or 1).")
     parser.add_argument("--out", type=Path, default=None, help="Also write the Markdown tables here.")
     args = parser.parse_args()
 
@@ -75,7 +75,7 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
     load_before = os.getloadavg()
     home = args.home or Path(tempfile.mkdtemp(prefix="vigil-bench-rag-"))
-    settings = Settings(_env_file=None, home=home)
+    settings = Settings(_env_file=None, home=home, torch_threads=args.torch_threads)
     pipeline = RagPipeline.from_settings(settings, embedder_version="bench")
     pipeline.warm_up()
     corpus = read_paths([CORPUS]).documents
@@ -120,7 +120,8 @@ def main() -> None:
     pipeline.close()
 
     lines = report_lines(stats.chunks, stats.documents, ingest_seconds, numpy_ms, dense_ms, hybrid_ms, embed_ms,
-                         query_ms, agree, hybrid.metrics, dense.metrics, quality_seconds, args, load_before)
+                         query_ms, agree, hybrid.metrics, dense.metrics, quality_seconds, args, load_before,
+                         pipeline.embedder.runtime)
     print("\n".join(lines))
     if args.out:
         args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -139,7 +140,7 @@ def brute_force(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
 def report_lines(chunks: int, documents: int, ingest_seconds: float | None, numpy_ms: list[float],
                  dense_ms: list[float], hybrid_ms: list[float], embed_ms: list[float], query_ms: list[float],
                  agree: int, hybrid: RagMetrics, dense: RagMetrics, quality_seconds: float,
-                 args: argparse.Namespace, load_before: tuple[float, float, float]) -> list[str]:
+                 args: argparse.Namespace, load_before: tuple[float, float, float], runtime: str) -> list[str]:
     load_after = os.getloadavg()
     k = hybrid.k
     rows = [
@@ -158,7 +159,8 @@ def report_lines(chunks: int, documents: int, ingest_seconds: float | None, nump
 
     lines = [
         f"Measured {datetime.now(UTC).date().isoformat()} on {platform.machine()} with {os.cpu_count()} cores "
-        f"({platform.python_implementation()} {platform.python_version()}), torch threads {args.torch_threads}; "
+        f"({platform.python_implementation()} {platform.python_version()}), encoder on {runtime} "
+        f"(VIGIL_MODEL_RUNTIME), {args.torch_threads} thread(s); "
         f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (other work shares this machine).",
         "",
         f"Corpus: {documents} passages → {chunks} chunks"

@@ -26,7 +26,14 @@ from vigil.settings import get_settings
 logger = logging.getLogger(__name__)
 
 
-@bentoml.service(name="vigil-rag", workers=1, traffic={"timeout": 120}, logging=INTERNAL_SERVICE_LOGGING)
+# Threads for the sync handlers (BentoML runs one at a time by default): queries that arrive together meet in the
+# encoder, which embeds their questions as one batch (`vigil.embedding.SharedCalls`), and one query's Milvus search
+# overlaps another's Python work.
+QUERY_THREADS = 8
+
+
+@bentoml.service(name="vigil-rag", workers=1, threads=QUERY_THREADS, traffic={"timeout": 120},
+                 logging=INTERNAL_SERVICE_LOGGING)
 class RagService:
     def __init__(self) -> None:
         import torch
@@ -85,7 +92,10 @@ class RagService:
 
     @bentoml.api
     def stats(self) -> dict[str, Any]:
+        embedder = self.pipeline.embedder
+        # Which runtime embeds questions, and why not ONNX Runtime when it was asked for and failed.
+        encoder = {"encoder_runtime": embedder.runtime, "encoder_fallback": embedder.onnx_error}
         try:
-            return {"ready": True, **self.pipeline.stats().model_dump()}
+            return {"ready": True, **self.pipeline.stats().model_dump(), **encoder}
         except RagError as error:
-            return {"ready": False, "reason": str(error)}
+            return {"ready": False, "reason": str(error), **encoder}

@@ -89,7 +89,10 @@ class RagPipeline:
         version: str | Callable[[], str] = embedder_version or (
             lambda: resolve_registered_version(name, alias=settings.serve_alias)
         )
-        embedder = TextEmbedder(name=name, version=version)
+        # The encoder runs where the classifier does (VIGIL_MODEL_RUNTIME), exported once per version into the
+        # model cache; VIGIL_TORCH_THREADS sizes it either way, since the RAG service shares its cores with the API.
+        embedder = TextEmbedder(name=name, version=version, runtime=settings.model_runtime,
+                                onnx_dir=settings.model_cache_dir / name / "onnx", threads=settings.torch_threads)
         store = store_from_settings(settings, embedder.dimension)
         return cls(embedder=embedder, store=store, generator=build_generator(settings, embedder), settings=settings,
                    tracer_provider=tracer_provider)

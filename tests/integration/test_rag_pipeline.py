@@ -111,6 +111,13 @@ def test_retrieval_finds_the_gold_passage(pipeline: RagPipeline, questions: list
     assert hits[0].document_id.startswith("Black_Death_p")
 
 
+def test_the_encoder_runs_on_onnx_exported_into_the_homes_model_cache(home: Path, pipeline: RagPipeline) -> None:
+    # The settings' default runtime; the retrieval and answers the other tests check come from this export.
+    assert (pipeline.embedder.runtime, pipeline.embedder.onnx_error) == ("onnx", "")
+    assert pipeline.embedder.onnx_path is not None and pipeline.embedder.onnx_path.is_file()
+    assert pipeline.embedder.onnx_path.is_relative_to(home / "models")
+
+
 def test_query_answers_with_citations_usage_and_versions(pipeline: RagPipeline) -> None:
     question = "What is the name of the approach that breaks data into packets?"
     answer = pipeline.query(question, top_k=3)
