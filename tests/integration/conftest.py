@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT, VIGIL_BIN, free_port, wait_until
 from tests.support.otlp_receiver import OtlpReceiver, otlp_receiver
+from vigil.credentials import ensure_private_dir
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -153,7 +154,23 @@ class Server:
                 survivor.kill()
 
 
+# The session server's home, once it has exported its models to ONNX (and judged the classifier's INT8 graph). Every
+# later server starts with those exports, as a restarted service does: the export, quantization and the check
+# against torch took ~10 s a start, paid once here (the session server runs the cold path) instead of ~15 times.
+_warm_exports: list[Path] = []
+
+
+def _copy_warm_exports(home: Path) -> None:
+    for source in _warm_exports:
+        for exports in (source / "models").glob("*/onnx"):
+            target = home / "models" / exports.parent.name / "onnx"
+            if not target.exists():
+                ensure_private_dir(target.parent)  # as the service makes it; copytree keeps the folder's own mode
+                shutil.copytree(exports, target)
+
+
 def start_server(env: dict[str, str], log: Path, expect_ready: bool = True) -> Server:
+    _copy_warm_exports(Path(env["VIGIL_HOME"]))
     http_port, grpc_port = free_port(), free_port()
     process = subprocess.Popen(
         [VIGIL_BIN, "serve", "--port", str(http_port), "--grpc-port", str(grpc_port)],
@@ -218,6 +235,7 @@ def server(vigil_env: VigilEnv, registry_client: MlflowClient, langsmith: OtlpRe
     shutil.copytree(home / "milvus", snapshot)
     running = start_server(env, home / "serve.log")
     running.milvus_snapshot = snapshot
+    _warm_exports.append(home)
     yield running
     running.stop()
 
