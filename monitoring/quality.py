@@ -127,13 +127,7 @@ def regression_figures(truths: list[Any], predictions: list[Any]) -> tuple[float
 
 def measure_quality(settings: Settings, model: str, window: Window, task: Task | None = None) -> QualityReport:
     """Live quality of ``model`` in ``window``, one entry per version that served a request in it."""
-    engine = create_engine(settings.inference_log_sqlalchemy_url)
-    try:
-        feedback.prepare(engine)
-        rows = feedback.labelled_rows(engine, model_name=_logged_name(settings, model), since=window.since,
-                                      until=window.until)
-    finally:
-        engine.dispose()
+    rows = _labelled_rows(settings, model, window)
     report = QualityReport(model=model, task=task, window_start=window.since.isoformat(),
                            window_end=window.until.isoformat(), versions=[])
     if rows.empty:
@@ -165,13 +159,7 @@ def labelled_dataset(settings: Settings, model: str, window: Window) -> tuple[pd
     """The labelled requests of ``model`` in ``window`` as a training table — the inputs (``text`` for Vigil's
     sentiment model, the signature's columns for a pyfunc model) and ``label`` — with the request id, version and
     time it was served; and how many labelled rows were left out because their text was redacted from the log."""
-    engine = create_engine(settings.inference_log_sqlalchemy_url)
-    try:
-        feedback.prepare(engine)
-        rows = feedback.labelled_rows(engine, model_name=_logged_name(settings, model), since=window.since,
-                                      until=window.until)
-    finally:
-        engine.dispose()
+    rows = _labelled_rows(settings, model, window)
     served = ["request_id", "model_version", "timestamp"]
     if rows.empty:
         return pd.DataFrame(columns=["text", "label", *served]), 0
@@ -187,6 +175,16 @@ def labelled_dataset(settings: Settings, model: str, window: Window) -> tuple[pd
     for column in served:
         dataset[column] = kept[column].astype(str) if column == "timestamp" else kept[column]
     return dataset.reset_index(drop=True), len(labelled) - len(kept)
+
+
+def _labelled_rows(settings: Settings, model: str, window: Window) -> pd.DataFrame:
+    engine = create_engine(settings.inference_log_sqlalchemy_url)
+    try:
+        feedback.prepare(engine)
+        return feedback.labelled_rows(engine, model_name=_logged_name(settings, model), since=window.since,
+                                      until=window.until)
+    finally:
+        engine.dispose()
 
 
 def _logged_name(settings: Settings, model: str) -> str:
