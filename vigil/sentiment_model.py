@@ -389,7 +389,8 @@ class QuantizationVerdict(BaseModel):
     int8_macro_f1: float | None = None
     difference: float | None = None  # int8 - float
     tolerance: float = QUANTIZATION_TOLERANCE
-    recipe: str = QUANTIZATION_RECIPE
+    # Empty in a verdict that predates the field: made by an unknown recipe, so never reused.
+    recipe: str = ""
     evaluation_rows: int = 0
     evaluation_fingerprint: str | None = None
 
@@ -433,6 +434,7 @@ def judge_quantization(float_f1: float, int8_f1: float, data: EvaluationData,
               f"{difference:+.4f} {'within' if within else 'outside'} ±{tolerance}")
     return QuantizationVerdict(precision="int8" if within else "float", reason=reason, float_macro_f1=float_f1,
                                int8_macro_f1=int8_f1, difference=difference, tolerance=tolerance,
+                               recipe=QUANTIZATION_RECIPE,
                                evaluation_rows=len(data.texts), evaluation_fingerprint=data.fingerprint)
 
 

@@ -140,6 +140,10 @@ def test_the_kept_verdict_is_reused(graphs: tuple[SentimentClassifier, Path, Pat
     with pytest.raises(AssertionError, match="scored again"):
         choose_precision(again, float_path, 1, lambda: own_labels(classifier), tolerance=1.0)
     assert not int8_path(float_path).exists()
+    # And a verdict written before verdicts named their recipe.
+    verdict_path(float_path).write_text(first.model_dump_json(exclude={"recipe"}))
+    with pytest.raises(AssertionError, match="scored again"):
+        choose_precision(again, float_path, 1, lambda: own_labels(classifier), tolerance=1.0)
 
 
 @pytest.mark.parametrize("bucket_size", [1, 2, 3])
