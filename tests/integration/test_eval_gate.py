@@ -102,7 +102,8 @@ def test_endpoint_evaluation_equals_in_process(
     """The real `vigil serve` (the session's) answers the evaluation's requests; in process, the same registered
     version scores the same rows."""
     _, weak = versions
-    served = httpx.get(f"{live_server.http}/status", timeout=10).json()["models"][SERVED_MODEL]["version"]
+    state = httpx.get(f"{live_server.http}/status", timeout=10).json()["models"][SERVED_MODEL]
+    served = state["version"]
     common = ("eval", "sentiment", "--model", f"{SERVED_MODEL}/{served}", "--data", "imdb", "--limit", "150")
     vigil_env.run(*common, "--json", str(tmp_path / "local.json"), extra_env=env)
     vigil_env.run(*common, "--endpoint", live_server.http, "--json", str(tmp_path / "http.json"), extra_env=env)
@@ -116,11 +117,23 @@ def test_endpoint_evaluation_equals_in_process(
     ours, theirs = predictions_of(client, local.run_id, tmp_path / "a"), predictions_of(client, remote.run_id,
                                                                                          tmp_path / "b")
     assert ours["text"].tolist() == theirs["text"].tolist()
-    assert ours["predicted_label"].tolist() == theirs["predicted_label"].tolist()
-    # Different batch shapes (32 in-process, 150 per request) round differently in the last float32 bits.
-    assert ours["p_positive"].to_numpy() == pytest.approx(theirs["p_positive"].to_numpy(), abs=1e-5)
-    for metric in ("accuracy", "macro_f1", "roc_auc", "ece"):
-        assert getattr(local.metrics, metric) == pytest.approx(getattr(remote.metrics, metric), abs=1e-4), metric
+    if state["precision"] == "float":
+        assert ours["predicted_label"].tolist() == theirs["predicted_label"].tolist()
+        # Different batch shapes (32 in-process, 150 per request) round differently in the last float32 bits.
+        assert ours["p_positive"].to_numpy() == pytest.approx(theirs["p_positive"].to_numpy(), abs=1e-5)
+        for metric in ("accuracy", "macro_f1", "roc_auc", "ece"):
+            assert getattr(local.metrics, metric) == pytest.approx(getattr(remote.metrics, metric), abs=1e-4), metric
+    else:
+        # The service serves the INT8 graph it checked against the float one on the version's own test split
+        # (within 0.005 macro-F1 there); the endpoint evaluation measures what is served, so on other data
+        # (imdb here) a borderline text may flip. Both figures are in /status.
+        verdict = state["quantization"]
+        assert state["precision"] == "int8" and abs(verdict["difference"]) <= verdict["tolerance"]
+        agreement = (ours["predicted_label"] == theirs["predicted_label"]).mean()
+        assert agreement >= 0.9, agreement
+        assert ours["p_positive"].to_numpy() == pytest.approx(theirs["p_positive"].to_numpy(), abs=0.2)
+        for metric in ("accuracy", "macro_f1"):
+            assert getattr(local.metrics, metric) == pytest.approx(getattr(remote.metrics, metric), abs=0.05), metric
     assert client.get_run(remote.run_id).data.tags["vigil.eval.source"] == "endpoint"
 
     wrong = vigil_env.run("eval", "sentiment", "--model", f"{MODEL}/{weak}", "--endpoint", live_server.http,
