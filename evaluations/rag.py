@@ -17,12 +17,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import httpx
 import numpy as np
@@ -31,8 +32,10 @@ from evaluations import tracking
 from evaluations.datasets import QAData, QAItem, resolve_qa
 from evaluations.rag_metrics import (
     answer_containment,
+    answer_text,
     contains_answer,
     dedupe,
+    exact_match,
     first_relevant_rank,
     groundedness,
     ndcg_at_k,
@@ -64,7 +67,8 @@ logger = logging.getLogger(__name__)
 QUERY_PATH = "/rag/query"
 # Ranks reported besides k itself, where they fit under it.
 REPORTED_KS = (1, 3, 5, 10)
-EVALUATORS = ("recall_at_k", "reciprocal_rank", "ndcg_at_k", "answer_containment", "token_f1", "groundedness")
+EVALUATORS = ("recall_at_k", "reciprocal_rank", "ndcg_at_k", "answer_containment", "exact_match", "token_f1",
+              "groundedness")
 
 
 # --- asking -------------------------------------------------------------------------------------------------------
@@ -137,6 +141,8 @@ class InProcessAnswerer:
         pipeline = RagPipeline.from_settings(settings)
         try:
             pipeline.warm_up()
+            # The reader the service would serve (rag-reader@<alias>), loaded before the first question.
+            pipeline.follow_reader(wait=True)
             chunks = pipeline.stats().chunks
         except StoreUnavailable as error:
             pipeline.close()
@@ -184,7 +190,8 @@ def score_outputs(outputs: Mapping[str, Any], reference: Mapping[str, Any], k: i
         "reciprocal_rank": 1.0 / first if first else 0.0,
         "ndcg_at_k": ndcg_at_k(passages, gold, k),
         "answer_containment": float(contains_answer(outputs["answer"], reference["answers"])),
-        "token_f1": token_f1(outputs["answer"], reference["answers"]),
+        "exact_match": exact_match(answer_text(outputs["answer"]), reference["answers"]),
+        "token_f1": token_f1(answer_text(outputs["answer"]), reference["answers"]),
         "groundedness": groundedness(outputs["answer"], list(outputs["contexts"])),
     }
 
@@ -210,6 +217,7 @@ def summarize(results: Sequence[RagQuestionResult], k: int) -> RagMetrics:
         ndcg=retrieval.ndcg,
         answer_containment=answer_containment([r.answer for r in results], [r.gold_answers for r in results]),
         token_f1=float(np.mean([r.scores["token_f1"] or 0.0 for r in results])) if results else 0.0,
+        exact_match=float(np.mean([r.scores.get("exact_match") or 0.0 for r in results])) if results else 0.0,
         groundedness=float(np.mean(grounded)) if grounded else None,
         grounded_questions=len(grounded),
         prompt_tokens=distribution([r.prompt_tokens for r in results]),
@@ -275,6 +283,30 @@ def measure_rag(
     return report, answers
 
 
+QASplit = Literal["all", "held-out", "train"]
+
+
+def resolve_split_qa(dataset: Path, split: QASplit = "all", limit: int | None = None,
+                     seed: int | None = None) -> QAData:
+    """``dataset``'s questions on one side of the span reader's split by article (:mod:`training.reader`, the one
+    place the split is made): ``held-out`` are the questions whose passages no reader version was trained on.
+    ``limit`` samples (seeded) after the split, so ``--limit 400 --split held-out`` asks 400 held-out questions."""
+    if split == "all":
+        return resolve_qa(dataset, limit, seed)
+    from training.reader import in_split
+
+    data = resolve_qa(dataset)
+    items = [item for item in data.items if in_split(item.passage_ids, split)]
+    if not items:
+        raise VigilError(f"{dataset} has no questions on the {split} side of the reader's split")
+    seed = get_settings().seed if seed is None else seed
+    if limit is not None and limit < len(items):
+        items = random.Random(seed).sample(items, limit)
+    description = f"{dataset} ({len(items)} questions of the reader's {split} split by article"
+    description += f", a sample of {limit} with seed {seed})" if limit and len(items) == limit else ")"
+    return QAData(dataset, items, description)
+
+
 def evaluate_rag(
     client: MlflowClient,
     dataset: Path,
@@ -284,8 +316,10 @@ def evaluate_rag(
     limit: int | None = None,
     progress: ProgressCallback | None = None,
     answerer: Answerer | None = None,
+    split: QASplit = "all",
 ) -> RagEvaluation:
-    """Ask ``dataset``'s questions (``limit`` of them, seeded) with top_k ``k`` and log the run; the report.
+    """Ask ``dataset``'s questions (``limit`` of them, seeded; ``split``: one side of the reader's split) with top_k
+    ``k`` and log the run; the report.
 
     With ``endpoint`` the answers come from a running Vigil's ``POST /rag/query``; otherwise from the pipeline of
     this process (``answerer`` replaces both, for callers that hold a pipeline already).
@@ -294,7 +328,7 @@ def evaluate_rag(
 
     settings = get_settings()
     validate_top_k(k)
-    data = resolve_qa(dataset, limit)
+    data = resolve_split_qa(dataset, split, limit)
     if answerer is None:
         answerer = EndpointAnswerer(endpoint) if endpoint else InProcessAnswerer.open(settings)
     try:
@@ -319,7 +353,7 @@ def flat_metrics(metrics: RagMetrics) -> dict[str, float | None]:
     """The figures as MLflow metric keys."""
     values: dict[str, float | None] = {
         "questions": metrics.questions, "mrr": metrics.mrr, "answer_containment": metrics.answer_containment,
-        "token_f1": metrics.token_f1, "groundedness": metrics.groundedness,
+        "token_f1": metrics.token_f1, "exact_match": metrics.exact_match, "groundedness": metrics.groundedness,
     }
     values.update({f"recall_at_{k}": v for k, v in metrics.recall.items()})
     values.update({f"ndcg_at_{k}": v for k, v in metrics.ndcg.items()})
@@ -457,3 +491,96 @@ def _log_to_langsmith(
                            f"first: {dropped[0]}")
     return LangSmithOutcome(status="logged", message=f"dataset {dataset_name}, experiment {experiment}",
                         dataset=dataset_name, experiment=experiment)
+
+
+# --- the span reader: two versions on the held-out questions (the promotion gate) ---------------------------------
+
+# Held-out questions both readers answer in the gate: enough to tell a worse reader (the paired interval of the F1
+# difference is reported), few enough that a promotion takes a minute on this machine.
+READER_GATE_QUESTIONS = 300
+# When the policy has no [models."<reader>"] rules: a reader may lose at most this much held-out token F1.
+DEFAULT_READER_MAX_REGRESSION = 0.02
+
+
+@dataclass(frozen=True)
+class ReaderComparison:
+    """The gate's verdict on a reader version against the alias's holder, and the run that holds the evidence."""
+
+    run_id: str
+    passed: bool
+    refusals: list[str]
+    candidate: dict[str, float]
+    baseline: dict[str, float]
+
+
+def reader_scores(reader: Any, items: Sequence[Any]) -> dict[str, np.ndarray]:
+    """Per question, exact match and token F1 of ``reader`` on the question's own passage."""
+    exact, f1 = [], []
+    for example in items:
+        span = reader.answer(example.question, example.context)
+        text = span.text if span else ""
+        exact.append(exact_match(text, example.answers))
+        f1.append(token_f1(text, example.answers))
+    return {"exact_match": np.asarray(exact), "token_f1": np.asarray(f1)}
+
+
+def compare_readers(client: MlflowClient, name: str, candidate: str, baseline: str, *, trigger: str,
+                    questions: int | None = None,
+                    progress: ProgressCallback | None = None) -> ReaderComparison:
+    """Both reader versions on the same held-out questions (the reader's split by article; ``questions`` of them,
+    else the policy's [gate] limit, else :data:`READER_GATE_QUESTIONS`), judged by the policy's
+    ``[models."<name>"]`` rules (token F1 within 0.02 of the baseline's when it has none); logged to `evaluations`.
+    Each version is read as data after its files match its recorded digest."""
+    from evaluations.policy import judge
+    from evaluations.schemas import MetricDelta
+    from training.reader import reader_split, sample
+    from vigil import model_cache
+    from vigil.policy import Rule, load_policy
+    from vigil.reader_model import load_registered
+
+    settings = get_settings()
+    policy = load_policy(settings.promotion_policy)
+    section = policy.models.get(name)
+    rules = section.rules if section and section.rules else {
+        "token_f1": Rule(max_regression=DEFAULT_READER_MAX_REGRESSION)}
+    items = sample(reader_split().held_out, questions or policy.gate.limit or READER_GATE_QUESTIONS, settings.seed)
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    for role, version in (("candidate", candidate), ("baseline", baseline)):
+        if progress:
+            progress(f"reading {len(items)} held-out questions with v{version}", 0, 1)
+        folder = model_cache.download_version(client, name, version, settings.model_cache_dir)
+        scores[role] = reader_scores(load_registered(client, name, version, folder), items)
+        if progress:
+            progress(f"reading {len(items)} held-out questions with v{version}", 1, 1)
+    rng = np.random.default_rng(settings.seed)
+    resamples = rng.integers(0, len(items), size=(policy.gate.bootstrap, len(items))) if policy.gate.bootstrap else None
+    tail = (1 - policy.gate.confidence) / 2 * 100
+    deltas = []
+    for metric in ("exact_match", "token_f1"):
+        ours, theirs = scores["candidate"][metric], scores["baseline"][metric]
+        low = high = None
+        if resamples is not None and len(items):
+            differences = (ours[resamples] - theirs[resamples]).mean(axis=1)
+            low, high = (float(x) for x in np.percentile(differences, [tail, 100 - tail]))
+        deltas.append(MetricDelta(metric=metric, candidate=float(ours.mean()), baseline=float(theirs.mean()),
+                                  delta=float(ours.mean() - theirs.mean()), ci_low=low, ci_high=high,
+                                  higher_is_better=True))
+    verdicts = judge(policy, deltas, rules)
+    passed = all(verdict.passed for verdict in verdicts)
+    tags = {"vigil.eval.kind": "reader-comparison", "vigil.model": name, "vigil.candidate_version": candidate,
+            "vigil.baseline_version": baseline, "vigil.eval.trigger": trigger,
+            "vigil.eval.verdict": "pass" if passed else "fail"}
+    with tracking.evaluation_run(client, f"compare {name} v{candidate} vs v{baseline} ({len(items)} held-out "
+                                         "questions)", tags) as run_id:
+        metrics: dict[str, float | None] = {}
+        for delta in deltas:
+            metrics.update({f"candidate_{delta.metric}": delta.candidate, f"baseline_{delta.metric}": delta.baseline,
+                            f"delta_{delta.metric}": delta.delta})
+        tracking.log_values(client, run_id, metrics=metrics, params={
+            "questions": len(items), "split": "held-out (reader's split by article)", "seed": settings.seed,
+            "policy": str(policy.source), "bootstrap": policy.gate.bootstrap})
+        client.log_dict(run_id, {"deltas": [d.model_dump() for d in deltas],
+                                 "rules": [v.model_dump() for v in verdicts]}, "comparison.json")
+    return ReaderComparison(run_id, passed, [v.reason for v in verdicts if not v.passed],
+                            {d.metric: float(d.candidate or 0.0) for d in deltas},
+                            {d.metric: float(d.baseline or 0.0) for d in deltas})

@@ -1,7 +1,7 @@
 """RAG quality measures — pure functions over rankings and answers, reused by the eval CLI and the benchmark.
 
-Answers are compared after SQuAD's normalisation (lower case, no punctuation, no articles): containment and token
-F1 as the SQuAD evaluation script defines them. Retrieval is judged on passage ids (chunks deduplicated to the
+Answers are compared after SQuAD's normalisation (lower case, no punctuation, no articles): containment, exact match
+and token F1 as the SQuAD evaluation script defines them. Retrieval is judged on passage ids (chunks deduplicated to the
 passages they come from) with binary relevance: recall@k, MRR and nDCG@k (gain 1 / log2(rank + 1), ideal = every
 gold passage ranked first).
 """
@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 import re
-import string
-from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 
 from pydantic import BaseModel, Field
+
+# One home for SQuAD's answer scoring: the reader's training and its gate judge answers with the same functions.
+from vigil.reader_model import exact_match as exact_match
+from vigil.reader_model import normalize_answer as normalize_answer
+from vigil.reader_model import token_f1 as token_f1
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 
@@ -78,15 +81,6 @@ def retrieval_metrics(ranked: Sequence[Sequence[str]], relevant: Sequence[Collec
                             ndcg={k: (ndcg[k] / n if n else 0.0) for k in sorted(ks)})
 
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
-    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
-
-
 def contains_answer(answer: str, gold: Iterable[str]) -> bool:
     """Whether any gold answer appears in ``answer`` (both SQuAD-normalised)."""
     normalized = f" {normalize_answer(answer)} "
@@ -100,24 +94,17 @@ def answer_containment(answers: Sequence[str], gold: Sequence[Collection[str]]) 
     return sum(contains_answer(a, g) for a, g in zip(answers, gold, strict=True)) / len(answers) if answers else 0.0
 
 
-def token_f1(answer: str, gold: Iterable[str]) -> float:
-    """SQuAD token F1: the best over the gold answers of the F1 between normalised token bags; 0 without gold."""
-    predicted = normalize_answer(answer).split()
-    best = 0.0
-    for reference in gold:
-        expected = normalize_answer(reference).split()
-        common = sum((Counter(predicted) & Counter(expected)).values())
-        if common:
-            precision, recall = common / len(predicted), common / len(expected)
-            best = max(best, 2 * precision * recall / (precision + recall))
-    return best
-
-
 # A claim counts as grounded when this share of its content words occurs in the context it cites: tolerant of a
 # generator's glue words and inflections, not of a name or number the context does not hold.
 GROUNDED_MIN_SUPPORT = 0.8
 _CITATION_MARK = re.compile(r"\[(\d+)\]")
 _CLAIM = re.compile(r"(.*?)((?:\s*\[\d+\])+|$)", re.DOTALL)
+
+
+def answer_text(answer: str) -> str:
+    """The answer without its citation marks: what exact match and token F1 judge (a mark's number is no word of
+    the answer, and would cost every cited span its exact match)."""
+    return " ".join(_CITATION_MARK.sub(" ", answer).split())
 
 
 def cited_claims(answer: str) -> list[tuple[str, list[int]]]:

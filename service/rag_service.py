@@ -58,6 +58,8 @@ class RagService:
             # The store may come back; queries try again and answer 503 meanwhile. /predict is unaffected.
             self.store_error = str(error)
             logger.error("RAG store unavailable at start: %s", error)
+        # In the background: the extractive generator answers until the reader (if one is registered) is loaded.
+        self.pipeline.follow_reader(wait=False)
 
     # The declared output is what BentoML's client parses a 2xx into; a refusal is a Response and passes through.
     @bentoml.api(output_spec=RagQueryResponse)
@@ -94,8 +96,20 @@ class RagService:
     def stats(self) -> dict[str, Any]:
         embedder = self.pipeline.embedder
         # Which runtime embeds questions, and why not ONNX Runtime when it was asked for and failed.
-        encoder = {"encoder_runtime": embedder.runtime, "encoder_fallback": embedder.onnx_error}
+        encoder = {"encoder_runtime": embedder.runtime, "encoder_fallback": embedder.onnx_error,
+                   "generator": self.generator_state()}
         try:
             return {"ready": True, **self.pipeline.stats().model_dump(), **encoder}
         except RagError as error:
             return {"ready": False, "reason": str(error), **encoder}
+
+    def generator_state(self) -> dict[str, Any]:
+        """Which generator answers and why: for the reader, the version served (or why none) and the fall-backs."""
+        generator = self.pipeline.generator
+        describe = getattr(generator, "describe", None)
+        state: dict[str, Any] = dict(describe()) if callable(describe) else {
+            "configured": generator.name, "answering": generator.name, "reason": "configured (VIGIL_GENERATOR)"}
+        holder = self.pipeline.reader_holder
+        if holder is not None:
+            state["follower"] = holder.describe()
+        return state

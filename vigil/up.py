@@ -2,7 +2,8 @@
 
 It runs the other stages as `vigil …` sub-processes, so the core still imports none of their packages: MLflow up,
 the embedder and the sentiment model registered if missing, the shipped corpus ingested on first start, the
-Evidently UI in the background, and the service in the foreground.
+Evidently UI in the background, the service in the foreground, and then, in the background, the RAG span reader
+trained if none is registered (the RAG service switches to it when its alias appears).
 """
 
 from __future__ import annotations
@@ -72,6 +73,15 @@ def _stop_on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def train_reader_in_background(stack: Stack) -> subprocess.Popen[bytes]:
+    """`vigil train reader --if-missing` as a background job of the stack (it does nothing when a reader is
+    registered already); stopped with the stack like the others."""
+    process = stack.spawn(["train", "reader", "--if-missing"], "train-reader.log")
+    stack.console.print("RAG span reader: training in the background when none is registered (log "
+                        f"{stack.settings.home / 'logs' / 'train-reader.log'}); answers are extractive until it is")
+    return process
+
+
 def up(settings: Settings, console: Console, serve: bool = True, evidently_ui: bool = True) -> int:
     stack = Stack(settings, console)
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -95,6 +105,10 @@ def up(settings: Settings, console: Console, serve: bool = True, evidently_ui: b
         if not serve:
             return 0
         server = subprocess.Popen([sys.executable, "-m", "vigil.cli", "serve"])
+        if settings.generator == "reader":
+            # After serving starts, so the first answer never waits for it: the extractive generator answers until
+            # the reader is registered, and the RAG service follows its alias and switches by itself.
+            train_reader_in_background(stack)
         # While serving, SIGTERM goes on to `vigil serve`, which drains BentoML; its exit then ends this run.
         signal.signal(signal.SIGTERM, lambda signum, _frame: server.send_signal(signum))
         try:

@@ -137,6 +137,7 @@ def query(
 
     _quiet_milvus_lite()
     with RagPipeline.from_settings(get_settings()) as pipeline:
+        pipeline.follow_reader(wait=True)  # the span reader the service would answer with, when one is registered
         answer = pipeline.query(question, top_k)
     if as_json:
         console.print_json(answer.model_dump_json())

@@ -1,6 +1,6 @@
-"""Answer generators: the offline extractive default and any OpenAI-compatible chat-completions endpoint.
+"""Answer generators: the span reader, the offline extractive generator and any OpenAI-compatible endpoint.
 
-Both number the retrieved chunks 1..n and mark each claim with ``[n]``; the pipeline returns those chunks as
+All number the retrieved chunks 1..n and mark each claim with ``[n]``; the pipeline returns those chunks as
 citations in the same order, so a mark is an index into ``citations``.
 """
 
@@ -12,7 +12,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel, ValidationError
@@ -20,13 +20,14 @@ from pydantic import BaseModel, ValidationError
 from service.rag.chunking import split_sentences
 from service.rag.errors import GeneratorTimeout, GeneratorUnavailable, RagConfigError
 from service.rag.store import STOP_WORDS, Hit
-from vigil.contracts import Usage
+from vigil.contracts import GeneratorInfo, Usage
 from vigil.credentials import mask_url
 
 if TYPE_CHECKING:
     import httpx
 
     from vigil.embedding import TextEmbedder
+    from vigil.reader_model import SpanReader
     from vigil.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -41,13 +42,18 @@ class Generation:
     contexts_used: int  # the first n retrieved chunks the generator read; they become the citations
     response_model: str
     finish_reason: str | None = None
+    # Who answered, when it is not the configured generator itself (the reader's extractive fall-back).
+    answered_by: GeneratorInfo | None = None
 
 
 class Generator(Protocol):
-    name: str  # the setting value: extractive | openai
-    model: str  # the model asked for (gen_ai.request.model)
+    name: str  # the setting value: reader | extractive | openai
     system: str  # gen_ai.system
     operation: str  # gen_ai.operation.name
+
+    @property
+    def model(self) -> str:  # the model asked for (gen_ai.request.model)
+        ...
 
     def generate(self, question: str, hits: Sequence[Hit]) -> Generation: ...
 
@@ -251,8 +257,90 @@ class OpenAIGenerator:
         return Generation(answer, usage, used, completion.model or self.model, choice.finish_reason)
 
 
-def build_generator(settings: Settings, embedder: TextEmbedder) -> Generator:
-    """The generator ``VIGIL_GENERATOR`` names."""
+# --- span reader -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServedReader:
+    reader: SpanReader
+    label: str  # "rag-reader v3": the registered version, as answers and traces name it
+
+
+class ReaderGenerator:
+    """Answers with the span the reader finds best across the retrieved chunks, cited like the extractive answer.
+
+    Every chunk is read in one batched call (a long chunk in strided windows); each proposes its best span with its
+    margin over "no answer", and the span with the largest margin answers, marked with its chunk's number. While no
+    reader is served (none registered yet, or the alias moved away), or when the best margin is below
+    ``min_margin``, the extractive generator answers instead, and the answer's generator says so.
+    """
+
+    name = "reader"
+    system = "vigil.reader"
+    operation = "text_completion"
+
+    def __init__(self, embedder: TextEmbedder, source: Callable[[], ServedReader | None], *,
+                 fallback: ExtractiveGenerator | None = None, min_margin: float = 0.0,
+                 waiting: Callable[[], str] = lambda: "no reader loaded") -> None:
+        self._embedder = embedder  # its tokenizer counts the usage, as for the other generators
+        self._source = source
+        self.fallback = fallback or ExtractiveGenerator(embedder)
+        self.min_margin = min_margin
+        self._waiting = waiting  # why no reader is served (the holder's reason)
+        self._lock = threading.Lock()
+        self.answers = Counter[str]()  # reader | below_margin | no_reader
+
+    @property
+    def model(self) -> str:
+        served = self._source()
+        return served.label if served is not None else self.fallback.model
+
+    def generate(self, question: str, hits: Sequence[Hit]) -> Generation:
+        served = self._source()
+        if served is None or not hits:
+            return self._fall_back("no_reader", question, hits)
+        spans = served.reader.read(question, [hit.text for hit in hits])
+        best = max((span for span in spans if span is not None and span.text.strip()),
+                   key=lambda span: span.margin, default=None)
+        if best is None or best.margin < self.min_margin:
+            return self._fall_back("below_margin", question, hits)
+        self._count("reader")
+        answer = f"{best.text.strip()} [{best.context + 1}]"
+        prompt_tokens = self._embedder.count_tokens(question) + sum(
+            self._embedder.count_tokens_many([hit.text for hit in hits]))
+        return Generation(answer, Usage.of(prompt_tokens, self._embedder.count_tokens(answer)), len(hits),
+                          served.label, "stop", answered_by=GeneratorInfo(name=self.name, model=served.label))
+
+    def _fall_back(self, why: str, question: str, hits: Sequence[Hit]) -> Generation:
+        self._count(why)
+        generation = self.fallback.generate(question, hits)
+        return replace(generation, answered_by=GeneratorInfo(name=self.fallback.name, model=self.fallback.model))
+
+    def _count(self, outcome: str) -> None:
+        with self._lock:
+            self.answers[outcome] += 1
+
+    def describe(self) -> dict[str, object]:
+        """Which generator answers now and why, and how the answers so far were made."""
+        served = self._source()
+        if served is not None:
+            answering, reason = "reader", f"{served.label} ({served.reader.runtime}); the extractive generator " \
+                f"answers when the best span's margin is below {self.min_margin:g}"
+        else:
+            answering, reason = "extractive", f"the reader is not served: {self._waiting()}"
+        with self._lock:
+            answers = dict(self.answers)
+        return {"configured": self.name, "answering": answering, "reader": served.label if served else None,
+                "reason": reason, "min_margin": self.min_margin, "answers": answers}
+
+
+def build_generator(settings: Settings, embedder: TextEmbedder,
+                    reader: Callable[[], ServedReader | None] | None = None,
+                    waiting: Callable[[], str] | None = None) -> Generator:
+    """The generator ``VIGIL_GENERATOR`` names; ``reader`` gives the served span reader (``reader`` only)."""
+    if settings.generator == "reader":
+        return ReaderGenerator(embedder, reader or (lambda: None), min_margin=settings.rag_reader_min_margin,
+                               waiting=waiting or (lambda: "no reader source"))
     if settings.generator == "openai":
         return OpenAIGenerator(settings.llm_base_url, settings.llm_model,
                                api_key=settings.llm_api_key.get_secret_value(), timeout=settings.llm_timeout_seconds,

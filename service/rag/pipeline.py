@@ -8,6 +8,8 @@ the Milvus client — are built once, on first use or in ``warm_up``; nothing he
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -16,7 +18,7 @@ from opentelemetry import trace
 
 from service.rag.chunking import Chunk, chunk_document
 from service.rag.errors import InvalidQuestion, InvalidTopK, QuestionTooLong
-from service.rag.generators import Generator, build_generator
+from service.rag.generators import Generator, ServedReader, build_generator
 from service.rag.schemas import DeleteReport, StoreStats
 from service.rag.store import Hit, MilvusStore, store_from_settings
 from telemetry import semconv
@@ -36,6 +38,7 @@ from vigil.embedding import TextEmbedder, resolve_registered_version
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
+    from service.model_store import ReaderHolder
     from vigil.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -70,11 +73,12 @@ class RagPipeline:
     """Embed → retrieve → generate, and the ingest path that fills the store."""
 
     def __init__(self, *, embedder: TextEmbedder, store: MilvusStore, generator: Generator, settings: Settings,
-                 tracer_provider: TracerProvider | None = None) -> None:
+                 tracer_provider: TracerProvider | None = None, reader_holder: ReaderHolder | None = None) -> None:
         self.embedder = embedder
         self.store = store
         self.generator = generator
         self.settings = settings
+        self.reader_holder = reader_holder  # follows rag-reader@<alias> for the reader generator; None otherwise
         # An injected provider keeps tests off the global one; otherwise the process-wide provider applies.
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
 
@@ -94,8 +98,20 @@ class RagPipeline:
         embedder = TextEmbedder(name=name, version=version, runtime=settings.model_runtime,
                                 onnx_dir=settings.model_cache_dir / name / "onnx", threads=settings.torch_threads)
         store = store_from_settings(settings, embedder.dimension)
-        return cls(embedder=embedder, store=store, generator=build_generator(settings, embedder), settings=settings,
-                   tracer_provider=tracer_provider)
+        holder = None
+        if settings.generator == "reader":
+            from service.model_store import ReaderHolder
+
+            # Followed like a served model: digest-checked, on the configured runtime, swapped in the background.
+            # ONNX Runtime's threads as the model service sizes them: the reader reads every retrieved chunk, the
+            # largest share of a query's work, and a lone query's latency needs more than one core.
+            holder = ReaderHolder(settings.reader_model_name, settings.serve_alias, settings.model_cache_dir,
+                                  settings.alias_poll_seconds, runtime=settings.model_runtime,
+                                  threads=settings.onnx_threads or os.cpu_count() or 1)
+        generator = build_generator(settings, embedder, reader=_served_reader(holder) if holder else None,
+                                    waiting=(lambda: holder.status.reason) if holder else None)
+        return cls(embedder=embedder, store=store, generator=generator, settings=settings,
+                   tracer_provider=tracer_provider, reader_holder=holder)
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -109,7 +125,21 @@ class RagPipeline:
         _ = self.embedder.version
         self.store.open()
 
+    def follow_reader(self, *, wait: bool) -> None:
+        """Start following the reader's alias (reader generator only). ``wait``: load the current version before
+        returning (an evaluation in process); otherwise in the background, so the service answers at once —
+        extractively until the reader is loaded."""
+        holder = self.reader_holder
+        if holder is None:
+            return
+        if wait:
+            holder.start()
+        else:
+            threading.Thread(target=holder.start, name="reader-follower", daemon=True).start()
+
     def close(self) -> None:
+        if self.reader_holder is not None:
+            self.reader_holder.stop()
         self.store.close()
         close = getattr(self.generator, "close", None)
         if callable(close):
@@ -163,7 +193,7 @@ class RagPipeline:
             citations=[Citation(id=h.id, document_id=h.document_id, title=h.title, score=h.score,
                                 similarity=h.similarity, text=h.text) for h in hits[:generation.contexts_used]],
             usage=generation.usage,
-            generator=self.generator_info,
+            generator=generation.answered_by or self.generator_info,
             model=self.embedding_model,
         )
 
@@ -256,6 +286,15 @@ class RagPipeline:
 
     def stats(self) -> StoreStats:
         return self.store.stats()
+
+
+def _served_reader(holder: ReaderHolder) -> Callable[[], ServedReader | None]:
+    """The reader the holder serves now, named by its registered version; None while it serves none."""
+    def current() -> ServedReader | None:
+        loaded = holder.current
+        return ServedReader(loaded.model, f"{loaded.name} v{loaded.version}") if loaded is not None else None
+
+    return current
 
 
 def _last_of_each_id(documents: Sequence[Document], problems: list[FileError]) -> list[Document]:

@@ -145,16 +145,17 @@ def test_per_question_scores_and_the_summary_agree() -> None:
     assert (third["recall_at_k"], third["reciprocal_rank"], third["ndcg_at_k"]) == (0.0, 0.0, 0.0)
     assert (first["answer_containment"], second["answer_containment"]) == (1.0, 0.0)
 
-    # q1's answer normalises to 7 tokens (denver broncos defeated carolina panthers 24–10 2), 2 of them gold:
-    # P 2/7, R 1 → F1 4/9; q2 and q3 share no token with "Denver Broncos".
-    assert (first["token_f1"], second["token_f1"], third["token_f1"]) == (pytest.approx(4 / 9), 0.0, 0.0)
+    # q1's answer without its citation mark normalises to 6 tokens (denver broncos defeated carolina panthers
+    # 24–10), 2 of them gold: P 1/3, R 1 → F1 1/2; q2 and q3 share no token with "Denver Broncos".
+    assert (first["token_f1"], second["token_f1"], third["token_f1"]) == (pytest.approx(1 / 2), 0.0, 0.0)
+    assert (first["exact_match"], second["exact_match"]) == (0.0, 0.0)
 
     summary = summarize(results, k=3)
     assert summary.recall == {1: pytest.approx(1 / 3), 3: pytest.approx(2 / 3)}
     assert summary.mrr == pytest.approx((1 + 1 / 3 + 0) / 3)
     assert summary.ndcg[3] == pytest.approx((1 + 0.5 + 0) / 3)
     assert summary.answer_containment == pytest.approx(1 / 3)
-    assert summary.token_f1 == pytest.approx(4 / 27)
+    assert summary.token_f1 == pytest.approx(1 / 6) and summary.exact_match == 0.0
     assert summary.latency_ms.p50 == 20.0
     assert summary.latency_ms.p95 == pytest.approx(29.0)  # sorted 10, 20, 30: rank 0.95·2 = 1.9 → 20 + 0.9·10
     assert summary.total_tokens.mean == pytest.approx(130.0)

@@ -35,7 +35,7 @@ STAND_INS = textwrap.dedent("""
     def stand_in(args, *rest, **options):
         if args[-1] == "serve":
             args = [sys.executable, "-c", SERVE, str(marks / "serve")]
-        else:  # the Evidently UI
+        else:  # the Evidently UI, the reader's training in the background
             args = [sys.executable, "-c", "import time; time.sleep(120)"]
         return real_popen(args, *rest, **options)
 
@@ -51,12 +51,14 @@ def test_sigterm_stops_vigil_up_and_everything_it_started(tmp_path: Path) -> Non
     script = tmp_path / "up_with_stand_ins.py"
     script.write_text(STAND_INS)
     process = subprocess.Popen([sys.executable, str(script), str(tmp_path)], cwd=REPO_ROOT,
-                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, stdout=subprocess.DEVNULL,
+                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "VIGIL_GENERATOR": "reader"},
+                               stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, start_new_session=True)
     try:
         wait_until(lambda: (tmp_path / "serving").exists(), timeout=60, what="the service stand-in")
-        children = psutil.Process(process.pid).children(recursive=True)
-        assert len(children) == 2  # the service and the Evidently UI
+        # The service, the Evidently UI and the reader's training, started after the service.
+        children = wait_until(lambda: len(found := psutil.Process(process.pid).children(recursive=True)) == 3
+                              and found, timeout=30, what="the three processes vigil up starts")
 
         process.send_signal(signal.SIGTERM)  # to `vigil up` alone, as systemd or Kubernetes would
         assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
