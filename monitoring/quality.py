@@ -1,8 +1,11 @@
 """Live quality per model version, from the requests that received their true label (`POST /feedback`).
 
 Reads the inference log joined with each request's newest feedback (:func:`telemetry.feedback.labelled_rows`)
-and computes, per served version: requests, labelled requests, and accuracy + macro-F1 (classifiers) or MAE +
-RMSE (regressors) over the labelled ones. The JSON form is the issue's contract,
+and computes, per version and role (the alias it answered under: the serve alias, or the shadow alias for the rows
+scored in the shadow of served requests, service/shadow.py): requests, labelled requests, and accuracy + macro-F1
+(classifiers) or MAE + RMSE (regressors) over the labelled ones. A shadow version also gets its agreement with the
+champion: the share of its rows whose answer equals the served answer of the same request (and row), so both are
+judged on the same requests and the same labels. The JSON form is the issue's contract,
 ``{"model", "versions": [{"version", "role", "requests", "labelled", ...}]}``.
 """
 
@@ -125,21 +128,45 @@ def regression_figures(truths: list[Any], predictions: list[Any]) -> tuple[float
     return float(np.mean(np.abs(errors))), float(math.sqrt(float(np.mean(errors**2))))
 
 
+def agreement(shadow: pd.DataFrame, served: pd.DataFrame) -> float | None:
+    """Share of ``shadow``'s rows whose prediction equals the served prediction of the same request and row (the
+    rows of each are in request order); None when no shadow row has its served one."""
+    def keyed(frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"request_id": frame["request_id"], "place": frame.groupby("request_id").cumcount(),
+                             "prediction": [str(p) for p in frame["prediction"]]})
+
+    pairs = keyed(shadow).merge(keyed(served), on=["request_id", "place"], suffixes=("_shadow", "_served"))
+    if pairs.empty:
+        return None
+    return float((pairs["prediction_shadow"] == pairs["prediction_served"]).mean())
+
+
 def measure_quality(settings: Settings, model: str, window: Window, task: Task | None = None) -> QualityReport:
-    """Live quality of ``model`` in ``window``, one entry per version that served a request in it."""
-    rows = _labelled_rows(settings, model, window)
+    """Live quality of ``model`` in ``window``: one entry per version and role (served, or scored in the shadow)."""
+    rows = _labelled_rows(settings, model, window, shadow=None)
     report = QualityReport(model=model, task=task, window_start=window.since.isoformat(),
                            window_end=window.until.isoformat(), versions=[])
     if rows.empty:
         return report
     rows["prediction"] = [prediction_of(row) for _, row in rows.iterrows()]
-    labelled = rows[rows["true_label"].notna()]
+    is_shadow = (rows["shadow"].fillna(False).astype(bool) if "shadow" in rows
+                 else pd.Series(False, index=rows.index))
+    # Rows of an older Vigil have no role: they were served, under the alias the model is served by.
+    serve_alias = settings.alias_of(_logged_name(settings, model))
+    roles = rows["role"] if "role" in rows else pd.Series(None, index=rows.index, dtype=object)
+    rows["role"] = [role if isinstance(role, str) and role else (settings.shadow_alias if shadow else serve_alias)
+                    for role, shadow in zip(roles, is_shadow, strict=True)]
+    rows["is_shadow"] = is_shadow
+    labelled = rows[rows["true_label"].notna() & ~is_shadow]
     if report.task is None and not labelled.empty:
         report.task = infer_task(labelled["true_label"].tolist(), labelled["prediction"].tolist())
-    role = settings.serve_alias
-    for version, served in rows.groupby("model_version", sort=False):
-        entry = VersionQuality(version=str(version), role=role, requests=int(served["request_id"].nunique()),
+    all_served = rows[~is_shadow]
+    entries: list[tuple[bool, VersionQuality]] = []
+    for (version, role, shadow), served in rows.groupby(["model_version", "role", "is_shadow"], sort=False):
+        entry = VersionQuality(version=str(version), role=str(role), requests=int(served["request_id"].nunique()),
                                labelled=int(served.loc[served["true_label"].notna(), "request_id"].nunique()))
+        if shadow and report.task != "regression":  # a regressor's answers never quite agree: its MAE says more
+            entry.agreement_with_champion = agreement(served, all_served)
         if (served["kind"] == "sentiment").all() and served["score"].notna().all():
             entry.estimated_accuracy, entry.estimated_macro_f1 = confidence_estimate(
                 served["label"].astype(str).tolist(), served["score"].astype(float).tolist(), LABELS)
@@ -150,8 +177,10 @@ def measure_quality(settings: Settings, model: str, window: Window, task: Task |
                 entry.mae, entry.rmse = regression_figures(truths, predictions)
             else:
                 entry.accuracy, entry.macro_f1 = classification_figures(truths, predictions)
-        report.versions.append(entry)
-    report.versions.sort(key=lambda v: _version_order(v.version))
+        entries.append((bool(shadow), entry))
+    # Served versions first, then the shadow's, each in version order.
+    entries.sort(key=lambda pair: (pair[0], _version_order(pair[1].version)))
+    report.versions = [entry for _, entry in entries]
     return report
 
 
@@ -177,12 +206,12 @@ def labelled_dataset(settings: Settings, model: str, window: Window) -> tuple[pd
     return dataset.reset_index(drop=True), len(labelled) - len(kept)
 
 
-def _labelled_rows(settings: Settings, model: str, window: Window) -> pd.DataFrame:
+def _labelled_rows(settings: Settings, model: str, window: Window, shadow: bool | None = False) -> pd.DataFrame:
     engine = create_engine(settings.inference_log_sqlalchemy_url)
     try:
         feedback.prepare(engine)
         return feedback.labelled_rows(engine, model_name=_logged_name(settings, model), since=window.since,
-                                      until=window.until)
+                                      until=window.until, shadow=shadow)
     finally:
         engine.dispose()
 

@@ -56,6 +56,7 @@ from service.serving_telemetry import (
     route_bentoml_spans_through_global_provider,
     skip_asgi_message_spans,
 )
+from service.shadow import ShadowBatch, ShadowJob, ShadowQueue
 from service.validation import validate_texts
 from telemetry.propagation import REQUEST_ID_HEADER, request_id_from
 from vigil.api_token import api_token
@@ -143,6 +144,9 @@ class Vigil:
                               self.settings)
             for index, (name, alias) in enumerate(self.settings.served_models)
         }
+        self.shadow = ShadowQueue.of_model(self.model_name, self.settings, self._call_shadow,
+                                           self.telemetry.shadow_rows, self.telemetry.log, self.telemetry.metrics)
+        self._shadow_tasks: list[asyncio.Task[None]] = []
 
     # --- the one prediction path ---------------------------------------------------------------------------
 
@@ -164,6 +168,8 @@ class Vigil:
                 latency_ms=(time.perf_counter() - started) * 1000,
             )
             trace_id, traceparent = self.telemetry.record(span, protocol, endpoint, request_id, prediction)
+        if self.shadow is not None:  # after the answer is ready; offer never waits
+            self.shadow.offer(ShadowJob(request_id, trace_id, endpoint, protocol, texts))
         return InferOutcome(prediction.version, prediction.labels, prediction.scores, request_id, trace_id,
                             traceparent)
 
@@ -183,6 +189,10 @@ class Vigil:
 
     async def model_state(self) -> dict[str, Any]:
         return dict(await self.model.to_async.describe())
+
+    async def _call_shadow(self, texts: list[str]) -> ShadowBatch:
+        answered = await retry_once_on_dropped_connection(lambda: self.model.to_async.shadow(texts=texts))
+        return answered if isinstance(answered, ShadowBatch) else ShadowBatch.model_validate(answered)
 
     # --- plain JSON ----------------------------------------------------------------------------------------
 
@@ -208,8 +218,14 @@ class Vigil:
 
     @app.get("/status", tags=["health"])
     async def status(self) -> dict[str, Any]:
-        """Readiness details of every model: the served version, where it came from, why it is degraded if it is."""
-        return {"service": "vigil", "version": VIGIL_VERSION, "models": await self._states()}
+        """Readiness details of every model: the served version, where it came from, why it is degraded if it is;
+        and which RAG generator answers (the span reader, or the extractive generator and why)."""
+        try:
+            rag_generator = (await self.rag.to_async.stats()).get("generator")
+        except Exception as error:
+            rag_generator = {"answering": None, "reason": f"RAG service unreachable: {error}"}
+        return {"service": "vigil", "version": VIGIL_VERSION, "models": await self._states(),
+                "rag_generator": rag_generator}
 
     async def _states(self) -> dict[str, dict[str, Any]]:
         states: dict[str, dict[str, Any]] = {}
@@ -220,7 +236,15 @@ class Vigil:
             except Exception as error:
                 states[name] = {"ready": False, "reason": f"model service unreachable: {error}"}
             states[name].pop("signature", None)
+            # The model service says which version shadows and whether it scores; this worker, what it queued.
+            queue = self._shadow_queues().get(name)
+            service_side = states[name].get("shadow") or {}
+            states[name]["shadow"] = {**queue.describe(), **service_side} if queue is not None else None
         return states
+
+    def _shadow_queues(self) -> dict[str, ShadowQueue]:
+        queues = {self.model_name: self.shadow, **{name: front.shadow for name, front in self.pyfuncs.items()}}
+        return {name: queue for name, queue in queues.items() if queue is not None}
 
     # --- RAG -----------------------------------------------------------------------------------------------
 
@@ -460,6 +484,12 @@ class Vigil:
             relay_keep_notices({RAG_SERVICE_NAME: keep_in_rag}))
 
     @bentoml.on_startup
+    async def drain_shadow_queues(self) -> None:
+        """One task per shadowed model, scoring its queued requests off the request path (service/shadow.py)."""
+        loop = asyncio.get_running_loop()
+        self._shadow_tasks = [loop.create_task(queue.run()) for queue in self._shadow_queues().values()]
+
+    @bentoml.on_startup
     async def start_grpc(self) -> None:
         sentiment = ModelBackend(
             name=self.model_name, infer=self._grpc_sentiment, metadata=self.model_state, platform="vigil_pytorch",
@@ -512,6 +542,8 @@ class Vigil:
             await self._grpc_server.stop(grace=5)
         if self._keep_notices is not None:
             self._keep_notices.cancel()
+        for task in self._shadow_tasks:  # what is still queued is not scored: it answered nobody
+            task.cancel()
         if self.feedback_desk is not None:
             await self.feedback_desk.close()
         # Rows and spans of the last requests are written before the process goes.

@@ -27,6 +27,8 @@ from vigil import model_cache, model_data, model_digest, registry
 from vigil.credentials import ensure_private_dir
 from vigil.errors import VigilError
 from vigil.model_digest import ArtifactMismatch, Manifest
+from vigil.reader_model import SpanReader, UnreadableReader
+from vigil.reader_model import load_logged as load_reader
 from vigil.sentiment_model import (
     EvaluationData,
     QuantizationVerdict,
@@ -134,6 +136,7 @@ class ModelHolder:
         threads: int = 1,
         loader: Loader | None = None,
         quantize: bool = False,
+        shadow: bool = False,
     ) -> None:
         self.name = name
         self.alias = alias
@@ -145,6 +148,10 @@ class ModelHolder:
         self.runtime = runtime
         self.threads = threads
         self.quantize = quantize  # consider the INT8 graph on ONNX (served only when it scores as well)
+        # A shadow holder (service/shadow.py) follows the challenger's alias: it never touches the last-known-good
+        # pointer (that is the served version's, for a restart without MLflow), never falls back to a cached or
+        # packed copy, and lets go of its model when the alias is removed.
+        self.shadow = shadow
         self._loader: Loader = loader or self._load_sentiment
         self._refused_version: str | None = None  # loaded once and refused: not loaded again until the alias moves
         self.status = HolderStatus()
@@ -170,12 +177,17 @@ class ModelHolder:
         try:
             self.poll_once()
         except Exception as error:
-            try:
-                self._fall_back(str(error))
-            except Exception as fallback_error:  # a service without its model still starts, and says why
+            if self.shadow:
                 self.status.ready = False
-                self.status.reason = f"{error}; the cached copy did not load either: {fallback_error}"
-                logger.exception(self.status.reason)
+                self.status.reason = f"{self.name}@{self.alias} not loaded: {error}"
+                logger.warning(self.status.reason)
+            else:
+                try:
+                    self._fall_back(str(error))
+                except Exception as fallback_error:  # a service without its model still starts, and says why
+                    self.status.ready = False
+                    self.status.reason = f"{error}; the cached copy did not load either: {fallback_error}"
+                    logger.exception(self.status.reason)
         if self._poller is None:
             self._poller = threading.Thread(target=self._poll_forever, name=f"alias-poller-{self.name}", daemon=True)
             self._poller.start()
@@ -186,7 +198,18 @@ class ModelHolder:
     def poll_once(self) -> bool:
         """Check the alias once; load and swap when it points elsewhere. Returns True when new weights loaded."""
         client = registry.connect()
-        found = registry.resolve(client, registry.ModelReference(self.name, alias=self.alias))
+        try:
+            found = registry.resolve(client, registry.ModelReference(self.name, alias=self.alias))
+        except registry.ModelNotFound as missing:
+            if not self.shadow:
+                raise
+            with self._load_lock:
+                if self._current is not None:
+                    logger.info("%s@%s removed: no longer scoring v%s", self.name, self.alias, self._current.version)
+                self._current = None
+                self.status.ready = False
+                self.status.reason = str(missing)
+            return False
         with self._load_lock:
             current = self._current
             if current is not None and current.version == found.version:
@@ -205,7 +228,8 @@ class ModelHolder:
                 return False
             self._refused_version = None
             self._swap(LoadedModel(self.name, found.version, self.alias, run_id, "registry", loaded))
-            model_cache.remember(self.name, found.version, self.alias, run_id, self.cache_root)
+            if not self.shadow:
+                model_cache.remember(self.name, found.version, self.alias, run_id, self.cache_root)
         return True
 
     def _refuse(self, version: str, reason: str) -> None:
@@ -328,13 +352,14 @@ class ModelHolder:
                 self.status.last_poll_error = ""
             except Exception as error:
                 self.status.last_poll_error = str(error)
-                if self._current is None:
+                current = self._current
+                if current is not None:
+                    logger.warning("alias poll failed, still serving v%s: %s", current.version, error)
+                elif not self.shadow:
                     try:
                         self._fall_back(str(error))
                     except Exception:
                         logger.exception("loading the cached model failed")
-                else:
-                    logger.warning("alias poll failed, still serving v%s: %s", self._current.version, error)
 
     def _precision(self, model: LoadedModel | None) -> dict[str, Any]:
         """The served graph's precision and why: both macro-F1s and their difference when INT8 was checked."""
@@ -368,3 +393,44 @@ class ModelHolder:
             "poll_seconds": self.poll_seconds,
             "checked_at": time.time(),
         }
+
+
+class ReaderHolder(ModelHolder):
+    """Follows the RAG span reader (``rag-reader@<alias>``), an optional model: while the alias names no version the
+    holder serves nothing and the RAG service answers with its extractive generator. A removed alias drops the
+    reader rather than keeping the last one, and never brings back a cached copy: the registry says none is wanted.
+    Files are checked against the version's digest like the classifier's, then the reader runs on ONNX Runtime
+    when the runtime asks for it (torch when the export fails its check)."""
+
+    def __init__(self, name: str, alias: str, cache_dir: Path, poll_seconds: float, runtime: str = "torch",
+                 threads: int = 1) -> None:
+        super().__init__(name, alias, cache_dir, poll_seconds, runtime=runtime, threads=threads,
+                         loader=self._load_reader)
+
+    def poll_once(self) -> bool:
+        try:
+            return super().poll_once()
+        except registry.ModelNotFound as missing:
+            with self._load_lock:
+                if self._current is not None:
+                    logger.info("%s@%s is gone; dropping v%s", self.name, self.alias, self._current.version)
+                    self._current = None
+            self.status.ready = False
+            self.status.reason = f"no {self.name}@{self.alias} registered ({missing})"
+            return False
+
+    def _load_reader(self, model_dir: Path, run_id: str, version: str, source: Source) -> SpanReader:
+        try:
+            expected = self._recorded_manifest(version, source)
+            reader = load_reader(model_dir, expected)
+        except (ArtifactMismatch, UnreadableReader) as refused:
+            raise ModelRefused(str(refused)) from None
+        if expected is not None and source == "registry":
+            self._remember_manifest(version, expected)
+        if self.runtime == "onnx":
+            try:
+                # Exported once per run id into the cache, as the classifier is.
+                reader.use_onnx(self.cache_dir / "onnx" / f"{run_id or f'v{version}'}.onnx", self.threads)
+            except Exception:
+                logger.exception("ONNX Runtime unavailable for %s v%s; reading with torch", self.name, version)
+        return reader

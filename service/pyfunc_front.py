@@ -19,6 +19,7 @@ from service.errors import ApiError, not_ready, overloaded
 from service.http import retry_once_on_dropped_connection
 from service.pyfunc import PredictedRow
 from service.serving_telemetry import ServingTelemetry, mark_failure
+from service.shadow import ShadowBatch, ShadowJob, ShadowQueue
 from telemetry import semconv
 from telemetry.propagation import request_id_from
 from telemetry.records import InferenceRecord
@@ -58,6 +59,8 @@ class PyfuncFront:
             self._call, max_items=self.limits.batch_max_size, max_in_flight=settings.model_calls_in_flight,
             tracer=telemetry.tracer)
         self._spec: tuple[str, ModelSignatureSpec] | None = None  # (version, its signature)
+        self.shadow = ShadowQueue.of_model(name, settings, self._call_shadow, self._shadow_rows, telemetry.log,
+                                           telemetry.metrics)
 
     async def state(self) -> dict[str, Any]:
         state = dict(await self._service().to_async.describe())
@@ -102,6 +105,8 @@ class PyfuncFront:
             trace_id, traceparent = self.telemetry.trace_ids(span)
             self._count_and_log(rows, predicted, version, request_id, trace_id, endpoint, protocol,
                                 (time.perf_counter() - started) * 1000)
+        if self.shadow is not None:
+            self.shadow.offer(ShadowJob(request_id, trace_id, endpoint, protocol, rows))
         return RowsOutcome(version, predicted, request_id, trace_id, traceparent)
 
     def _count_and_log(self, rows: list[dict[str, Any]], predicted: list[PredictedRow], version: str,
@@ -117,8 +122,23 @@ class PyfuncFront:
             log.log(InferenceRecord(
                 request_id=request_id, trace_id=trace_id, endpoint=endpoint,
                 protocol="grpc" if protocol == "grpc" else "rest", kind="model", model_name=self.name,
-                model_version=version, latency_ms=latency_ms, inputs=inputs, outputs=row.output,
+                model_version=version, latency_ms=latency_ms, inputs=inputs, outputs=row.output, role=self.alias,
             ))
+
+    async def _call_shadow(self, rows: list[dict[str, Any]]) -> ShadowBatch:
+        service = self._service()
+        answered = await retry_once_on_dropped_connection(lambda: service.to_async.shadow(rows=rows))
+        return answered if isinstance(answered, ShadowBatch) else ShadowBatch.model_validate(answered)
+
+    def _shadow_rows(self, job: ShadowJob, version: str, outputs: list[Any], latency_ms: float
+                     ) -> list[InferenceRecord]:
+        predicted = [PredictedRow.model_validate(output) for output in outputs]
+        return [InferenceRecord(
+            request_id=job.request_id, trace_id=job.trace_id, endpoint=job.endpoint,
+            protocol="grpc" if job.protocol == "grpc" else "rest", kind="model", model_name=self.name,
+            model_version=version, latency_ms=latency_ms, inputs=inputs, outputs=row.output,
+            role=self.settings.shadow_alias, shadow=True,
+        ) for inputs, row in zip(job.inputs, predicted, strict=True)]
 
     async def _call(self, rows: list[dict[str, Any]]) -> list[PredictedRow]:
         service = self._service()

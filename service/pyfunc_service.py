@@ -18,6 +18,7 @@ from bentoml.validators import ContentType
 from service.http import INTERNAL_SERVICE_LOGGING, OutliveCallers
 from service.model_store import ModelHolder, ModelRefused, Source, swap_counter
 from service.pyfunc import PredictedRow, model_input, predicted_rows
+from service.shadow import ShadowBatch, ShadowScorer, WorkerSpec
 from vigil.settings import Settings, get_settings
 from vigil.signature import ModelSignatureSpec, NoSignature, signature_spec
 
@@ -72,6 +73,8 @@ def pyfunc_service(name: str, alias: str, settings: Settings) -> type:
             self.holder = ModelHolder(name, alias, current.model_cache_dir, current.alias_poll_seconds,
                                       on_swap=swap_counter(self.metrics), loader=load_pyfunc)
             self.holder.start()
+            self.shadow_scorer = ShadowScorer(WorkerSpec("pyfunc", name, current.shadow_alias), self.holder,
+                                              ) if limits.shadow_percent > 0 else None
 
         @bentoml.api(batchable=True, batch_dim=0, max_batch_size=limits.batch_max_size,
                      max_latency_ms=limits.batch_max_latency_ms)
@@ -86,9 +89,17 @@ def pyfunc_service(name: str, alias: str, settings: Settings) -> type:
             return predicted_rows(prediction, len(rows), loaded.version)
 
         @bentoml.api
+        async def shadow(self, rows: list[dict[str, Any]]) -> ShadowBatch:
+            """``rows`` predicted by the shadow alias's version in the low-priority worker (service/shadow.py)."""
+            if self.shadow_scorer is None:
+                return ShadowBatch(skipped="shadow scoring is off (shadow_percent 0)")
+            return await self.shadow_scorer.score(rows)
+
+        @bentoml.api
         def describe(self) -> dict[str, Any]:
             """The holder's state, with the served version's signature as Open Inference tensors."""
             state = self.holder.describe()
+            state["shadow"] = self.shadow_scorer.describe() if self.shadow_scorer is not None else None
             loaded = self.holder.current
             if loaded is not None:
                 state["signature"] = loaded.model.spec.as_dict()

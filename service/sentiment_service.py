@@ -16,6 +16,7 @@ from bentoml.validators import ContentType
 from pydantic import BaseModel
 
 from service.http import INTERNAL_SERVICE_LOGGING, OutliveCallers
+from service.shadow import ShadowBatch, ShadowScorer, WorkerSpec
 from vigil.settings import get_settings
 
 # Read at import, once: `@bentoml.api` takes the batching limits at class definition, and BentoML imports this
@@ -65,6 +66,10 @@ class SentimentModel:
         if self.holder.current is not None:
             # The first call through torch is several times slower than the rest: pay it before traffic.
             self.holder.current.model.predict(["warm up"] * 8)
+        # The challenger is loaded (in its own low-priority process) only when some traffic is to be shadowed.
+        self.shadow_scorer = ShadowScorer(
+            WorkerSpec("sentiment", settings.sentiment_model_name, settings.shadow_alias), self.holder,
+        ) if _batching.shadow_percent > 0 else None
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=_batching.batch_max_size,
                  max_latency_ms=_batching.batch_max_latency_ms)
@@ -81,8 +86,18 @@ class SentimentModel:
 
 
     @bentoml.api
+    async def shadow(self, texts: list[str]) -> ShadowBatch:
+        """``texts`` scored by the shadow alias's version in the low-priority worker (service/shadow.py); skipped,
+        with the reason, when there is none or it is the served version."""
+        if self.shadow_scorer is None:
+            return ShadowBatch(skipped="shadow scoring is off (VIGIL_SHADOW_PERCENT=0)")
+        return await self.shadow_scorer.score(texts)
+
+    @bentoml.api
     def describe(self) -> dict[str, Any]:
-        return self.holder.describe()
+        state = self.holder.describe()
+        state["shadow"] = self.shadow_scorer.describe() if self.shadow_scorer is not None else None
+        return state
 
     def __is_ready__(self) -> bool:
         return self.holder.status.ready

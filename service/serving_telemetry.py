@@ -22,6 +22,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, use_span
 
 from service.errors import ApiError
+from service.shadow import ShadowJob
 from telemetry import semconv
 from telemetry.inference_log import InferenceLogWriter
 from telemetry.metrics import get_metrics
@@ -287,9 +288,20 @@ class ServingTelemetry:
                 request_id=request_id, trace_id=trace_id, endpoint=endpoint,
                 protocol="grpc" if protocol == "grpc" else "rest", kind="sentiment", model_name=name,
                 model_version=prediction.version, input_text=text, label=label, score=score,
-                latency_ms=prediction.latency_ms,
+                latency_ms=prediction.latency_ms, role=self.settings.serve_alias,
             ))
         return trace_id, traceparent
+
+    def shadow_rows(self, job: ShadowJob, version: str, outputs: list[Any], latency_ms: float
+                    ) -> list[InferenceRecord]:
+        """The log rows of one request scored in the shadow (service/shadow.py): its ids, the shadow's answers."""
+        return [InferenceRecord(
+            request_id=job.request_id, trace_id=job.trace_id, endpoint=job.endpoint,
+            protocol="grpc" if job.protocol == "grpc" else "rest", kind="sentiment",
+            model_name=self.settings.sentiment_model_name, model_version=version, input_text=text,
+            label=str(output["label"]), score=float(output["score"]), latency_ms=latency_ms,
+            role=self.settings.shadow_alias, shadow=True,
+        ) for text, output in zip(job.inputs, outputs, strict=True)]
 
     def close(self) -> None:
         if self.log is not None:

@@ -47,6 +47,8 @@ class VigilMetrics:
     rag_completion_tokens: Counter  # generator, model
     rag_retrieval_seconds: Histogram
     requests_rejected: Counter  # reason
+    shadow: Counter  # model, outcome (scored | dropped | failed | skipped)
+    shadow_queue_depth: Gauge  # model
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> VigilMetrics:
@@ -125,6 +127,16 @@ class VigilMetrics:
             requests_rejected=prom.Counter(
                 "vigil_requests_rejected_total", "Requests refused before inference, by reason.", ["reason"],
                 registry=target,
+            ),
+            shadow=prom.Counter(
+                "vigil_shadow_total",
+                "Requests sampled for shadow scoring by the shadow alias's version, by outcome: scored, dropped (the "
+                "queue was full), failed (the shadow call failed) or skipped (no shadow version, or the served one).",
+                ["model", "outcome"], registry=target,
+            ),
+            shadow_queue_depth=prom.Gauge(
+                "vigil_shadow_queue_depth", "Shadow jobs waiting to be scored, by model.", ["model"],
+                multiprocess_mode="livesum", registry=target,
             ),
         )
 

@@ -44,7 +44,21 @@ inference_log = sa.Table(
     # Any pyfunc model's row (kind `model`): its inputs and outputs by signature name, typed by JSON.
     sa.Column("inputs", sa.JSON(none_as_null=True), nullable=True),
     sa.Column("outputs", sa.JSON(none_as_null=True), nullable=True),
+    # The alias the row's version answered under: the serve alias for a served row, the shadow alias for a shadow
+    # row (the same request scored again, off its path, by the challenger); null in rows of an older Vigil.
+    sa.Column("role", sa.String(64), nullable=True),
+    # A shadow row answered nobody: every reader of served traffic leaves it out (null: an older, served row).
+    sa.Column("shadow", sa.Boolean, nullable=True),
 )
+
+
+def served_only(query: sa.Select[Any]) -> sa.Select[Any]:
+    """``query`` without shadow rows: what the served traffic was (drift, tokens, feedback lookups, counts)."""
+    return query.where(sa.or_(inference_log.c.shadow.is_(None), inference_log.c.shadow.is_(False)))
+
+
+def shadow_only(query: sa.Select[Any]) -> sa.Select[Any]:
+    return query.where(inference_log.c.shadow.is_(True))
 
 
 # What no column of the log keeps as it is: NUL, which PostgreSQL refuses in text and JSON alike (one such row would
@@ -109,6 +123,8 @@ class InferenceRecord(BaseModel):
     generator_model: str | None = None
     inputs: dict[str, Any] | None = Field(None, description="a pyfunc row's inputs; strings redacted like text")
     outputs: Any = Field(None, description="a pyfunc row's prediction: a value, a list, or outputs by name")
+    role: str | None = Field(None, description="the alias the version answered under (serve or shadow alias)")
+    shadow: bool = Field(False, description="scored in the shadow of a served request; its answer went to nobody")
 
 
 def create_engine(url: str) -> sa.Engine:
@@ -157,9 +173,15 @@ def read_frame(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int | None = None,
+    shadow: bool | None = False,
 ) -> pd.DataFrame:
-    """Rows of the log as a DataFrame, oldest first, filtered by kind, model, version and time window."""
+    """Rows of the log as a DataFrame, oldest first, filtered by kind, model, version and time window.
+
+    Served rows only by default; ``shadow=True``: the shadow rows only; None: both.
+    """
     query = sa.select(inference_log).order_by(inference_log.c.timestamp, inference_log.c.id)
+    if shadow is not None:
+        query = shadow_only(query) if shadow else served_only(query)
     if kind:
         query = query.where(inference_log.c.kind == kind)
     if model_name:

@@ -30,6 +30,8 @@ EXPECTED = {
     "vigil_rag_completion_tokens_total": ("counter", {"generator", "model"}),
     "vigil_rag_retrieval_seconds": ("histogram", set()),
     "vigil_requests_rejected_total": ("counter", {"reason"}),
+    "vigil_shadow_total": ("counter", {"model", "outcome"}),
+    "vigil_shadow_queue_depth": ("gauge", {"model"}),
 }
 
 
@@ -62,6 +64,8 @@ def test_every_metric_has_its_conventional_name_type_and_labels() -> None:
     metrics.rag_completion_tokens.labels(generator="extractive", model="extractive").inc(30)
     metrics.rag_retrieval_seconds.observe(0.004)
     metrics.requests_rejected.labels(reason="too_many_texts").inc()
+    metrics.shadow.labels(model="sentiment", outcome="dropped").inc()
+    metrics.shadow_queue_depth.labels(model="sentiment").set(4)
     assert exposed(registry) == EXPECTED
     # Each series holds what was recorded on it, under the labels it was recorded with.
     assert {name: registry.get_sample_value(name, labels) for name, labels in [
