@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint lock clean stop proto bench bench-serving bench-telemetry bench-models bench-model-drift bench-quantization chromium
+.PHONY: install run test lint lock clean stop proto bench bench-serving bench-telemetry bench-models bench-model-drift bench-quantization bench-reader chromium bench-shadow
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ bench-serving: install
 	$(BIN)/python bench/serving.py --variant torch:VIGIL_MODEL_RUNTIME=torch \
 		--variant uncoalesced:VIGIL_MODEL_CALLS_IN_FLIGHT=1000 --variant onnx-1-thread:VIGIL_ONNX_THREADS=1
 
+bench-reader: install
+	$(BIN)/vigil mlflow up
+	$(BIN)/vigil train embedder --if-missing
+	$(BIN)/vigil train reader --if-missing
+	$(BIN)/python bench/reader.py
+
 bench-telemetry: install
 	$(BIN)/vigil mlflow up
 	$(BIN)/vigil train sentiment --if-missing
@@ -75,13 +81,20 @@ bench-models: install
 bench-model-drift: install
 	$(BIN)/python bench/model_drift.py
 
+# Every request shadowed by a challenger (a copy of the champion) against none, REST at c=1 and c=32 (issue 17).
+bench-shadow: install
+	$(BIN)/vigil mlflow up
+	$(BIN)/vigil train embedder --if-missing
+	$(BIN)/vigil train sentiment --if-missing
+	$(BIN)/python bench/shadow.py
+
 # Float vs INT8 graphs of the classifier, with and without length bucketing, in process (issue 16, item 2).
 bench-quantization: install
 	$(BIN)/vigil mlflow up
 	$(BIN)/vigil train sentiment --if-missing
 	$(BIN)/python bench/quantization.py
 
-bench: bench-serving bench-telemetry bench-models bench-model-drift bench-quantization
+bench: bench-serving bench-telemetry bench-models bench-model-drift bench-quantization bench-reader bench-shadow
 
 clean:
 	rm -rf $(VENV)

@@ -161,10 +161,10 @@ def eval_compare(
 
     Exits 1 when the policy says no, so CI and scripts can act on it.
     """
-    from evaluations.policy import load_policy
     from evaluations.progress import progress_bars
     from evaluations.sentiment import compare_sentiment
     from vigil import registry
+    from vigil.policy import load_policy
 
     settings = get_settings()
     policy = load_policy(policy_file or settings.promotion_policy)
@@ -210,8 +210,10 @@ def eval_rag(
     k: int = typer.Option(5, "--k", min=1, max=50, help="Chunks retrieved and read per question (top_k)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Ask at most N questions (a seeded sample)."),
     json_out: str | None = typer.Option(None, "--json", help="Also write the report as JSON to OUT ('-': stdout)."),
+    split: str = typer.Option("all", "--split", help="all | held-out | train: one side of the span reader's split "
+                              "by article (held-out: questions on articles no reader was trained on)."),
 ) -> None:
-    """Passage recall@k, MRR, nDCG@k, answer containment and F1, groundedness, tokens and latency per question.
+    """Passage recall@k, MRR, nDCG@k, answer containment, exact match and F1, groundedness, tokens and latency.
 
     Logged to MLflow `evaluations`; with LANGSMITH_API_KEY set, also to LangSmith as a dataset and an experiment.
     """
@@ -219,9 +221,12 @@ def eval_rag(
     from evaluations.rag import evaluate_rag
     from vigil import registry
 
+    if split not in ("all", "held-out", "train"):
+        raise typer.BadParameter("--split takes all, held-out or train")
     client = registry.connect()
     with progress_bars(progress_console, transient=True) as progress:
-        report = evaluate_rag(client, dataset, endpoint=endpoint, k=k, limit=limit, progress=progress)
+        report = evaluate_rag(client, dataset, endpoint=endpoint, k=k, limit=limit, progress=progress,
+                              split=split)  # type: ignore[arg-type]
     if json_out != "-":
         metrics = report.metrics
         where = report.endpoint or "in process"
@@ -233,6 +238,7 @@ def eval_rag(
         for rank, ndcg in metrics.ndcg.items():
             table.add_row(f"nDCG@{rank}", _number(ndcg))
         table.add_row("answer containment", _number(metrics.answer_containment))
+        table.add_row("answer exact match", _number(metrics.exact_match))
         table.add_row("answer token F1", _number(metrics.token_f1))
         table.add_row("groundedness", f"{_number(metrics.groundedness)} ({metrics.grounded_questions} answers judged)")
         for name in ("prompt_tokens", "completion_tokens", "total_tokens"):

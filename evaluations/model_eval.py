@@ -33,7 +33,7 @@ import pandas as pd
 from evaluations import tracking
 from evaluations.metrics import Interval, paired_bootstrap_of
 from evaluations.plots import residual_figure
-from evaluations.policy import HIGHER_IS_BETTER, TASK_METRICS, Policy, Task, judge
+from evaluations.policy import judge
 from evaluations.schemas import (
     ClassificationMetrics,
     DatasetInfo,
@@ -48,6 +48,7 @@ from vigil import model_cache, model_data, registry
 from vigil.contracts import InvocationsResponse, ModelIdentity
 from vigil.credentials import mask_url
 from vigil.errors import VigilError
+from vigil.policy import HIGHER_IS_BETTER, TASK_METRICS, Policy, Task
 from vigil.registry import RegisteredVersion
 from vigil.settings import get_settings
 from vigil.signature import ModelSignatureSpec
@@ -328,7 +329,7 @@ def _as_numbers(values: pd.Series, what: str) -> np.ndarray:
     return numbers
 
 
-def _resampled(task: Task, truth: pd.Series, answers: Answers) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+def resampled_scores(task: Task, truth: pd.Series, answers: Answers) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
     if task == "classification":
         encoded = encode_labels(truth, answers.values)
         return lambda weights: classification_scores(encoded, weights)
@@ -427,10 +428,10 @@ def compare_models(client: MlflowClient, name: str, candidate: str, baseline: st
                                    rows=len(inputs), metrics=measure(chosen, table.truth, answers),
                                    source="in-process") for model, inputs, answers in sides]
     samples = policy.gate.bootstrap if bootstrap is None else bootstrap
-    intervals = paired_bootstrap_of(_resampled(chosen, table.truth, sides[0][2]),
-                                    _resampled(chosen, table.truth, sides[1][2]), len(table.truth), samples,
+    intervals = paired_bootstrap_of(resampled_scores(chosen, table.truth, sides[0][2]),
+                                    resampled_scores(chosen, table.truth, sides[1][2]), len(table.truth), samples,
                                     settings.seed, policy.gate.confidence)
-    deltas = _deltas(chosen, evaluations[0], evaluations[1], intervals)
+    deltas = metric_deltas(chosen, evaluations[0], evaluations[1], intervals)
     verdicts = judge(policy, deltas, rules)
     comparison = ModelComparison(
         task=chosen, candidate=evaluations[0], baseline=evaluations[1], dataset=table.info, deltas=deltas,
@@ -447,7 +448,7 @@ def compare_models(client: MlflowClient, name: str, candidate: str, baseline: st
     return comparison
 
 
-def _deltas(task: Task, candidate: ModelEvaluation, baseline: ModelEvaluation,
+def metric_deltas(task: Task, candidate: ModelEvaluation, baseline: ModelEvaluation,
             intervals: dict[str, Interval]) -> list[MetricDelta]:
     ours, theirs = candidate.metrics.judged(), baseline.metrics.judged()
     deltas = []

@@ -131,7 +131,9 @@ class ModelEvaluation(BaseModel):
     dataset: DatasetInfo
     rows: int
     metrics: ClassificationMetrics | RegressionMetrics
-    source: Literal["in-process", "endpoint"]
+    source: Literal["in-process", "endpoint", "live"] = Field(
+        description="in-process / endpoint: scored by this evaluation; live: the answers the served and shadow "
+                    "versions gave real requests, read from the inference log")
     endpoint: str | None = None
     run_id: str | None = Field(None, description="MLflow run in experiment `evaluations`")
 
@@ -175,6 +177,7 @@ class RagMetrics(BaseModel):
     ndcg: dict[int, float] = Field(description="k → mean nDCG@k, binary relevance")
     answer_containment: float = Field(description="share of answers containing a gold answer (SQuAD-normalised)")
     token_f1: float = Field(description="mean SQuAD token F1 against the best-matching gold answer")
+    exact_match: float = Field(0.0, description="share of answers equal to a gold answer (SQuAD-normalised)")
     groundedness: float | None = Field(
         description="mean over questions of the share of answer sentences found in the context they cite"
     )

@@ -20,7 +20,7 @@ from evaluations import tracking
 from evaluations.datasets import EvalData, resolve_data, training_params
 from evaluations.metrics import Interval, latency_per_text, paired_bootstrap, paired_bootstrap_latency, per_text_ms
 from evaluations.plots import reliability_figure
-from evaluations.policy import HIGHER_IS_BETTER, SENTIMENT_METRICS, Policy, judge
+from evaluations.policy import judge
 from evaluations.schemas import (
     ClassifierMetrics,
     Comparison,
@@ -43,6 +43,7 @@ from training.plots import confusion_figure
 from vigil import registry
 from vigil.contracts import ModelIdentity
 from vigil.credentials import mask_url
+from vigil.policy import HIGHER_IS_BETTER, SENTIMENT_METRICS, Policy
 from vigil.registry import RegisteredVersion
 from vigil.settings import get_settings
 

@@ -1,4 +1,5 @@
-"""Alerts: one JSON body, POSTed to ``VIGIL_ALERT_WEBHOOK`` when a job finds drift or an exceeded budget.
+"""Alerts: one JSON body, POSTed to ``VIGIL_ALERT_WEBHOOK`` when a job finds drift, an exceeded budget or live
+quality that broke the policy.
 
 Delivery is best effort by design: a webhook that is down is logged and the job goes on, so its exit code still
 says what it found.
@@ -16,7 +17,7 @@ from vigil.credentials import mask_url
 
 logger = logging.getLogger(__name__)
 
-AlertKind = Literal["drift", "token_budget", "retrieval_drift"]
+AlertKind = Literal["drift", "token_budget", "retrieval_drift", "quality"]
 
 
 class Alert(BaseModel):

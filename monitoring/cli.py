@@ -28,6 +28,7 @@ from vigil.settings import Settings, get_settings
 if TYPE_CHECKING:
     from monitoring.drift import DriftResult
     from monitoring.model_drift import ModelDriftResult
+    from monitoring.quality import QualityReport
     from monitoring.tokens import TokenResult
     from monitoring.window import Window
     from monitoring.workspace import HtmlPolicy
@@ -250,25 +251,32 @@ def quality_command(
                                     "labels: strings, booleans and a few whole numbers are classes)."),
     json_out: str | None = typer.Option(None, "--json", metavar="OUT", help="Write the JSON result to OUT "
                                         "(`-`: standard output) instead of printing a table."),
+    watch: bool = typer.Option(True, "--watch/--no-watch", help="Judge the served version by the policy's "
+                               "[live.watch] (exit 1 and a webhook alert when broken), and write the snapshots."),
 ) -> None:
-    """Live quality per served version, from requests whose true label came back through `POST /feedback`:
-    accuracy and macro-F1 (classifiers) or MAE and RMSE (regressors), with request and labelled counts."""
+    """Live quality per version, from requests whose true label came back through `POST /feedback`: accuracy and
+    macro-F1 (classifiers) or MAE and RMSE (regressors), with request and labelled counts, and the shadow's
+    agreement with the served answers. Exit 0 clear, 1 the policy's [live.watch] broken, 2 no requests or an
+    error."""
     from monitoring.quality import measure_quality
 
     if task not in (None, "classification", "regression"):
         raise _usage_error(f"--task must be classification or regression, not {task!r}")
     window = _window(since, until, last, "24h")
+    settings = get_settings()
     try:
-        report = measure_quality(get_settings(), model, window, task)  # type: ignore[arg-type]
+        report = measure_quality(settings, model, window, task)  # type: ignore[arg-type]
     except Exception as error:
         raise _fail(error) from None
+    # With the JSON on standard output, everything else goes to standard error.
+    out = Console(stderr=True) if json_out == "-" else console
     if json_out is not None:
         text = json.dumps(report.contract(), indent=2)
         if json_out == "-":
             sys.stdout.write(text + "\n")
         else:
             Path(json_out).write_text(text + "\n")
-            console.print(f"written to {json_out}", highlight=False)
+            out.print(f"written to {json_out}", highlight=False)
     else:
         table = Table(title=f"{model} · live quality · {window.label()} · {report.task or 'no labels yet'}")
         figures = (("mae", "rmse") if report.task == "regression"
@@ -279,8 +287,58 @@ def quality_command(
             table.add_row(entry.version, entry.role, str(entry.requests), str(entry.labelled),
                           *(_fmt(getattr(entry, figure)) for figure in figures),
                           _fmt(entry.agreement_with_champion))
-        console.print(table)
-    raise typer.Exit(ExitCode.OK if report.versions else ExitCode.NO_VERDICT)
+        out.print(table)
+    if not report.versions:
+        raise typer.Exit(ExitCode.NO_VERDICT)
+    if not watch:
+        raise typer.Exit(ExitCode.OK)
+    try:
+        breached = _watch_quality(settings, model, report, window, out)
+    except Exception as error:
+        raise _fail(error) from None
+    raise typer.Exit(ExitCode.ALERT if breached else ExitCode.OK)
+
+
+def _watch_quality(settings: Settings, model: str, report: QualityReport, window: Window, out: Console) -> bool:
+    """Snapshots into the model's project, the [live.watch] verdict printed, the alert sent; True: breached."""
+    from monitoring import drift
+    from monitoring.job import deliver
+    from monitoring.quality_watch import judge_watch, offline_figures, publish_quality, quality_alert
+    from vigil import registry
+    from vigil.policy import load_policy
+
+    _quiet_libraries()
+    policy = load_policy(settings.promotion_policy)
+    logged_name = settings.sentiment_model_name if is_sentiment(settings, model) else model
+    project = drift.PROJECT if is_sentiment(settings, model) else model
+    saved = []
+    try:
+        saved = publish_quality(settings, model, logged_name, project, report, window)
+    except Exception as error:  # the dashboard is a view; the verdict and the alert still matter
+        logger.warning("live-quality snapshots not written: %s", error)
+        out.print(f"[yellow]snapshots not written:[/] {error}", highlight=False)
+    for snapshot in saved:
+        out.print(f"snapshot {snapshot.snapshot_id} in project '{project}': {snapshot.location}", highlight=False)
+    try:
+        offline = offline_figures(registry.connect(), logged_name)
+    except Exception as error:  # MLflow down: the bounds still hold, only the drop against offline is unknown
+        out.print(f"[yellow]no offline figures (MLflow: {error}); max_drop not judged[/]", highlight=False)
+
+        def offline(version: str, metric: str) -> tuple[float, str] | None:
+            return None
+
+    breaches, skipped = judge_watch(report, policy, settings.alias_of(logged_name), offline)
+    for line in skipped:
+        out.print(f"[dim]watch: {line}[/]", highlight=False)
+    if not breaches:
+        out.print("[green]live quality within the policy's [live.watch][/]", highlight=False)
+        return False
+    for breach in breaches:
+        out.print(f"[red]live quality:[/] {breach.reason}", highlight=False)
+    alert = quality_alert(model, report, breaches, project, saved[0] if saved else None)
+    for arrived in deliver(settings, [alert]):
+        out.print("alert: " + ("delivered" if arrived else "[yellow]webhook failed (logged)[/]"))
+    return True
 
 
 # --- dashboards and UI ---------------------------------------------------------------------------------------

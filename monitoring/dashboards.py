@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from monitoring import drift, model_drift, tokens
+from monitoring.quality_watch import AGREEMENT_TAG, QUALITY_TAG
 from monitoring.workspace import ensure_project, open_workspace
 from vigil.settings import Settings
 from vigil.text_features import FEATURE_COLUMNS
@@ -35,10 +36,30 @@ def _id(*parts: str) -> uuid.UUID:
     return uuid.uuid5(_NAMESPACE, "/".join(parts))
 
 
-def _series(metric: str, legend: str, **labels: str) -> PanelMetric:
+def _series(metric: str, legend: str, tags: list[str] | None = None, **labels: str) -> PanelMetric:
     from evidently.sdk.models import PanelMetric
 
-    return PanelMetric(legend=legend, metric=_METRIC + metric, metric_labels=labels)
+    return PanelMetric(legend=legend, metric=_METRIC + metric, metric_labels=labels, tags=tags or [])
+
+
+def quality_panels(project: str, served: str, shadow: str, task: str) -> list[DashboardPanelPlot]:
+    """Live quality from labelled requests (`vigil monitor quality`): the served and the shadow version over time,
+    and how often the shadow agreed with the served answer. Series select the quality snapshots by their tags."""
+    tagged = (QUALITY_TAG, served), (QUALITY_TAG, shadow)
+    if task == "regression":
+        errors = [_series(metric, f"{role} {metric}", [tag, role]) for metric in ("RMSE", "MAE")
+                  for tag, role in tagged]
+        return [_panel(project, "Live error per role", "line", errors, size="full",
+                       subtitle="on requests whose true value came back (POST /feedback)")]
+    return [
+        _panel(project, "Live accuracy per role", "line",
+               [_series("Accuracy", f"{role} accuracy", [tag, role]) for tag, role in tagged], size="full",
+               subtitle=f"on requests whose true label came back (POST /feedback); {served}: the served version, "
+                        f"{shadow}: its shadow"),
+        _panel(project, "Shadow agreement with the served answer", "line",
+               [_series("Accuracy", "agreement", [AGREEMENT_TAG, shadow])],
+               subtitle="share of labelled requests where the shadow answered what the served version answered"),
+    ]
 
 
 def _panel(project: str, title: str, kind: str, values: list[PanelMetric], *, subtitle: str = "",
@@ -54,7 +75,8 @@ def _panel(project: str, title: str, kind: str, values: list[PanelMetric], *, su
                               values=values, plot_params=params)
 
 
-def sentiment_dashboard(labels: tuple[str, ...] = ("negative", "positive")) -> DashboardModel:
+def sentiment_dashboard(labels: tuple[str, ...] = ("negative", "positive"),
+                        quality: list[DashboardPanelPlot] | None = None) -> DashboardModel:
     """Drift of the served sentiment model: descriptors, embeddings, predictions."""
     p = drift.PROJECT
     label_column, score_column = drift.LABEL_COLUMN, drift.SCORE_COLUMN
@@ -89,10 +111,10 @@ def sentiment_dashboard(labels: tuple[str, ...] = ("negative", "positive")) -> D
                [_series("MeanValue", "characters", column="text_length"),
                 _series("MeanValue", "words", column="word_count")]),
     ]
-    return _one_tab(p, "Sentiment drift", overview + predictions)
+    return _one_tab(p, "Sentiment drift", overview + predictions + (quality or []))
 
 
-def model_dashboard(name: str) -> DashboardModel:
+def model_dashboard(name: str, quality: list[DashboardPanelPlot] | None = None) -> DashboardModel:
     """Drift of one served pyfunc model: the share of drifted input columns, each column's score, the prediction.
 
     Series select by metric and labels only, so the panels fit any model's columns without asking MLflow for its
@@ -117,7 +139,7 @@ def model_dashboard(name: str) -> DashboardModel:
         _panel(name, "Predicted label share (classifier)", "line",
                [_series("CategoryCount", "share", column=column, value_type="share")]),
     ]
-    return _one_tab(name, f"{name} drift", panels)
+    return _one_tab(name, f"{name} drift", panels + (quality or []))
 
 
 def rag_dashboard() -> DashboardModel:
@@ -160,8 +182,15 @@ def ensure_dashboards(settings: Settings) -> list[DashboardInfo]:
     """Create the projects when missing and (re)write their dashboards; idempotent."""
     workspace = open_workspace(settings)
     made: list[DashboardInfo] = []
-    dashboards = [(drift.PROJECT, sentiment_dashboard()), (tokens.PROJECT, rag_dashboard())]
-    dashboards += [(name, model_dashboard(name)) for name, _ in settings.served_models]
+    roles = settings.serve_alias, settings.shadow_alias
+    dashboards = [(drift.PROJECT, sentiment_dashboard(quality=quality_panels(drift.PROJECT, *roles,
+                                                                             "classification"))),
+                  (tokens.PROJECT, rag_dashboard())]
+    # A served model's task is not known here: its error and accuracy panels both, the empty ones stay blank.
+    dashboards += [(name, model_dashboard(name, quality=[
+        *quality_panels(name, alias, settings.shadow_alias, "classification"),
+        *quality_panels(name, alias, settings.shadow_alias, "regression")]))
+        for name, alias in settings.served_models]
     for name, model in dashboards:
         project = ensure_project(workspace, name)
         workspace.save_dashboard(project.id, model)

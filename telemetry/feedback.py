@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from telemetry.records import inference_log, metadata
+from telemetry.records import inference_log, metadata, served_only, shadow_only
 
 feedback_log = sa.Table(
     "feedback_log",
@@ -64,11 +64,13 @@ class FeedbackState:
 
 
 def find_request(engine: sa.Engine, request_id: str) -> ServedRequest | None:
-    """The logged request ``request_id`` (a prediction of a model; RAG queries have rows too), or None."""
-    query = (sa.select(inference_log.c.kind, inference_log.c.model_name, inference_log.c.model_version,
-                       inference_log.c.trace_id, inference_log.c.label, inference_log.c.outputs,
-                       inference_log.c.timestamp)
-             .where(inference_log.c.request_id == request_id).order_by(inference_log.c.id))
+    """The logged request ``request_id`` (a prediction of a model; RAG queries have rows too), or None.
+
+    Its served rows: a shadow row (the same request id, scored by the challenger) answered nobody."""
+    query = served_only(sa.select(inference_log.c.kind, inference_log.c.model_name, inference_log.c.model_version,
+                                  inference_log.c.trace_id, inference_log.c.label, inference_log.c.outputs,
+                                  inference_log.c.timestamp)
+                        .where(inference_log.c.request_id == request_id).order_by(inference_log.c.id))
     with engine.connect() as connection:
         rows = connection.execute(query).all()
     if not rows:
@@ -117,10 +119,11 @@ def feedback_history(engine: sa.Engine, request_id: str) -> pd.DataFrame:
 
 
 def labelled_rows(engine: sa.Engine, *, model_name: str, since: datetime | None = None,
-                  until: datetime | None = None) -> pd.DataFrame:
+                  until: datetime | None = None, shadow: bool | None = False) -> pd.DataFrame:
     """The log's rows of ``model_name`` in the window, each with its request's newest feedback (``true_label``,
     ``feedback_score``; NaN/None where there is none), oldest first. For a request of several rows, a list label
-    gives each row its item and a single label the first row."""
+    gives each row its item and a single label the first row. Served rows only by default; ``shadow=True``: the
+    shadow rows only (labelled by the same request's feedback); None: both."""
     latest_id = (sa.select(feedback_log.c.request_id, sa.func.max(feedback_log.c.id).label("latest"))
                  .group_by(feedback_log.c.request_id).subquery())
     latest = (sa.select(feedback_log.c.request_id, feedback_log.c.label.label("true_label"),
@@ -134,6 +137,8 @@ def labelled_rows(engine: sa.Engine, *, model_name: str, since: datetime | None 
         query = query.where(inference_log.c.timestamp >= since)
     if until is not None:
         query = query.where(inference_log.c.timestamp < until)
+    if shadow is not None:
+        query = shadow_only(query) if shadow else served_only(query)
     with engine.connect() as connection:
         frame = pd.read_sql(query, connection)
     if frame.empty:
@@ -144,8 +149,10 @@ def labelled_rows(engine: sa.Engine, *, model_name: str, since: datetime | None 
 
 
 def _row_labels(frame: pd.DataFrame) -> list[Any]:
-    """Each row's own true value: the item of a list label at the row's place within its request."""
-    place = frame.groupby("request_id").cumcount()
+    """Each row's own true value: the item of a list label at the row's place within its request (served and
+    shadow rows of one request are placed apart)."""
+    shadow = frame["shadow"].fillna(False).astype(bool) if "shadow" in frame else pd.Series(False, index=frame.index)
+    place = frame.groupby([frame["request_id"], shadow]).cumcount()
     labels: list[Any] = []
     for value, index in zip(frame["true_label"], place, strict=True):
         if isinstance(value, list):
@@ -153,3 +160,15 @@ def _row_labels(frame: pd.DataFrame) -> list[Any]:
         else:
             labels.append(value if index == 0 else None)
     return labels
+
+
+def logged_prediction(row: pd.Series) -> Any:
+    """A log row's answer: the sentiment label, or a pyfunc row's (single) output."""
+    if row["kind"] == "sentiment":
+        return row["label"]
+    outputs = row["outputs"]
+    if isinstance(outputs, dict):
+        return next(iter(outputs.values())) if len(outputs) == 1 else outputs.get("prediction")
+    if isinstance(outputs, list) and len(outputs) == 1:
+        return outputs[0]
+    return outputs

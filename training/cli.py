@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -30,6 +32,9 @@ def train_sentiment_command(
     seed: int | None = typer.Option(None, help="Seed (default VIGIL_SEED)."),
     domains: str = typer.Option("amazon,yelp", help="Comma-separated training domains; the rest is out-of-domain."),
     if_missing: bool = typer.Option(False, "--if-missing", help="Do nothing when a champion already exists."),
+    extra: Path | None = typer.Option(None, "--extra", help="More labelled rows for the training split only: CSV, "
+                                      "JSON Lines or Parquet with `text` and `label`, e.g. what `vigil feedback "
+                                      "export sentiment` wrote. Logged with the run, with its fingerprint."),
 ) -> None:
     """Fine-tune the sentiment classifier, log it to MLflow, register it and set its aliases."""
     from training.sentiment import TrainConfig, train_sentiment
@@ -40,7 +45,7 @@ def train_sentiment_command(
         return
     config = TrainConfig(
         epochs=epochs, limit=limit, seed=settings.seed if seed is None else seed,
-        domains=[d.strip() for d in domains.split(",") if d.strip()],
+        domains=[d.strip() for d in domains.split(",") if d.strip()], extra=extra,
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as bar:
@@ -74,3 +79,40 @@ def train_embedder_command(
         result = register_embedder()
     console.print(f"{settings.embedder_model_name} v{result.version} registered (run {result.run_id}); "
                   f"aliases: {', '.join(result.aliases)}")
+
+
+@app.command("reader")
+def train_reader_command(
+    epochs: int = typer.Option(1, min=1, help="Fine-tuning epochs."),
+    # A bound for a 2-core machine: 2 400 of the 4 909 training questions, one epoch (bench/RESULTS.md, issue 18).
+    limit: int | None = typer.Option(2400, min=1, help="Train on at most N questions of the training articles, a "
+                                     "seeded sample (small for quick runs and tests)."),
+    eval_limit: int = typer.Option(500, min=1, help="Held-out questions the run scores (a seeded sample)."),
+    max_seq_len: int = typer.Option(256, min=64, max=512, help="Tokens per window; longer passages are strided."),
+    seed: int | None = typer.Option(None, help="Seed (default VIGIL_SEED)."),
+    if_missing: bool = typer.Option(False, "--if-missing", help="Do nothing when a version is registered already."),
+) -> None:
+    """Fine-tune the RAG span reader on the training articles, log it to MLflow, register it and set its aliases."""
+    from training.reader import ReaderTrainConfig, train_reader
+
+    settings = get_settings()
+    if if_missing and _champion_exists(settings.reader_model_name):
+        console.print(f"{settings.reader_model_name}@champion exists; nothing to train.")
+        return
+    config = ReaderTrainConfig(epochs=epochs, limit=limit, eval_limit=eval_limit, max_seq_len=max_seq_len,
+                               seed=settings.seed if seed is None else seed)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        result = train_reader(config, progress)
+    table = Table("metric", "value", title=f"{settings.reader_model_name} v{result.version} (run {result.run_id})")
+    for name, value in sorted(result.metrics.items()):
+        table.add_row(name, f"{value:.4f}")
+    console.print(table)
+    console.print(f"aliases set: {', '.join(result.aliases)}")

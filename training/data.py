@@ -160,3 +160,44 @@ def training_split(params: SplitParams, data_dir: Path = DEFAULT_DATA_DIR) -> tu
     if params.limit:
         frame = limit_stratified(frame, params.limit, params.seed)
     return split_sentiment(frame, params.seed), report
+
+
+# What an exported dataset (`vigil feedback export`) may call each class: the names the model answers, or 0/1.
+_LABEL_VALUES = {"negative": 0, "positive": 1, "0": 0, "1": 1}
+
+
+@dataclass(frozen=True)
+class ExtraRows:
+    """Labelled rows from outside the shipped data — typically what production taught, exported from the inference
+    log — added to a training split, with what was left out and why."""
+
+    rows: pd.DataFrame  # text, label (0/1), domain="extra"
+    fingerprint: str
+    overlapping: int  # rows whose text is in the version's validation or test split, left out
+
+
+def read_extra(path: Path, held_out: pd.Series | None = None) -> ExtraRows:
+    """``path`` (CSV, JSON Lines or Parquet with ``text`` and ``label``) as training rows; texts of ``held_out``
+    (the validation and test splits) are left out, so a version is never evaluated on what it trained on."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if path.suffix == ".parquet":
+        frame = pd.read_parquet(path)
+    elif path.suffix in (".jsonl", ".ndjson"):
+        frame = pd.read_json(path, lines=True, dtype=False)
+    else:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = sorted({"text", "label"} - set(frame.columns))
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; a training dataset has `text` and `label` "
+                         "(what `vigil feedback export sentiment` writes)")
+    labels = frame["label"].map(lambda value: _LABEL_VALUES.get(str(value).strip().lower()))
+    unknown = sorted({str(v) for v, mapped in zip(frame["label"], labels, strict=True) if mapped is None})
+    if unknown:
+        raise ValueError(f"{path}: label(s) {unknown[:5]} are none of {sorted(_LABEL_VALUES)}")
+    rows = pd.DataFrame({"text": frame["text"].astype(str).str.strip(), "label": labels.astype(int),
+                         "domain": "extra"})
+    rows = rows[rows["text"] != ""].drop_duplicates("text", keep="last")
+    overlapping = rows["text"].isin(set(held_out)) if held_out is not None else pd.Series(False, index=rows.index)
+    kept = rows[~overlapping].reset_index(drop=True)
+    return ExtraRows(rows=kept, fingerprint=fingerprint(kept), overlapping=int(overlapping.sum()))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from training.data import (
     fingerprint,
     limit_stratified,
     load_sentiment,
+    read_extra,
     training_split,
 )
 from training.metrics import Predictions, confusion_counts, point_metrics
@@ -51,6 +52,9 @@ class TrainConfig:
     domains: list[str] = field(default_factory=lambda: list(DEFAULT_DOMAINS))
     reference_size: int = 1000
     data_dir: Path = DEFAULT_DATA_DIR
+    # Labelled rows added to the training split only (`vigil feedback export` writes them); the split itself, and so
+    # every evaluation that rebuilds it from the run's parameters, stays as the parameters say.
+    extra: Path | None = None
 
     @property
     def split_params(self) -> SplitParams:
@@ -155,6 +159,10 @@ def train_sentiment(config: TrainConfig, progress: ProgressCallback | None = Non
     seed_everything(config.seed)
 
     split, load_report = training_split(config.split_params, config.data_dir)
+    extra = None
+    if config.extra is not None:
+        extra = read_extra(config.extra, pd.concat([split.validation["text"], split.test["text"]]))
+        split = replace(split, train=pd.concat([split.train, extra.rows], ignore_index=True))
     frame = pd.concat([split.train, split.validation, split.test], ignore_index=True)
     unseen = sorted(set(DOMAIN_FILES) - set(config.domains))
     out_of_domain, _ = load_sentiment(config.data_dir, unseen) if unseen else (frame.iloc[0:0], None)
@@ -173,6 +181,11 @@ def train_sentiment(config: TrainConfig, progress: ProgressCallback | None = Non
             "dataset_fingerprint": fingerprint(frame), "torch_threads": torch.get_num_threads(),
         })
         mlflow.log_metric("data_skipped_lines", load_report.skipped)
+        if extra is not None and config.extra is not None:
+            mlflow.log_params({"extra_data": config.extra.name, "extra_rows": len(extra.rows),
+                               "extra_rows_left_out": extra.overlapping, "extra_fingerprint": extra.fingerprint})
+            mlflow.set_tag("vigil.extra_fingerprint", extra.fingerprint)
+            mlflow.log_artifact(str(config.extra), "training_extra")
 
         classifier = SentimentClassifier.from_pretrained_encoder()
         fine_tune(classifier, split.train, split.validation, config,

@@ -11,7 +11,7 @@ import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import typer
 from rich.console import Console
@@ -203,7 +203,8 @@ def _promotion_gate(name: str) -> registry.PromotionGate | None:
     point: no gate.
     """
     settings = get_settings()
-    roles = {settings.sentiment_model_name: "sentiment", settings.embedder_model_name: "text-embedder"}
+    roles = {settings.sentiment_model_name: "sentiment", settings.embedder_model_name: "text-embedder",
+             settings.reader_model_name: "rag-reader"}
     gates = entry_points(group=PROMOTION_GATES)
     for key in (name, roles.get(name, "model")):
         for entry in gates.select(name=key):
@@ -212,26 +213,31 @@ def _promotion_gate(name: str) -> registry.PromotionGate | None:
     return None
 
 
-def _record_alias_move(client: MlflowClient, move: registry.AliasMove, refusals: list[str] | None = None) -> str:
-    """A run in experiment `evaluations` for an alias move (or a refused one), linking the evaluation behind it.
+def _record_alias_move(client: MlflowClient, move: registry.AliasMove, refusals: list[str] | None = None,
+                       evidence: str = "offline") -> str:
+    """A run in experiment `evaluations` for an alias move (or a refused one), linking the evaluations behind it.
 
-    The evaluation run is the one the gate left on the version (`vigil.<alias>.evaluation_run_id`); for a forced
-    promotion that is the evaluation that refused it, if any. Returns the run id, also tagged on the version.
+    The evaluation runs are the ones the gate left on the version (`vigil.<alias>.evaluation_run_id`, and
+    `vigil.<alias>.live_evaluation_run_id` for live evidence); for a forced promotion, the evaluation that refused
+    it, if any. Only the kinds of evidence this promotion asked for are linked. Returns the run id, also tagged on
+    the version.
     """
     from vigil import registry
 
     experiment_id = registry.experiment_id(EVALUATIONS_EXPERIMENT, uri=client.tracking_uri)
     version_tags = client.get_model_version(move.name, move.version).tags
-    evaluation_run = version_tags.get(f"vigil.{move.alias}.evaluation_run_id", "")
-    verdict = version_tags.get(f"vigil.{move.alias}.evaluation_verdict", "none")
+    linked: dict[str, str] = {"vigil.evidence": evidence}
+    for kind, prefix in (("offline", "evaluation"), ("live", "live_evaluation")):
+        if evidence in (kind, "both"):
+            linked[f"vigil.{prefix}_run_id"] = version_tags.get(f"vigil.{move.alias}.{prefix}_run_id", "")
+            linked[f"vigil.{prefix}_verdict"] = version_tags.get(f"vigil.{move.alias}.{prefix}_verdict", "none")
     run = client.create_run(experiment_id, run_name=f"{move.action} {move.name} v{move.version} → @{move.alias}",
                             tags={
                                 "vigil.eval.kind": "alias-move", "vigil.action": move.action,
                                 "vigil.model": move.name, "vigil.model_version": move.version,
                                 "vigil.alias": move.alias, "vigil.from_version": move.previous or "",
                                 "vigil.reason": move.reason, "vigil.by": move.by, "vigil.at": move.at,
-                                "vigil.evaluation_run_id": evaluation_run, "vigil.evaluation_verdict": verdict,
-                                "vigil.refusals": "\n".join(refusals or [])[:5000],
+                                **linked, "vigil.refusals": "\n".join(refusals or [])[:5000],
                             })
     client.set_terminated(run.info.run_id)
     # Every decision is linked from the version it concerns: the move that happened, or the last refusal.
@@ -251,17 +257,24 @@ def models_promote(
                                     "file with --target (any model; default its attached evaluation dataset), or "
                                     "test | imdb | a sentence<TAB>label file (sentiment; default the policy's)."),
     target: str | None = typer.Option(None, "--target", help="The column of --data holding the true label or value."),
+    evidence: str = typer.Option("offline", "--evidence", help="offline: the gate scores both versions on --data; "
+                                 "live: judges them on the labelled requests the candidate answered as the shadow "
+                                 "of the alias's holder (POST /feedback); both: both must pass."),
 ) -> None:
     """Point NAME@TO at a version once NAME's promotion gate agrees; record who, when, from where, why, and on
-    what evidence (a run in MLflow experiment `evaluations`, linked from the version)."""
+    what evidence (runs in MLflow experiment `evaluations`, linked from the version)."""
     from datetime import UTC, datetime
 
     from vigil import registry
 
     # MLflow would print a "View run" link per run the gate and the record create; the outcome below names them.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    if evidence not in ("offline", "live", "both"):
+        raise VigilError(f"--evidence {evidence!r}: offline, live or both")
     client = registry.connect()
     gate = _promotion_gate(name)
+    if gate is None and evidence != "offline":
+        raise VigilError(f"{name} has no promotion gate, so no evidence can be judged for it")
     refused: list[tuple[str, list[str]]] = []  # (version, reasons), kept to record the refusal
 
     def recording_gate(gate_client: MlflowClient, gate_name: str, gate_version: str, alias: str,
@@ -275,7 +288,8 @@ def models_promote(
     try:
         move = registry.promote(client, name, version, to=to, reason=reason, force=force,
                                 gate=recording_gate if gate else None,
-                                gate_data=registry.GateData(data=data, target=target))
+                                gate_data=registry.GateData(data=data, target=target,
+                                                            evidence=cast(registry.Evidence, evidence)))
     except VigilError as error:
         if not refused:
             raise
@@ -289,21 +303,23 @@ def models_promote(
             action="refused", reason=reason, by=registry.operator(),
             at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        _record_alias_move(client, attempt, refusals)
+        _record_alias_move(client, attempt, refusals, evidence)
         raise VigilError(f"{error}\nTo promote anyway: vigil models promote {name} --version {refused_version} "
                          f"--to {to} --force --reason \"why\"") from None
-    run_id = _record_alias_move(client, move)
+    run_id = _record_alias_move(client, move, evidence=evidence)
     console.print(f"[green]{name}@{move.alias}[/] → v{move.version} (was v{move.previous or '-'}), by {move.by}")
-    evidence = client.get_model_version(name, move.version).tags
-    verdict = evidence.get(f"vigil.{move.alias}.evaluation_verdict")
+    tags = client.get_model_version(name, move.version).tags
+    verdict = tags.get(f"vigil.{move.alias}.evaluation_verdict")
     if force:
         console.print(f"[yellow]forced[/] past the gate: {move.reason}")
     elif gate is None:
         console.print(f"no promotion gate for {name}")
-    elif verdict == "pass":
-        console.print(f"gate: pass (evaluation run {evidence.get(f'vigil.{move.alias}.evaluation_run_id')})")
     elif verdict == "not-needed":
         console.print(f"gate: no comparison needed, {name} had no @{move.alias}")
+    else:
+        for kind, prefix in (("offline", "evaluation"), ("live", "live_evaluation")):
+            if evidence in (kind, "both") and tags.get(f"vigil.{move.alias}.{prefix}_verdict") == "pass":
+                console.print(f"gate ({kind}): pass (evaluation run {tags.get(f'vigil.{move.alias}.{prefix}_run_id')})")
     console.print(f"recorded as run {run_id} in MLflow experiment `{EVALUATIONS_EXPERIMENT}`")
 
 

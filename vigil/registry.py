@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -345,13 +345,19 @@ def move_alias(
     return move
 
 
+# What a promotion gate judges on: an offline evaluation, the live requests both versions answered, or both.
+Evidence = Literal["offline", "live", "both"]
+
+
 @dataclass(frozen=True)
 class GateData:
     """The rows the promoter names for the gate to judge on (`--data`, `--target`); None: the gate's default — the
-    policy's data for sentiment, the version's attached evaluation dataset for any other model."""
+    policy's data for sentiment, the version's attached evaluation dataset for any other model. ``evidence``: offline
+    (those rows), live (the labelled requests the candidate answered in the shadow of the alias's holder), or both."""
 
     data: str | None = None
     target: str | None = None
+    evidence: Evidence = "offline"
 
 
 # A promotion gate (client, name, version, alias, data) returns None to allow, or the reasons to refuse.

@@ -24,6 +24,7 @@ class ModelLimits:
     batch_max_size: int
     batch_max_latency_ms: int
     max_rows_per_request: int  # pyfunc models; sentiment's requests are held to VIGIL_MAX_TEXTS_PER_REQUEST
+    shadow_percent: float = 0.0  # share of requests also scored by the shadow alias's version (0-100)
 
 
 class Settings(BaseSettings):
@@ -62,6 +63,7 @@ class Settings(BaseSettings):
     seed: int = Field(42, description="Seed for splits, sampling and training.")
     sentiment_model_name: str = Field("sentiment", description="Registered name of the sentiment classifier.")
     embedder_model_name: str = Field("text-embedder", description="Registered name of the text encoder.")
+    reader_model_name: str = Field("rag-reader", description="Registered name of the RAG span reader.")
 
     operator: str = Field(
         "", description="Who performs registry operations (recorded in tags). Empty: the OS user."
@@ -79,12 +81,23 @@ class Settings(BaseSettings):
     )
     models_file: str = Field(
         "", description="TOML file of per-model limits: a table `[models.\"<name>\"]` per model of VIGIL_MODELS "
-        "with any of batch_max_size, batch_max_latency_ms, max_rows_per_request; the rest come from the settings "
-        "of those names."
+        "with any of batch_max_size, batch_max_latency_ms, max_rows_per_request, shadow_percent; the rest come from "
+        "the settings of those names."
     )
     max_rows_per_request: int = Field(1024, ge=1, description="Most rows one request to a pyfunc model may carry.")
     serve_alias: str = Field("champion", description="Registry alias the service follows.")
     alias_poll_seconds: float = Field(30.0, gt=0, description="How often the service checks the alias.")
+    shadow_percent: float = Field(
+        0.0, ge=0, le=100, description="Share of requests (chosen from the request id, so a replay picks the same "
+        "ones) also scored, off the request path, by the version under VIGIL_SHADOW_ALIAS; its answers go to the "
+        "inference log only. Per model in VIGIL_MODELS_FILE (`shadow_percent`). 0: off, and no second model is "
+        "loaded."
+    )
+    shadow_alias: str = Field("challenger", description="Registry alias whose version shadows the served one.")
+    shadow_queue_size: int = Field(
+        256, ge=1, description="Shadow jobs waiting per model; when full, new ones are dropped and counted "
+        "(vigil_shadow_total{outcome=\"dropped\"}): shadow scoring only takes idle CPU."
+    )
     max_texts_per_request: int = Field(256, ge=1, description="Most texts one request may carry.")
     max_text_chars: int = Field(10_000, ge=1, description="Most characters in one text.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted (REST), "
@@ -181,7 +194,15 @@ class Settings(BaseSettings):
     rag_chunk_overlap_tokens: int = Field(40, ge=0, description="Overlap between neighbouring chunks.")
     rag_top_k: int = Field(5, ge=1, le=50, description="Chunks retrieved per question by default.")
     rag_max_question_chars: int = Field(4000, ge=1, description="Longest question accepted.")
-    generator: Literal["extractive", "openai"] = Field("extractive", description="RAG answer generator.")
+    # Extractive by default until a reader meets its targets (bench/RESULTS.md, issue 18): v1 answers with spans
+    # but its answers contain the gold answer less often than the sentences do, and it costs ~200 ms a query.
+    generator: Literal["reader", "extractive", "openai"] = Field(
+        "extractive", description="RAG answer generator. reader: the span reader "
+        "VIGIL_READER_MODEL_NAME@VIGIL_SERVE_ALIAS, followed like a served model; the extractive generator answers "
+        "while there is none.")
+    rag_reader_min_margin: float = Field(
+        0.0, description="Least margin of the reader's best span over its \"no answer\" score; below it the "
+        "extractive generator answers.")
     llm_base_url: str = Field("", description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")
     llm_model: str = Field("", description="Model name sent to the OpenAI-compatible endpoint.")
     llm_api_key: SecretStr = Field(SecretStr(""), description="API key of the OpenAI-compatible endpoint.")
@@ -232,13 +253,18 @@ class Settings(BaseSettings):
             if not isinstance(limits, dict) or set(limits) - allowed:
                 raise ValueError(f"VIGIL_MODELS_FILE [models.{name!r}] may set only {sorted(allowed)}")
             for key, value in limits.items():
+                if key == "shadow_percent":
+                    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 100:
+                        raise ValueError(f"VIGIL_MODELS_FILE [models.{name!r}] shadow_percent must be 0 to 100")
+                    continue
                 if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                     raise ValueError(f"VIGIL_MODELS_FILE [models.{name!r}] {key} must be a positive integer")
         self._model_limits = tables
         return self
 
     def limits_of(self, model_name: str) -> ModelLimits:
-        """The batching and request limits of one served model: its VIGIL_MODELS_FILE table over the globals."""
+        """The batching, request and shadow limits of one served model: its VIGIL_MODELS_FILE table over the
+        globals."""
         own = self._model_limits.get(model_name, {})
         return ModelLimits(**{limit.name: own.get(limit.name, getattr(self, limit.name))
                               for limit in fields(ModelLimits)})

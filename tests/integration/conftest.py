@@ -93,10 +93,19 @@ TRAIN_ARGS = ("train", "sentiment", "--limit", "600", "--epochs", "3", "--seed",
 
 @pytest.fixture(scope="session")
 def trained_twice(vigil_env: VigilEnv) -> tuple[str, str]:
-    """Two versions of `sentiment` trained with the same seed and data: (first, second)."""
+    """Two versions of `sentiment` alike, as training twice with the same seed and data makes them: (first,
+    second). The second is registered as a copy of the first (its run, files and digest) and made the challenger,
+    as training registers a new version: a second training would cost minutes of CI to make the same model.
+    That training does make the same model is test_training's `test_same_seed_same_metrics`, on small runs."""
+    from mlflow import MlflowClient
+
+    from vigil import registry
+
     vigil_env.run(*TRAIN_ARGS)
-    vigil_env.run(*TRAIN_ARGS)
-    return "1", "2"
+    client = MlflowClient(vigil_env.tracking_uri, vigil_env.tracking_uri)
+    second = str(client.copy_model_version("models:/sentiment/1", "sentiment").version)
+    registry.move_alias(client, "sentiment", registry.CHALLENGER, second, reason="trained alike", action="register")
+    return "1", second
 
 
 # --- a running `vigil serve`, shared by the serving and RAG-evaluation tests -----------------------------------
@@ -221,6 +230,10 @@ def server(vigil_env: VigilEnv, registry_client: MlflowClient, langsmith: OtlpRe
            "VIGIL_ALIAS_POLL_SECONDS": "1", "VIGIL_TRACING": "otlp", "LANGSMITH_API_KEY": "ls-test-key",
            "LANGSMITH_ENDPOINT": langsmith.url, "LANGSMITH_PROJECT": "vigil-tests",
            "VIGIL_API_TOKEN": INGEST_TOKEN,
+           # Every request is shadowed; nothing is scored until a test (test_feedback) gives the model a challenger.
+           "VIGIL_SHADOW_PERCENT": "100",
+           # The span reader answers once test_reader registers one (the extractive generator until then and after).
+           "VIGIL_GENERATOR": "reader",
            # The tests that look for a request's trace send it sampled; their traces are kept however fast they come.
            "VIGIL_TRACE_REMOTE_MAX_PER_SECOND": "0",
            # A batch of 64 long reviews can take the default budget of 1 s on a busy 2-core machine, and BentoML then

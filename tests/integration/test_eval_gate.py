@@ -1,8 +1,10 @@
 """`vigil eval …` and the gated `vigil models promote` against a real MLflow server and real trained models.
 
-The tests train their own registered model (`sentiment-evalgate`), since other tests move the aliases of
-`sentiment`; the sentiment promotion gate applies to it through VIGIL_SENTIMENT_MODEL_NAME, under the shipped
-policy (evaluations/policy.toml). They run in file order: the refusal, the forced promotion and the accepted
+The tests have a registered model of their own (`sentiment-evalgate`), since other tests move the aliases of
+`sentiment`: v1, the good one, is a copy of the session's trained `sentiment` v1 (its run, files and digest record:
+training it again with the same arguments would give the same model and cost minutes of CI), v2 a weak one trained
+here; the sentiment promotion gate applies to it through VIGIL_SENTIMENT_MODEL_NAME, under the shipped policy
+(evaluations/policy.toml). They run in file order: the refusal, the forced promotion and the accepted
 promotion are one story told in steps.
 """
 
@@ -24,7 +26,6 @@ from tests.integration.conftest import Server, VigilEnv
 from training.data import fingerprint, limit_stratified, load_sentiment, split_sentiment
 
 MODEL = "sentiment-evalgate"
-GOOD = ("train", "sentiment", "--limit", "600", "--epochs", "3", "--seed", "11")
 WEAK = ("train", "sentiment", "--limit", "40", "--epochs", "1", "--seed", "11")
 
 
@@ -42,11 +43,14 @@ def client(vigil_env: VigilEnv) -> MlflowClient:
 
 
 @pytest.fixture(scope="module")
-def versions(vigil_env: VigilEnv, env: dict[str, str]) -> tuple[str, str]:
-    """(good, weak): the first becomes champion and challenger, the second challenger."""
-    vigil_env.run(*GOOD, extra_env=env)
+def versions(vigil_env: VigilEnv, env: dict[str, str], client: MlflowClient,
+             trained_twice: tuple[str, str]) -> tuple[str, str]:
+    """(good, weak): the first, trained with the session's TRAIN_ARGS, champion; the second, weak, challenger."""
+    good = client.copy_model_version(f"models:/sentiment/{trained_twice[0]}", MODEL).version
+    vigil_env.run("models", "promote", MODEL, "--version", str(good), "--reason", "the good version",
+                  extra_env=env)
     vigil_env.run(*WEAK, extra_env=env)
-    return "1", "2"
+    return str(good), "2"
 
 
 def said(result: subprocess.CompletedProcess[str]) -> str:

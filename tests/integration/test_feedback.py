@@ -1,4 +1,5 @@
-"""Feedback by request id on the session's `vigil serve`, and `vigil monitor quality` computed from it."""
+"""Feedback by request id on the session's `vigil serve`, and `vigil monitor quality` computed from it, with a
+challenger shadowing every request (the session's server runs with VIGIL_SHADOW_PERCENT=100)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from sklearn.metrics import accuracy_score, f1_score
 
+from telemetry.records import create_engine, read_frame
 from tests.conftest import wait_until
 from tests.integration.conftest import INGEST_TOKEN, MODEL, Server, VigilEnv
 from training.data import load_sentiment
@@ -27,8 +29,49 @@ def labelled_texts(count: int) -> list[tuple[str, str]]:
     return [(str(frame.iloc[i]["text"]), labels[int(frame.iloc[i]["label"])]) for i in rows]
 
 
-def test_labels_posted_by_request_id_give_the_live_quality_of_the_answers(server: Server, vigil_env: VigilEnv,
-                                                                           tmp_path: Path) -> None:
+def shadow_state(server: Server) -> dict[str, Any]:
+    state: dict[str, Any] = httpx.get(f"{server.http}/status", timeout=10).json()["models"][MODEL]["shadow"]
+    return state
+
+
+def give_a_weak_challenger(vigil_env: VigilEnv, registry_client: MlflowClient) -> str:
+    """A weak version, trained on 40 sentences for one epoch, becomes the challenger as training makes every new
+    version; made after a copy of `sentiment` v2 exists as this model's v2 (the version the serving tests move the
+    champion to by number), so that stays a good one."""
+    versions = {v.version for v in registry_client.search_model_versions(f"name='{MODEL}'")}
+    if "2" not in versions:
+        registry_client.copy_model_version("models:/sentiment/2", MODEL)
+    vigil_env.run("train", "sentiment", "--limit", "40", "--epochs", "1", "--seed", "11",
+                  extra_env={"VIGIL_SENTIMENT_MODEL_NAME": MODEL})
+    return str(registry_client.get_model_version_by_alias(MODEL, "challenger").version)
+
+
+def shadow_rows(server: Server, since: datetime) -> pd.DataFrame:
+    engine = create_engine(f"sqlite:///{Path(server.env['VIGIL_HOME']) / 'inference_log.db'}")
+    try:
+        return read_frame(engine, kind="sentiment", model_name=MODEL, since=since, shadow=True)
+    finally:
+        engine.dispose()
+
+
+def test_labels_posted_by_request_id_give_the_live_quality_of_the_answers_and_of_the_shadow(
+        server: Server, vigil_env: VigilEnv, registry_client: MlflowClient, tmp_path: Path) -> None:
+    champion = str(registry_client.get_model_version_by_alias(MODEL, "champion").version)
+    assert shadow_state(server)["scoring"] is False  # no challenger yet: every request shadowed, none scored
+    challenger = give_a_weak_challenger(vigil_env, registry_client)
+    try:
+        wait_until(lambda: shadow_state(server)["version"] == challenger and shadow_state(server)["scoring"],
+                   timeout=180, interval=0.5, what=f"the shadow to follow {MODEL}@challenger (v{challenger})")
+        labelled = check_the_loop(server, vigil_env, tmp_path, champion, challenger)
+        check_promotion_on_live_evidence(server, vigil_env, registry_client, tmp_path, champion, challenger,
+                                         labelled)
+    finally:
+        registry_client.delete_registered_model_alias(MODEL, "challenger")
+    wait_until(lambda: shadow_state(server)["version"] is None, timeout=60, what="the shadow to let go")
+
+
+def check_the_loop(server: Server, vigil_env: VigilEnv, tmp_path: Path, champion: str, challenger: str) -> int:
+    """The Done-when of live quality; returns how many requests were labelled (each also scored in the shadow)."""
     started = datetime.now(UTC) - timedelta(seconds=1)
     sent = labelled_texts(24)
     answered: list[tuple[str, str, str]] = []  # request id, answer, truth
@@ -37,6 +80,7 @@ def test_labels_posted_by_request_id_give_the_live_quality_of_the_answers(server
             response = client.post("/predict", json={"text": text})
             assert response.status_code == 200, response.text
             body = response.json()
+            assert body["model"]["version"] == champion  # the shadow answers nobody
             answered.append((body["request_id"], body["predictions"][0]["label"], truth))
 
         # One at a time for the first half (right after the answers: the log row may not be written yet)...
@@ -63,16 +107,40 @@ def test_labels_posted_by_request_id_give_the_live_quality_of_the_answers(server
         assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_label"
         assert client.post("/feedback", json={"request_id": first_id, "label": "positive"}).status_code == 401
 
+    # Every request was scored in the shadow, off its path: one row each, with its request id and the challenger's
+    # version and role.
+    ids = [request_id for request_id, _, _ in answered]
+
+    def all_shadowed() -> list[pd.DataFrame]:
+        rows = shadow_rows(server, started)
+        rows = rows[rows["request_id"].isin(ids)] if not rows.empty else rows
+        return [rows] if len(rows) == len(ids) else []
+
+    (shadowed,) = wait_until(all_shadowed, timeout=120, what="a shadow row for every request")
+    shadowed = shadowed.set_index("request_id")
+    assert set(shadowed["model_version"]) == {challenger} and set(shadowed["role"]) == {"challenger"}
+    shadow_answers = [str(shadowed.loc[request_id, "label"]) for request_id in ids]
+    counts = shadow_state(server)["counts"]
+    assert counts["scored"] >= len(ids) and counts["failed"] == 0, counts
+
     result = vigil_env.run("monitor", "quality", "--model", MODEL, "--since", started.isoformat(), "--json", "-",
                            extra_env=server.env)
     quality = json.loads(result.stdout)
     assert quality["model"] == MODEL
-    (version,) = quality["versions"]
+    served, shadow = quality["versions"]
     truths = [truth for _, _, truth in answered]
     answers = [answer for _, answer, _ in answered]
-    assert version["requests"] == len(sent) and version["labelled"] == len(sent)
-    assert version["accuracy"] == accuracy_score(truths, answers)
-    assert abs(version["macro_f1"] - f1_score(truths, answers, average="macro")) < 1e-9
+    assert (served["version"], served["role"]) == (champion, "champion")
+    assert served["requests"] == len(sent) and served["labelled"] == len(sent)
+    assert served["accuracy"] == accuracy_score(truths, answers)
+    assert abs(served["macro_f1"] - f1_score(truths, answers, average="macro")) < 1e-9
+    assert served["agreement_with_champion"] is None
+    assert (shadow["version"], shadow["role"]) == (challenger, "challenger")
+    assert shadow["requests"] == len(sent) and shadow["labelled"] == len(sent)
+    agreed = sum(a == b for a, b in zip(shadow_answers, answers, strict=True)) / len(answers)
+    assert abs(shadow["agreement_with_champion"] - agreed) < 1e-9
+    assert shadow["accuracy"] == accuracy_score(truths, shadow_answers)
+    assert abs(shadow["macro_f1"] - f1_score(truths, shadow_answers, average="macro")) < 1e-9
 
     # What production taught, as a dataset: every labelled text with its true label.
     exported = tmp_path / "labelled.csv"
@@ -80,6 +148,7 @@ def test_labels_posted_by_request_id_give_the_live_quality_of_the_answers(server
                   extra_env=server.env)
     table = pd.read_csv(exported)
     assert sorted(zip(table["text"], table["label"], strict=True)) == sorted(sent)
+    return len(sent)
 
 
 def test_feedback_on_a_kept_trace_is_attached_to_it_in_mlflow(server: Server, registry_client: MlflowClient) -> None:
@@ -100,3 +169,34 @@ def test_feedback_on_a_kept_trace_is_attached_to_it_in_mlflow(server: Server, re
 
     (assessment,) = wait_until(assessed, timeout=30, interval=0.5, what="the label on the request's trace")
     assert assessment.value == "positive"
+
+
+def check_promotion_on_live_evidence(server: Server, vigil_env: VigilEnv, registry_client: MlflowClient,
+                                     tmp_path: Path, champion: str, challenger: str, labelled: int) -> None:
+    """`vigil models promote --evidence live` judges the shadow on the requests just labelled: refused as no
+    evidence under the shipped minimum count, then judged on them — and refused by a floor no model meets — under a
+    policy with a smaller one, with the pairs and the verdict recorded in MLflow and the champion left in place."""
+    log = {"VIGIL_INFERENCE_LOG_URL": f"sqlite:///{Path(server.env['VIGIL_HOME']) / 'inference_log.db'}"}
+    promote = ("models", "promote", MODEL, "--version", challenger, "--evidence", "live", "--reason", "live test")
+    too_few = vigil_env.run(*promote, check=False, extra_env=log)
+    assert too_few.returncode == 1
+    assert f"{labelled} labelled request(s) were answered by both v{challenger} and v{champion}" in " ".join(
+        too_few.stdout.split()), too_few.stdout
+    tags = registry_client.get_model_version(MODEL, challenger).tags
+    assert tags["vigil.champion.live_evaluation_verdict"] == "not-enough-evidence"
+
+    policy = tmp_path / "live-policy.toml"
+    policy.write_text(f"[live]\nmin_labelled = {labelled}\n[live.rules.macro_f1]\nminimum = 1.01\n")
+    judged = vigil_env.run(*promote, check=False, extra_env={**log, "VIGIL_PROMOTION_POLICY": str(policy)})
+    assert judged.returncode == 1 and "below the minimum" in judged.stdout, judged.stdout
+    tags = registry_client.get_model_version(MODEL, challenger).tags
+    assert tags["vigil.champion.live_evaluation_verdict"] == "fail"
+    run = registry_client.get_run(tags["vigil.champion.live_evaluation_run_id"])
+    assert run.data.tags["vigil.eval.trigger"] == "gate:champion:live" and run.data.params["rows"] == str(labelled)
+    pairs = json.loads(Path(registry_client.download_artifacts(run.info.run_id, "live_pairs.json",
+                                                               str(tmp_path))).read_text())
+    assert len(pairs["request_ids"]) == labelled
+    refusal = registry_client.get_run(tags["vigil.champion.refusal_run_id"])
+    assert refusal.data.tags["vigil.evidence"] == "live"
+    assert refusal.data.tags["vigil.live_evaluation_run_id"] == run.info.run_id
+    assert str(registry_client.get_model_version_by_alias(MODEL, "champion").version) == champion

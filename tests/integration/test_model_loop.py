@@ -2,7 +2,8 @@
 each one's training split as its reference with `vigil models reference`, send traffic to `vigil serve`, and judge it
 with `vigil monitor drift --model NAME` — held-out rows exit 0, shifted rows exit 1; evaluate a version with `vigil
 eval model` (in process and through the running service, against scikit-learn's own figures); refuse a constant
-challenger at the promotion gate; replay a labelled file through the service."""
+challenger at the promotion gate; with that challenger in the shadow, post the true values of live requests and
+read each version's live quality; replay a labelled file through the service."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -55,7 +57,9 @@ def drift_server(vigil_env: VigilEnv, registry_client: MlflowClient, tips: pd.Da
     home = tmp_path_factory.mktemp("model-drift-home")
     env = {**vigil_env.env, "VIGIL_HOME": str(home), "VIGIL_SENTIMENT_MODEL_NAME": MODEL, "VIGIL_TRACING": "off",
            "VIGIL_MODELS": f"{MODEL}@champion,{CLASSIFIER}@champion,{REGRESSOR}@champion",
-           "VIGIL_BATCH_MAX_LATENCY_MS": "10000", "VIGIL_ALERT_WEBHOOK": ""}
+           "VIGIL_BATCH_MAX_LATENCY_MS": "10000", "VIGIL_ALERT_WEBHOOK": "",
+           # Every request shadowed: scored once the gate test below registers a constant challenger.
+           "VIGIL_SHADOW_PERCENT": "100"}
     for name, target in TARGETS.items():
         train, _ = split(name, tips)
         path = home / f"{name}-train.csv"
@@ -229,6 +233,84 @@ def test_the_gate_refuses_a_constant_challenger_and_the_champion_stays(
     attached = vigil_env.run("models", "promote", name, check=False, extra_env=drift_server.env)
     assert attached.returncode == 1 and f"{metric} " in " ".join(attached.stdout.split())
     assert client.get_model_version_by_alias(name, "champion").version == champion
+
+
+def shadow_of(server: Server, name: str) -> dict[str, Any]:
+    state: dict[str, Any] = httpx.get(f"{server.http}/status", timeout=30).json()["models"][name]["shadow"]
+    return state
+
+
+@pytest.mark.parametrize("name", [CLASSIFIER, REGRESSOR])
+def test_live_quality_of_the_served_model_and_its_constant_shadow(
+        drift_server: Server, vigil_env: VigilEnv, tips: pd.DataFrame, tmp_path: Path, name: str) -> None:
+    """The constant challenger the gate refused shadows every request; the true values come back by request id
+    (one per row, as a list); `vigil monitor quality` gives the champion's figures computed from its answers and
+    the challenger's on the same requests."""
+    client = MlflowClient(vigil_env.tracking_uri)
+    champion = str(client.get_model_version_by_alias(name, "champion").version)
+    challenger = str(client.get_model_version_by_alias(name, "challenger").version)
+    assert challenger != champion  # the constant one, registered by the gate test above
+    wait_until(lambda: shadow_of(drift_server, name).get("version") == challenger
+               and shadow_of(drift_server, name).get("scoring"), timeout=180, interval=0.5,
+               what=f"the shadow to follow {name}@challenger (v{challenger})")
+    _, test = split(name, tips)
+    records = json.loads(test[features(name)].to_json(orient="records"))
+    truths = test[TARGETS[name]].tolist()
+    started = datetime.now(UTC)
+    answers: list[Any] = []
+    requests = 0
+    token = (Path(drift_server.env["VIGIL_HOME"]) / "api_token").read_text().strip()  # generated for its home
+    with httpx.Client(base_url=drift_server.http, timeout=60) as http:
+        for first in range(0, len(records), ROWS_PER_REQUEST):
+            rows = slice(first, first + ROWS_PER_REQUEST)
+            answer = http.post(f"/models/{name}/invocations", json={"dataframe_records": records[rows]})
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["model"]["version"] == champion  # the shadow answers nobody
+            answers += body["predictions"]
+            posted = http.post("/feedback", headers={"Authorization": f"Bearer {token}"},
+                               json={"request_id": body["request_id"], "label": truths[rows]})
+            assert posted.status_code == 200, posted.text
+            requests += 1
+
+    def shadowed() -> list[int]:
+        rows = read_frame(create_engine(f"sqlite:///{Path(drift_server.env['VIGIL_HOME']) / 'inference_log.db'}"),
+                          kind="model", model_name=name, since=started, shadow=True)
+        return [len(rows)] if len(rows) >= len(records) else []
+
+    wait_until(shadowed, timeout=120, what=f"{len(records)} shadow rows of {name}")
+    result = vigil_env.run("monitor", "quality", "--model", name, "--since", started.isoformat(), "--json", "-",
+                           "--no-watch", extra_env=drift_server.env)
+    served, shadow = json.loads(result.stdout)["versions"]
+    assert (served["version"], served["role"], shadow["version"], shadow["role"]) == (
+        champion, "champion", challenger, "challenger")
+    assert served["requests"] == served["labelled"] == requests
+    assert shadow["requests"] == shadow["labelled"] == requests
+    constant = mlflow_predictions(name, vigil_env.tracking_uri, challenger, test)
+    if name == CLASSIFIER:
+        from sklearn.metrics import accuracy_score, f1_score
+
+        assert served["accuracy"] == pytest.approx(accuracy_score(truths, answers), abs=1e-12)
+        assert served["macro_f1"] == pytest.approx(f1_score(truths, answers, average="macro"), abs=1e-12)
+        assert shadow["accuracy"] == pytest.approx(accuracy_score(truths, constant), abs=1e-12)
+        agreed = sum(str(a) == str(b) for a, b in zip(answers, constant, strict=True)) / len(answers)
+        assert shadow["agreement_with_champion"] == pytest.approx(agreed, abs=1e-12)
+    else:
+        from sklearn.metrics import mean_absolute_error, mean_squared_error
+
+        assert served["mae"] == pytest.approx(mean_absolute_error(truths, answers), abs=1e-9)
+        assert served["rmse"] == pytest.approx(mean_squared_error(truths, answers) ** 0.5, abs=1e-9)
+        assert shadow["rmse"] == pytest.approx(mean_squared_error(truths, constant) ** 0.5, abs=1e-9)
+        assert shadow["agreement_with_champion"] is None
+
+
+def mlflow_predictions(name: str, tracking_uri: str, version: str, rows: pd.DataFrame) -> list[Any]:
+    import mlflow.pyfunc
+
+    mlflow.set_registry_uri(tracking_uri)
+    predicted = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(rows[features(name)])
+    return list(pd.Series(predicted).tolist() if not isinstance(predicted, pd.DataFrame)
+                else predicted.iloc[:, 0].tolist())
 
 
 def test_replay_sends_a_labelled_files_rows_to_the_running_model(

@@ -28,10 +28,11 @@ from evaluations.model_eval import (
     measure,
     regression_scores,
 )
-from evaluations.policy import Policy, Rule, judge
+from evaluations.policy import judge
 from evaluations.schemas import ClassificationMetrics, MetricDelta, RegressionMetrics
 from evaluations.scoring import dataframe_split
 from vigil.errors import VigilError
+from vigil.policy import Policy, Rule
 
 
 @pytest.mark.parametrize("prediction", [

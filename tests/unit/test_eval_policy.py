@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from evaluations.policy import PROJECT_ROOT, Policy, Rule, judge, load_policy, resolve_policy_path
+from evaluations.policy import judge
 from evaluations.schemas import MetricDelta
 from vigil.errors import VigilError
+from vigil.policy import PROJECT_ROOT, Policy, Rule, load_policy, resolve_policy_path
 from vigil.settings import get_settings
 
 HIGHER = {"accuracy", "macro_f1", "roc_auc"}
