@@ -61,18 +61,6 @@ class QualityReport(BaseModel):
             {key: getattr(v, key) for key in (*common, *keep, "agreement_with_champion")} for v in self.versions]}
 
 
-def prediction_of(row: pd.Series) -> Any:
-    """A log row's answer: the sentiment label, or a pyfunc row's (single) output."""
-    if row["kind"] == "sentiment":
-        return row["label"]
-    outputs = row["outputs"]
-    if isinstance(outputs, dict):
-        return next(iter(outputs.values())) if len(outputs) == 1 else outputs.get("prediction")
-    if isinstance(outputs, list) and len(outputs) == 1:
-        return outputs[0]
-    return outputs
-
-
 def infer_task(truths: list[Any], predictions: list[Any]) -> Task:
     values = [v for v in [*truths, *predictions] if v is not None]
     if any(isinstance(v, str | bool) for v in values):
@@ -148,7 +136,7 @@ def measure_quality(settings: Settings, model: str, window: Window, task: Task |
                            window_end=window.until.isoformat(), versions=[])
     if rows.empty:
         return report
-    rows["prediction"] = [prediction_of(row) for _, row in rows.iterrows()]
+    rows["prediction"] = [feedback.logged_prediction(row) for _, row in rows.iterrows()]
     is_shadow = (rows["shadow"].fillna(False).astype(bool) if "shadow" in rows
                  else pd.Series(False, index=rows.index))
     # Rows of an older Vigil have no role: they were served, under the alias the model is served by.
