@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,6 +25,44 @@ def _champion_exists(name: str) -> bool:
     except registry.ModelNotFound:
         return False
     return True
+
+
+class _Trained(Protocol):
+    """What a training run reports: the run, the registered version, its metrics and the aliases it set."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def metrics(self) -> dict[str, float]: ...
+    @property
+    def aliases(self) -> list[str]: ...
+
+
+Result = TypeVar("Result", bound=_Trained)
+
+
+def _with_progress_bars(train: Callable[[Callable[[str, int, int], None]], Result]) -> Result:
+    """``train(progress)`` with one bar per phase it reports (``progress(phase, done, total)``)."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        return train(progress)
+
+
+def _report(name: str, result: _Trained) -> None:
+    table = Table("metric", "value", title=f"{name} v{result.version} (run {result.run_id})")
+    for metric, value in sorted(result.metrics.items()):
+        table.add_row(metric, f"{value:.4f}")
+    console.print(table)
+    console.print(f"aliases set: {', '.join(result.aliases)}")
 
 
 @app.command("sentiment")
@@ -47,21 +87,7 @@ def train_sentiment_command(
         epochs=epochs, limit=limit, seed=settings.seed if seed is None else seed,
         domains=[d.strip() for d in domains.split(",") if d.strip()], extra=extra,
     )
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=total)
-            bar.update(tasks[phase], completed=done, total=total)
-
-        result = train_sentiment(config, progress)
-    table = Table("metric", "value", title=f"{settings.sentiment_model_name} v{result.version} (run {result.run_id})")
-    for name, value in sorted(result.metrics.items()):
-        table.add_row(name, f"{value:.4f}")
-    console.print(table)
-    console.print(f"aliases set: {', '.join(result.aliases)}")
+    _report(settings.sentiment_model_name, _with_progress_bars(lambda progress: train_sentiment(config, progress)))
 
 
 @app.command("embedder")
@@ -101,18 +127,4 @@ def train_reader_command(
         return
     config = ReaderTrainConfig(epochs=epochs, limit=limit, eval_limit=eval_limit, max_seq_len=max_seq_len,
                                seed=settings.seed if seed is None else seed)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=total)
-            bar.update(tasks[phase], completed=done, total=total)
-
-        result = train_reader(config, progress)
-    table = Table("metric", "value", title=f"{settings.reader_model_name} v{result.version} (run {result.run_id})")
-    for name, value in sorted(result.metrics.items()):
-        table.add_row(name, f"{value:.4f}")
-    console.print(table)
-    console.print(f"aliases set: {', '.join(result.aliases)}")
+    _report(settings.reader_model_name, _with_progress_bars(lambda progress: train_reader(config, progress)))

@@ -19,7 +19,6 @@ import functools
 import logging
 import os
 import threading
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -114,7 +113,7 @@ def export_onnx(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, path
     """
     import torch
 
-    from vigil.credentials import ensure_private_dir
+    from vigil.onnx_graph import export_graph
 
     class Pooled(torch.nn.Module):
         def __init__(self, encoder: Any) -> None:
@@ -127,25 +126,8 @@ def export_onnx(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, path
 
     example = tokenizer(list(ONNX_PROBE_TEXTS), padding=True, truncation=True, max_length=WINDOW_TOKENS,
                         return_tensors="pt")
-    ensure_private_dir(path.parent)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    dynamic = {0: "batch", 1: "tokens"}
-    with warnings.catch_warnings(), torch.no_grad():
-        # The TorchScript exporter, as for the classifier; its tracer warnings are about branches on the mask's
-        # shape that are constant for this encoder, and the check against torch catches any that are not.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            Pooled(model).eval(), (example["input_ids"], example["attention_mask"]), str(partial),
-            input_names=["input_ids", "attention_mask"], output_names=["embeddings"],
-            dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic, "embeddings": {0: "batch"}},
-            opset_version=17, dynamo=False,
-        )
-    # The exporter puts the wrapper back in the mode it found it in, recursively: the caller's encoder must stay
-    # in eval mode (dropout off) whatever that was.
-    model.eval()
-    partial.replace(path)
-    logger.info("exported the text encoder to %s", path)
-    return path
+    return export_graph(Pooled(model), {"input_ids": example["input_ids"], "attention_mask": example["attention_mask"]},
+                        {"embeddings": {0: "batch"}}, path, "text encoder")
 
 
 def _package_version() -> str:
@@ -311,7 +293,7 @@ class TextEmbedder:
                 raise ValueError("no directory was given for the ONNX export")
             if not path.exists():
                 export_onnx(tokenizer, model, path)
-            from vigil.sentiment_model import onnx_session
+            from vigil.onnx_graph import onnx_session
 
             session = onnx_session(path, self._threads)
             expected = self._encode_torch(tokenizer, model, ONNX_PROBE_TEXTS)

@@ -15,11 +15,9 @@ do not hold the answer, so a span's ``margin`` over that score compares readings
 from __future__ import annotations
 
 import logging
-import os
 import re
 import string
 import threading
-import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,9 +30,9 @@ from mlflow.pyfunc import PythonModel
 from pydantic import BaseModel
 
 from vigil import model_digest
-from vigil.credentials import ensure_private_dir
 from vigil.embedding import EMBEDDING_DIM, load_encoder
 from vigil.errors import VigilError
+from vigil.onnx_graph import BATCH_AND_TOKENS, export_graph, onnx_session
 
 if TYPE_CHECKING:
     import torch
@@ -223,7 +221,6 @@ class SpanReader:
         export is checked against torch first, and the reader stays on torch when it differs."""
         if not path.exists():
             export_onnx(self, path)
-        from vigil.sentiment_model import onnx_session
 
         session = onnx_session(path, threads)
         windows = self.windows(ONNX_PROBE[0], ONNX_PROBE[1])
@@ -290,26 +287,11 @@ def export_onnx(reader: SpanReader, path: Path) -> Path:
     import torch
 
     windows = reader.windows(ONNX_PROBE[0], ONNX_PROBE[1])
-    example = tuple(torch.from_numpy(array) for array in
-                    (windows.input_ids, windows.attention_mask, windows.token_type_ids))
-    ensure_private_dir(path.parent)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    dynamic = {0: "batch", 1: "tokens"}
-    with warnings.catch_warnings(), torch.no_grad():
-        # The TorchScript exporter, as for the classifier; use_onnx checks the export against torch.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            reader.network.eval(), example, str(partial),
-            input_names=["input_ids", "attention_mask", "token_type_ids"],
-            output_names=["start_logits", "end_logits"],
-            dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic, "token_type_ids": dynamic,
-                          "start_logits": dynamic, "end_logits": dynamic},
-            opset_version=17, dynamo=False,
-        )
-    reader.network.eval()
-    partial.replace(path)
-    logger.info("exported the span reader to %s", path)
-    return path
+    example = {"input_ids": torch.from_numpy(windows.input_ids),
+               "attention_mask": torch.from_numpy(windows.attention_mask),
+               "token_type_ids": torch.from_numpy(windows.token_type_ids)}
+    return export_graph(reader.network, example, {"start_logits": BATCH_AND_TOKENS, "end_logits": BATCH_AND_TOKENS},
+                        path, "span reader")
 
 
 # --- registered versions --------------------------------------------------------------------------------------

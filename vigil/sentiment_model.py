@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from vigil import model_digest
 from vigil.credentials import ensure_private_dir
 from vigil.embedding import EMBEDDING_DIM, MAX_TOKENS, load_encoder, mean_pool
 from vigil.errors import VigilError
+from vigil.onnx_graph import export_graph, onnx_session
 
 if TYPE_CHECKING:
     import torch
@@ -330,35 +330,9 @@ def export_onnx(classifier: SentimentClassifier, path: Path) -> Path:
             return torch.softmax(logits, dim=-1), pooled
 
     example = classifier.tokenize(ONNX_PROBE_TEXTS)
-    ensure_private_dir(path.parent)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    dynamic = {0: "batch", 1: "tokens"}
-    with warnings.catch_warnings(), torch.no_grad():
-        # The TorchScript exporter (the torch.export-based one needs onnxscript too). Its tracer warnings are
-        # about branches on the attention mask's shape that are constant for this encoder; use_onnx checks.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            Exported(classifier.network.eval()), (example["input_ids"], example["attention_mask"]), str(partial),
-            input_names=["input_ids", "attention_mask"], output_names=["probabilities", "pooled"],
-            dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic,
-                          "probabilities": {0: "batch"}, "pooled": {0: "batch"}},
-            opset_version=17, dynamo=False,
-        )
-    partial.replace(path)
-    logger.info("exported the sentiment network to %s", path)
-    return path
-
-
-def onnx_session(path: Path, threads: int) -> Any:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # Spinning threads would take the core the API worker and the clients need; see Settings.torch_threads.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return export_graph(Exported(classifier.network), {"input_ids": example["input_ids"],
+                                                       "attention_mask": example["attention_mask"]},
+                        {"probabilities": {0: "batch"}, "pooled": {0: "batch"}}, path, "sentiment network")
 
 
 def quantize_onnx(float_path: Path, int8_path: Path) -> Path:
