@@ -317,9 +317,9 @@ def models_promote(
     elif verdict == "not-needed":
         console.print(f"gate: no comparison needed, {name} had no @{move.alias}")
     else:
-        for kind, prefix in (("offline", "evaluation"), ("live", "live_evaluation")):
+        for kind, prefix, said in (("offline", "evaluation", "gate"), ("live", "live_evaluation", "live evidence")):
             if evidence in (kind, "both") and tags.get(f"vigil.{move.alias}.{prefix}_verdict") == "pass":
-                console.print(f"gate ({kind}): pass (evaluation run {tags.get(f'vigil.{move.alias}.{prefix}_run_id')})")
+                console.print(f"{said}: pass (evaluation run {tags.get(f'vigil.{move.alias}.{prefix}_run_id')})")
     console.print(f"recorded as run {run_id} in MLflow experiment `{EVALUATIONS_EXPERIMENT}`")
 
 
