@@ -85,6 +85,36 @@ def _same_kind(label: Any, answer: Any) -> bool:
     return kind(label) == kind(answer) and kind(label) in {"bool", "number", "str"}
 
 
+class LiveCounts:
+    """Prometheus' view of live quality: each labelled row of a served request counted right or wrong against what
+    its version answered (``vigil_feedback_total``), and the share right per version since this worker started
+    (``vigil_live_accuracy``). `vigil monitor quality` is the full account, per window and with the shadow."""
+
+    def __init__(self) -> None:
+        from telemetry.metrics import get_metrics
+
+        self.metrics = get_metrics()
+        self._right: dict[tuple[str, str], list[int]] = {}  # (model, version) -> [right, labelled]
+
+    def count(self, request: store.ServedRequest, item: Feedback) -> None:
+        model, version = request.model_name, request.model_version
+        if item.label is None:
+            self.metrics.feedback.labels(model, version, "rating").inc()
+            return
+        labels = item.label if isinstance(item.label, list) else [item.label]
+        for label, answer in zip(labels, request.answers, strict=False):
+            answered = _single_output(answer)
+            if isinstance(label, float) and not label.is_integer():
+                self.metrics.feedback.labels(model, version, "value").inc()
+                continue
+            right = str(label) == str(answered)
+            self.metrics.feedback.labels(model, version, "correct" if right else "wrong").inc()
+            tally = self._right.setdefault((model, version), [0, 0])
+            tally[0] += right
+            tally[1] += 1
+            self.metrics.live_accuracy.labels(model, version).set(tally[0] / tally[1])
+
+
 class FeedbackDesk:
     """Takes feedback for the requests of one inference log (``url``); the engine is made on first use."""
 
@@ -97,6 +127,7 @@ class FeedbackDesk:
         self._engine: sa.Engine | None = None
         self._engine_lock = threading.Lock()
         self.assessments = TraceAssessments(tracking_uri) if tracking_uri else None
+        self.live = LiveCounts()
 
     def _connected(self) -> sa.Engine:
         with self._engine_lock:
@@ -114,6 +145,8 @@ class FeedbackDesk:
                                                  label=item.label, score=item.score, comment=item.comment)
         if changed and request.trace_id and self.assessments is not None:
             self.assessments.submit(request.trace_id, item, request.served_at)
+        if changed and state.revisions == 1:  # a request counts once, with its first feedback
+            self.live.count(request, item)
         return FeedbackRecorded(request_id=item.request_id, status="recorded" if changed else "unchanged",
                                 revisions=state.revisions,
                                 model=ModelIdentity(name=request.model_name, version=request.model_version))

@@ -49,6 +49,8 @@ class VigilMetrics:
     requests_rejected: Counter  # reason
     shadow: Counter  # model, outcome (scored | dropped | failed | skipped)
     shadow_queue_depth: Gauge  # model
+    feedback: Counter  # model, version, outcome (correct | wrong | value | rating)
+    live_accuracy: Gauge  # model, version
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> VigilMetrics:
@@ -137,6 +139,18 @@ class VigilMetrics:
             shadow_queue_depth=prom.Gauge(
                 "vigil_shadow_queue_depth", "Shadow jobs waiting to be scored, by model.", ["model"],
                 multiprocess_mode="livesum", registry=target,
+            ),
+            feedback=prom.Counter(
+                "vigil_feedback_total",
+                "Rows of served requests given their first true label or rating (POST /feedback), by the version "
+                "that answered and outcome: correct or wrong (a class), value (a number: see vigil monitor quality), "
+                "rating (a score on an answer).", ["model", "version", "outcome"], registry=target,
+            ),
+            live_accuracy=prom.Gauge(
+                "vigil_live_accuracy",
+                "Share of the labelled rows this API worker has seen since it started that the served version "
+                "answered right, by model and version (rate(vigil_feedback_total) gives it over any window).",
+                ["model", "version"], multiprocess_mode="liveall", registry=target,
             ),
         )
 

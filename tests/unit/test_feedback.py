@@ -222,3 +222,31 @@ def test_an_attachment_waits_for_a_recent_trace_and_tries_an_old_one_once(monkey
     assessments.close()
     assert tries == {"recent": 3, "dropped": 4, "old": 1}
     assert (assessments.attached, assessments.not_traced) == (1, 2)
+
+
+def test_first_labels_are_counted_right_or_wrong_per_version_for_prometheus(tmp_path: Path) -> None:
+    from telemetry.metrics import get_metrics
+
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    engine = create_engine(url)
+    feedback.prepare(engine)
+    log_rows(engine, sentiment_row("p1", "positive", version="7", model="live-counts"),
+             sentiment_row("p2", "negative", version="7", model="live-counts"),
+             sentiment_row("p3", "positive", version="7", model="live-counts"))
+    desk = service_feedback.FeedbackDesk(url, tracking_uri=None, flush_seconds=0.1)
+    metrics = get_metrics()
+
+    def counted(outcome: str) -> float:
+        return float(metrics.feedback.labels("live-counts", "7", outcome)._value.get())
+
+    import asyncio
+
+    async def post() -> None:
+        await desk.submit(Feedback(request_id="p1", label="positive"))
+        await desk.submit(Feedback(request_id="p2", label="positive"))
+        await desk.submit(Feedback(request_id="p2", label="negative"))  # a correction: the request counted once
+        await desk.submit(Feedback(request_id="p3", score=1.0, comment="fine"))
+
+    asyncio.run(post())
+    assert (counted("correct"), counted("wrong"), counted("rating")) == (1.0, 1.0, 1.0)
+    assert metrics.live_accuracy.labels("live-counts", "7")._value.get() == 0.5

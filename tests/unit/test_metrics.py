@@ -32,6 +32,8 @@ EXPECTED = {
     "vigil_requests_rejected_total": ("counter", {"reason"}),
     "vigil_shadow_total": ("counter", {"model", "outcome"}),
     "vigil_shadow_queue_depth": ("gauge", {"model"}),
+    "vigil_feedback_total": ("counter", {"model", "version", "outcome"}),
+    "vigil_live_accuracy": ("gauge", {"model", "version"}),
 }
 
 
@@ -66,6 +68,8 @@ def test_every_metric_has_its_conventional_name_type_and_labels() -> None:
     metrics.requests_rejected.labels(reason="too_many_texts").inc()
     metrics.shadow.labels(model="sentiment", outcome="dropped").inc()
     metrics.shadow_queue_depth.labels(model="sentiment").set(4)
+    metrics.feedback.labels(model="sentiment", version="2", outcome="correct").inc()
+    metrics.live_accuracy.labels(model="sentiment", version="2").set(0.9)
     assert exposed(registry) == EXPECTED
     # Each series holds what was recorded on it, under the labels it was recorded with.
     assert {name: registry.get_sample_value(name, labels) for name, labels in [
