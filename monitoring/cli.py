@@ -327,15 +327,16 @@ def _watch_quality(settings: Settings, model: str, report: QualityReport, window
         def offline(version: str, metric: str) -> tuple[float, str] | None:
             return None
 
-    breaches, skipped = judge_watch(report, policy, settings.alias_of(logged_name), offline)
-    for line in skipped:
-        out.print(f"[dim]watch: {line}[/]", highlight=False)
-    if not breaches:
-        out.print("[green]live quality within the policy's [live.watch][/]", highlight=False)
+    verdict = judge_watch(report, policy, settings.alias_of(logged_name), offline)
+    for line in verdict.skipped:
+        out.print(f"watch: {line}", style="dim", markup=False, highlight=False)
+    if not verdict.breaches:
+        if verdict.judged:
+            out.print("live quality within the policy's [live.watch]", style="green", markup=False, highlight=False)
         return False
-    for breach in breaches:
-        out.print(f"[red]live quality:[/] {breach.reason}", highlight=False)
-    alert = quality_alert(model, report, breaches, project, saved[0] if saved else None)
+    for breach in verdict.breaches:
+        out.print(f"live quality: {breach.reason}", style="red", markup=False, highlight=False)
+    alert = quality_alert(model, report, verdict.breaches, project, saved[0] if saved else None)
     for arrived in deliver(settings, [alert]):
         out.print("alert: " + ("delivered" if arrived else "[yellow]webhook failed (logged)[/]"))
     return True

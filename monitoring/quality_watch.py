@@ -46,14 +46,22 @@ class Breach(BaseModel):
     reason: str
 
 
-def judge_watch(report: QualityReport, policy: Policy, served_role: str,
-                offline: OfflineFigure) -> tuple[list[Breach], list[str]]:
-    """The breaches of the served version(s) in ``report``, and what was not judged and why."""
+class WatchVerdict(BaseModel):
+    breaches: list[Breach]
+    skipped: list[str]  # what was not judged, and why
+    judged: int  # figures compared with a rule
+
+
+def judge_watch(report: QualityReport, policy: Policy, served_role: str, offline: OfflineFigure) -> WatchVerdict:
+    """The breaches of the served version(s) in ``report``, what was not judged and why, and how much was."""
     breaches: list[Breach] = []
     skipped: list[str] = []
-    rules = policy.watch_rules(report.task) if report.task else {}
+    judged = 0
+    if report.task is None:
+        return WatchVerdict(breaches=[], skipped=["no labelled request yet"], judged=0)
+    rules = policy.watch_rules(report.task)
     if not rules:
-        return [], [f"no [live.watch] rule for a {report.task or 'model without labels'}"]
+        return WatchVerdict(breaches=[], skipped=[f"no [live.watch] rule for a {report.task} model"], judged=0)
     needed = policy.live.watch_min_labelled
     for entry in report.versions:
         if entry.role != served_role:
@@ -68,7 +76,8 @@ def judge_watch(report: QualityReport, policy: Policy, served_role: str,
                 continue
             breaches += _breaches(entry, metric, float(live), rule.minimum, rule.maximum, rule.max_drop, offline,
                                   skipped)
-    return breaches, skipped
+            judged += 1
+    return WatchVerdict(breaches=breaches, skipped=skipped, judged=judged)
 
 
 def _breaches(entry: VersionQuality, metric: str, live: float, minimum: float | None, maximum: float | None,

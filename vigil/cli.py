@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, cast
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vigil.errors import VigilError
@@ -372,7 +373,8 @@ def main() -> None:
         # Without standalone mode click returns typer.Exit's code instead of exiting.
         outcome = app(standalone_mode=False)
     except VigilError as error:
-        console.print(f"[red]error:[/] {error}", highlight=False)
+        # Escaped: a message may quote a policy section ([live]) or a file's text, which rich would take for markup.
+        console.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
         sys.exit(error.exit_code)
     except typer.Abort:
         console.print("aborted")

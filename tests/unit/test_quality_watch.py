@@ -37,31 +37,34 @@ def test_a_floor_and_a_drop_against_offline_are_judged_on_the_served_version_onl
     served = VersionQuality(version="3", role="champion", requests=50, labelled=40, accuracy=0.70, macro_f1=0.69)
     shadow = VersionQuality(version="4", role="challenger", requests=50, labelled=40, accuracy=0.10, macro_f1=0.1)
     policy = watch_policy(accuracy={"minimum": 0.8}, macro_f1={"max_drop": 0.05})
-    breaches, skipped = judge_watch(report(served, shadow), policy, "champion",
-                                    lambda version, metric: (0.90, "training run r1, test split"))
+    verdict = judge_watch(report(served, shadow), policy, "champion",
+                          lambda version, metric: (0.90, "training run r1, test split"))
+    breaches = verdict.breaches
     assert [(b.version, b.metric) for b in breaches] == [("3", "accuracy"), ("3", "macro_f1")]
     assert "below the minimum 0.8000" in breaches[0].reason
     assert "0.2100 worse than offline (0.9000, training run r1" in breaches[1].reason
-    assert skipped == []
+    assert verdict.skipped == [] and verdict.judged == 2
 
 
 def test_too_few_labels_or_no_offline_figure_is_not_judged_and_says_so() -> None:
     few = VersionQuality(version="3", role="champion", requests=50, labelled=4, accuracy=0.1, macro_f1=0.1)
-    breaches, skipped = judge_watch(report(few), watch_policy(accuracy={"minimum": 0.8}), "champion",
-                                    lambda *_: None)
-    assert breaches == [] and skipped == ["v3: 4 labelled request(s), the watch needs 10"]
+    verdict = judge_watch(report(few), watch_policy(accuracy={"minimum": 0.8}), "champion", lambda *_: None)
+    assert verdict.breaches == [] and verdict.skipped == ["v3: 4 labelled request(s), the watch needs 10"]
+    assert verdict.judged == 0
     enough = few.model_copy(update={"labelled": 20})
-    breaches, skipped = judge_watch(report(enough), watch_policy(macro_f1={"max_drop": 0.05}), "champion",
-                                    lambda *_: None)
-    assert breaches == [] and skipped == ["v3: no offline macro_f1 to compare with"]
+    verdict = judge_watch(report(enough), watch_policy(macro_f1={"max_drop": 0.05}), "champion", lambda *_: None)
+    assert verdict.breaches == [] and verdict.skipped == ["v3: no offline macro_f1 to compare with"]
+    unlabelled = report(few.model_copy(update={"labelled": 0}))
+    unlabelled.task = None
+    assert judge_watch(unlabelled, watch_policy(accuracy={"minimum": 0.8}), "champion",
+                       lambda *_: None).skipped == ["no labelled request yet"]
 
 
 def test_a_regressor_is_held_to_its_error_ceiling() -> None:
     served = VersionQuality(version="2", role="champion", requests=30, labelled=30, mae=1.2, rmse=2.5)
-    breaches, _ = judge_watch(report(served, task="regression"),
-                              watch_policy(rmse={"maximum": 2.0}, accuracy={"minimum": 0.9}), "champion",
-                              lambda *_: None)
-    assert [(b.metric, b.live) for b in breaches] == [("rmse", 2.5)]
+    verdict = judge_watch(report(served, task="regression"),
+                          watch_policy(rmse={"maximum": 2.0}, accuracy={"minimum": 0.9}), "champion", lambda *_: None)
+    assert [(b.metric, b.live) for b in verdict.breaches] == [("rmse", 2.5)]
 
 
 def log_and_label(settings: Settings, rows: list[tuple[str, str, str, bool, str | None]]) -> None:
