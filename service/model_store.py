@@ -244,13 +244,8 @@ class ModelHolder:
         """Vigil's classifier in ``model_dir``, read as data (never through MLflow's pickled wrapper) after its files
         are checked against the digest recorded for the version; on the configured runtime, torch when the ONNX
         path fails. Files unlike the digest refuse the version, naming them."""
-        try:
-            expected = self._recorded_manifest(version, source)
-            classifier = load_logged(model_dir, expected)
-        except (ArtifactMismatch, UnreadableModel) as refused:
-            raise ModelRefused(str(refused)) from None
-        if expected is not None and source == "registry":
-            self._remember_manifest(version, expected)
+        classifier: SentimentClassifier = self._read_checked(load_logged, model_dir, version, source,
+                                                             (ArtifactMismatch, UnreadableModel))
         key = run_id or f"v{version}"
         if self.runtime == "onnx":
             onnx_path = self.cache_dir / "onnx" / f"{key}.onnx"
@@ -282,6 +277,20 @@ class ModelHolder:
         except Exception as error:
             logger.exception("the INT8 check of %s v%s failed; serving float", self.name, version)
             classifier.quantization = QuantizationVerdict(precision="float", reason=f"the INT8 check failed: {error}")
+
+    def _read_checked(self, read: Callable[[Path, Manifest | None], Any], model_dir: Path, version: str,
+                      source: Source, refusals: tuple[type[Exception], ...]) -> Any:
+        """``read(model_dir, expected)`` after the version's recorded digest manifest is found; ``refusals`` (files
+        unlike the digest, an unreadable model) refuse the version. A manifest read from the registry is kept for
+        a restart without MLflow."""
+        try:
+            expected = self._recorded_manifest(version, source)
+            model = read(model_dir, expected)
+        except refusals as refused:
+            raise ModelRefused(str(refused)) from None
+        if expected is not None and source == "registry":
+            self._remember_manifest(version, expected)
+        return model
 
     def _recorded_manifest(self, version: str, source: Source) -> Manifest | None:
         """What ``version``'s files are checked against: the registry's record; without MLflow, the copy of it kept
@@ -420,13 +429,8 @@ class ReaderHolder(ModelHolder):
             return False
 
     def _load_reader(self, model_dir: Path, run_id: str, version: str, source: Source) -> SpanReader:
-        try:
-            expected = self._recorded_manifest(version, source)
-            reader = load_reader(model_dir, expected)
-        except (ArtifactMismatch, UnreadableReader) as refused:
-            raise ModelRefused(str(refused)) from None
-        if expected is not None and source == "registry":
-            self._remember_manifest(version, expected)
+        reader: SpanReader = self._read_checked(load_reader, model_dir, version, source,
+                                                (ArtifactMismatch, UnreadableReader))
         if self.runtime == "onnx":
             try:
                 # Exported once per run id into the cache, as the classifier is.
