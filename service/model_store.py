@@ -137,6 +137,7 @@ class ModelHolder:
         loader: Loader | None = None,
         quantize: bool = False,
         shadow: bool = False,
+        optional: bool = False,
     ) -> None:
         self.name = name
         self.alias = alias
@@ -149,9 +150,12 @@ class ModelHolder:
         self.threads = threads
         self.quantize = quantize  # consider the INT8 graph on ONNX (served only when it scores as well)
         # A shadow holder (service/shadow.py) follows the challenger's alias: it never touches the last-known-good
-        # pointer (that is the served version's, for a restart without MLflow), never falls back to a cached or
-        # packed copy, and lets go of its model when the alias is removed.
+        # pointer (that is the served version's, for a restart without MLflow) and never falls back to a cached or
+        # packed copy.
         self.shadow = shadow
+        # An optional model (the shadow's, the RAG reader) may have no version under its alias: the holder then
+        # serves nothing, and lets go of its model when the alias is removed rather than keep the last one.
+        self.optional = optional or shadow
         self._loader: Loader = loader or self._load_sentiment
         self._refused_version: str | None = None  # loaded once and refused: not loaded again until the alias moves
         self.status = HolderStatus()
@@ -201,14 +205,14 @@ class ModelHolder:
         try:
             found = registry.resolve(client, registry.ModelReference(self.name, alias=self.alias))
         except registry.ModelNotFound as missing:
-            if not self.shadow:
+            if not self.optional:
                 raise
             with self._load_lock:
                 if self._current is not None:
-                    logger.info("%s@%s removed: no longer scoring v%s", self.name, self.alias, self._current.version)
+                    logger.info("%s@%s removed: dropping v%s", self.name, self.alias, self._current.version)
                 self._current = None
                 self.status.ready = False
-                self.status.reason = str(missing)
+                self.status.reason = f"no {self.name}@{self.alias} registered ({missing})"
             return False
         with self._load_lock:
             current = self._current
@@ -414,19 +418,7 @@ class ReaderHolder(ModelHolder):
     def __init__(self, name: str, alias: str, cache_dir: Path, poll_seconds: float, runtime: str = "torch",
                  threads: int = 1) -> None:
         super().__init__(name, alias, cache_dir, poll_seconds, runtime=runtime, threads=threads,
-                         loader=self._load_reader)
-
-    def poll_once(self) -> bool:
-        try:
-            return super().poll_once()
-        except registry.ModelNotFound as missing:
-            with self._load_lock:
-                if self._current is not None:
-                    logger.info("%s@%s is gone; dropping v%s", self.name, self.alias, self._current.version)
-                    self._current = None
-            self.status.ready = False
-            self.status.reason = f"no {self.name}@{self.alias} registered ({missing})"
-            return False
+                         loader=self._load_reader, optional=True)
 
     def _load_reader(self, model_dir: Path, run_id: str, version: str, source: Source) -> SpanReader:
         reader: SpanReader = self._read_checked(load_reader, model_dir, version, source,

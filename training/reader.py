@@ -216,7 +216,7 @@ def length_batches(features: Sequence[Feature], batch_size: int, rng: random.Ran
 
 @dataclass
 class ReaderTrainConfig:
-    epochs: int = 1
+    epochs: int = 2
     batch_size: int = 16
     learning_rate: float = 1e-4
     head_learning_rate: float = 1e-3

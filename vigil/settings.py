@@ -194,15 +194,23 @@ class Settings(BaseSettings):
     rag_chunk_overlap_tokens: int = Field(40, ge=0, description="Overlap between neighbouring chunks.")
     rag_top_k: int = Field(5, ge=1, le=50, description="Chunks retrieved per question by default.")
     rag_max_question_chars: int = Field(4000, ge=1, description="Longest question accepted.")
-    # Extractive by default until a reader meets its targets (bench/RESULTS.md, issue 18): v1 answers with spans
-    # but its answers contain the gold answer less often than the sentences do, and it costs ~200 ms a query.
+    # The reader by default: its spans answer the question (token F1 about four times the sentences'), at a few tens
+    # of ms a query (bench/RESULTS.md, issue 18); the extractive generator answers until one is registered.
     generator: Literal["reader", "extractive", "openai"] = Field(
-        "extractive", description="RAG answer generator. reader: the span reader "
+        "reader", description="RAG answer generator. reader: the span reader "
         "VIGIL_READER_MODEL_NAME@VIGIL_SERVE_ALIAS, followed like a served model; the extractive generator answers "
         "while there is none.")
     rag_reader_min_margin: float = Field(
         0.0, description="Least margin of the reader's best span over its \"no answer\" score; below it the "
         "extractive generator answers.")
+    rag_reader_sentences: int = Field(
+        1, ge=0, le=50, description="Sentences of the retrieved chunks the reader reads: those the extractive "
+        "generator's word match ranks highest (its time grows with the tokens it reads).")
+    rag_reader_context_sentences: int = Field(
+        1, ge=0, le=10, description="Sentences either side of each chosen sentence, in its chunk, read with it.")
+    rag_reader_whole_chunks: int = Field(
+        0, ge=0, le=50, description="Retrieved chunks, best first, the reader reads whole instead (the sentences "
+        "then come from the others).")
     llm_base_url: str = Field("", description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")
     llm_model: str = Field("", description="Model name sent to the OpenAI-compatible endpoint.")
     llm_api_key: SecretStr = Field(SecretStr(""), description="API key of the OpenAI-compatible endpoint.")

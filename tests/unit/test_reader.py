@@ -154,6 +154,19 @@ def test_a_long_passage_is_read_in_windows_and_spans_map_back_to_it(tiny_reader:
     assert span is not None and passage[span.start:span.end] == span.text
 
 
+def test_passages_of_unlike_length_read_together_read_as_each_alone(tiny_reader: SpanReader) -> None:
+    # Read together they run in separate calls, the short one without the long one's padding: same spans, same scores.
+    long = " ".join(f"The game number {n} was played in Denver by the Broncos." for n in range(12))
+    short = "Rain fell on Warsaw."
+    together = tiny_reader.read("Who played?", [long, short, long[:80]])
+    alone = [tiny_reader.answer("Who played?", passage) for passage in (long, short, long[:80])]
+    for mixed, single in zip(together, alone, strict=True):
+        assert mixed is not None and single is not None
+        assert (mixed.text, mixed.start) == (single.text, single.start)
+        assert mixed.score == pytest.approx(single.score, abs=1e-3)
+        assert mixed.null_score == pytest.approx(single.null_score, abs=1e-3)
+
+
 def test_a_logged_reader_is_checked_against_its_digest(tiny_reader: SpanReader, tmp_path: Path) -> None:
     folder = tiny_reader.save(tmp_path / READER_PATH)
     manifest = model_digest.manifest_of(folder)
@@ -194,11 +207,64 @@ def hits(*texts: str) -> list[Hit]:
             for i, text in enumerate(texts)]
 
 
-def generator(reader: Any, min_margin: float = 0.0) -> ReaderGenerator:
+def generator(reader: Any, min_margin: float = 0.0, whole_chunks: int = 50, sentences: int = 0,
+              context_sentences: int = 0) -> ReaderGenerator:
     served = ServedReader(reader, "rag-reader v7") if reader is not None else None
     return ReaderGenerator(CountingEmbedder(), lambda: served, min_margin=min_margin,  # type: ignore[arg-type]
+                           whole_chunks=whole_chunks, sentences=sentences, context_sentences=context_sentences,
                            waiting=lambda: "no rag-reader@champion registered")
 
+
+@dataclass
+class RecordingReader:
+    """Finds ``answer`` wherever it occurs and records what it was given to read."""
+
+    answer: str
+    runtime: str = "onnx"
+    read_passages: list[str] | None = None
+
+    def read(self, question: str, passages: list[str]) -> list[Span | None]:
+        self.read_passages = list(passages)
+        return [Span(i, self.answer, p.index(self.answer), p.index(self.answer) + len(self.answer), 5.0, 0.0)
+                if self.answer in p else None for i, p in enumerate(passages)]
+
+
+def test_the_reader_reads_the_best_chunk_whole_and_the_best_matching_sentences_of_the_others() -> None:
+    chunks = hits("Warsaw is the capital of Poland. It lies on the Vistula.",
+                  "The game was played in February. The Denver Broncos won Super Bowl 50 against the Panthers. "
+                  "Tickets were expensive.",
+                  "Rain fell in Warsaw. Nobody won anything.")
+    reader = RecordingReader("Denver Broncos")
+    made = generator(reader, whole_chunks=1, sentences=1).generate("Who won Super Bowl 50?", chunks)
+    # The first chunk whole, then the one sentence of the others that names the game; its chunk is the citation.
+    assert reader.read_passages == [chunks[0].text, "The Denver Broncos won Super Bowl 50 against the Panthers."]
+    assert made.answer == "Denver Broncos [2]"
+    # The usage still counts the question and the whole chunks retrieved, as every generator's does.
+    assert made.usage.prompt_tokens == 5 + sum(len(h.text.split()) for h in chunks)
+    sentences_only = RecordingReader("Denver Broncos")
+    assert generator(sentences_only, whole_chunks=0, sentences=2).generate(
+        "Who won Super Bowl 50?", chunks).answer == "Denver Broncos [2]"
+    assert sentences_only.read_passages is not None and len(sentences_only.read_passages) == 2
+    assert sentences_only.read_passages[0] == "The Denver Broncos won Super Bowl 50 against the Panthers."
+    whole = RecordingReader("Denver Broncos")
+    assert generator(whole, whole_chunks=5).generate("Who won Super Bowl 50?", chunks).answer == "Denver Broncos [2]"
+    assert whole.read_passages == [h.text for h in chunks]
+
+
+def test_each_chosen_sentence_is_read_with_its_neighbours_and_touching_ones_once() -> None:
+    chunks = hits("Super Bowl 50 was a game. The Denver Broncos won it. Tickets were dear. Fans sang.",
+                  "Rain fell in Warsaw. The Vistula rose. Nobody sang.")
+    reader = RecordingReader("Denver Broncos")
+    made = generator(reader, whole_chunks=0, sentences=1, context_sentences=1).generate("Super Bowl 50?", chunks)
+    # The chosen sentence opens its chunk, so it is read with the one after it: the one that answers.
+    assert reader.read_passages == ["Super Bowl 50 was a game. The Denver Broncos won it."]
+    assert made.answer == "Denver Broncos [1]"
+    touching = RecordingReader("Denver Broncos")
+    generator(touching, whole_chunks=0, sentences=2, context_sentences=1).generate("Who won Super Bowl 50?", chunks)
+    # Both chosen sentences are in the first chunk and their neighbourhoods touch: one passage, no sentence twice.
+    assert touching.read_passages == ["Super Bowl 50 was a game. The Denver Broncos won it. Tickets were dear."]
+    assert "the 2 best-matching sentence(s) with 1 either side" in str(
+        generator(touching, whole_chunks=0, sentences=2, context_sentences=1).describe()["reason"])
 
 def test_the_span_with_the_largest_margin_answers_with_its_chunks_citation() -> None:
     chunks = hits("The Broncos played.", "The Denver Broncos won Super Bowl 50.", "Rain in Warsaw.")

@@ -35,8 +35,8 @@ STAND_INS = textwrap.dedent("""
     def stand_in(args, *rest, **options):
         if args[-1] == "serve":
             args = [sys.executable, "-c", SERVE, str(marks / "serve")]
-        else:  # the Evidently UI, the reader's training in the background
-            args = [sys.executable, "-c", "import time; time.sleep(120)"]
+        else:  # the Evidently UI, the reader's training in the background (its own words kept as arguments)
+            args = [sys.executable, "-c", "import time; time.sleep(120)", *args[3:]]
         return real_popen(args, *rest, **options)
 
     up.subprocess.Popen = stand_in
@@ -59,6 +59,13 @@ def test_sigterm_stops_vigil_up_and_everything_it_started(tmp_path: Path) -> Non
         # The service, the Evidently UI and the reader's training, started after the service.
         children = wait_until(lambda: len(found := psutil.Process(process.pid).children(recursive=True)) == 3
                               and found, timeout=30, what="the three processes vigil up starts")
+        # The training runs at the lowest priority, so the service it shares the cores with answers as fast.
+        niceness = {" ".join(child.cmdline()[3:5]): child.nice() for child in children}
+        assert niceness.get("train reader") == 19 and niceness.get("monitor ui") == os.nice(0), niceness
+        training = next(child for child in children if child.cmdline()[3:5] == ["train", "reader"])
+        autogroup = Path(f"/proc/{training.pid}/autogroup")
+        if autogroup.exists():  # its own session is its own scheduling group: that group's priority is lowered too
+            assert autogroup.read_text().split()[-1] == "19", autogroup.read_text()
 
         process.send_signal(signal.SIGTERM)  # to `vigil up` alone, as systemd or Kubernetes would
         assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
