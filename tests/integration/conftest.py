@@ -108,6 +108,31 @@ def trained_twice(vigil_env: VigilEnv) -> tuple[str, str]:
     return "1", second
 
 
+# A weak `sentiment` version: few sentences, one epoch. The gate tests refuse it; as a shadow it disagrees.
+WEAK_ARGS = ("train", "sentiment", "--limit", "40", "--epochs", "1", "--seed", "11")
+WEAK_MODEL = "sentiment-weak"
+
+
+@pytest.fixture(scope="session")
+def weak_trained(vigil_env: VigilEnv) -> str:
+    """`sentiment-weak` v1, trained once with WEAK_ARGS under a name of its own; a test that needs a weak version of
+    its model registers a copy (`register_weak`), as trained_twice does for the second version: each test training
+    it again made the same model at the cost of a training. That training does make the same model is test_training's
+    `test_same_seed_same_metrics`, which trains it once more."""
+    vigil_env.run(*WEAK_ARGS, extra_env={"VIGIL_SENTIMENT_MODEL_NAME": WEAK_MODEL})
+    return "1"
+
+
+def register_weak(client: MlflowClient, weak_version: str, name: str) -> str:
+    """A copy of the weak version (its run, files and digest) as ``name``'s newest version, with the aliases training
+    gives a new version: the challenger, and the champion when there is none."""
+    from vigil import registry
+
+    version = str(client.copy_model_version(f"models:/{WEAK_MODEL}/{weak_version}", name).version)
+    registry.register_initial_aliases(client, name, version, reason=f"the weak training ({' '.join(WEAK_ARGS)})")
+    return version
+
+
 # --- a running `vigil serve`, shared by the serving and RAG-evaluation tests -----------------------------------
 
 MODEL = "serving-sentiment"
@@ -234,6 +259,10 @@ def server(vigil_env: VigilEnv, registry_client: MlflowClient, langsmith: OtlpRe
            "VIGIL_SHADOW_PERCENT": "100",
            # The span reader answers once test_reader registers one (the extractive generator until then and after).
            "VIGIL_GENERATOR": "reader",
+           # test_reader's reader is trained on 16 questions: its margins over "no answer" say nothing, and the
+           # default threshold would hand its answers to the extractive generator. Here any span it finds answers
+           # (the threshold's fall-back is tests/unit/test_reader.py's).
+           "VIGIL_RAG_READER_MIN_MARGIN": "-1000",
            # The tests that look for a request's trace send it sampled; their traces are kept however fast they come.
            "VIGIL_TRACE_REMOTE_MAX_PER_SECOND": "0",
            # A batch of 64 long reviews can take the default budget of 1 s on a busy 2-core machine, and BentoML then

@@ -2,8 +2,9 @@
 
 The tests have a registered model of their own (`sentiment-evalgate`), since other tests move the aliases of
 `sentiment`: v1, the good one, is a copy of the session's trained `sentiment` v1 (its run, files and digest record:
-training it again with the same arguments would give the same model and cost minutes of CI), v2 a weak one trained
-here; the sentiment promotion gate applies to it through VIGIL_SENTIMENT_MODEL_NAME, under the shipped policy
+training it again with the same arguments would give the same model and cost minutes of CI), v2 a weak one, a copy
+of the session's weak training (`weak_trained`) registered as training registers a new version; the sentiment
+promotion gate applies to it through VIGIL_SENTIMENT_MODEL_NAME, under the shipped policy
 (evaluations/policy.toml). They run in file order: the refusal, the forced promotion and the accepted
 promotion are one story told in steps.
 """
@@ -22,11 +23,10 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from evaluations.schemas import Comparison, SentimentEvaluation
 from tests.integration.conftest import MODEL as SERVED_MODEL
-from tests.integration.conftest import Server, VigilEnv
+from tests.integration.conftest import Server, VigilEnv, register_weak
 from training.data import fingerprint, limit_stratified, load_sentiment, split_sentiment
 
 MODEL = "sentiment-evalgate"
-WEAK = ("train", "sentiment", "--limit", "40", "--epochs", "1", "--seed", "11")
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +44,12 @@ def client(vigil_env: VigilEnv) -> MlflowClient:
 
 @pytest.fixture(scope="module")
 def versions(vigil_env: VigilEnv, env: dict[str, str], client: MlflowClient,
-             trained_twice: tuple[str, str]) -> tuple[str, str]:
+             trained_twice: tuple[str, str], weak_trained: str) -> tuple[str, str]:
     """(good, weak): the first, trained with the session's TRAIN_ARGS, champion; the second, weak, challenger."""
     good = client.copy_model_version(f"models:/sentiment/{trained_twice[0]}", MODEL).version
     vigil_env.run("models", "promote", MODEL, "--version", str(good), "--reason", "the good version",
                   extra_env=env)
-    vigil_env.run(*WEAK, extra_env=env)
-    return str(good), "2"
+    return str(good), register_weak(client, weak_trained, MODEL)
 
 
 def said(result: subprocess.CompletedProcess[str]) -> str:

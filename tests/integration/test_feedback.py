@@ -16,7 +16,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from telemetry.records import create_engine, read_frame
 from tests.conftest import wait_until
-from tests.integration.conftest import INGEST_TOKEN, MODEL, Server, VigilEnv
+from tests.integration.conftest import INGEST_TOKEN, MODEL, Server, VigilEnv, register_weak
 from training.data import load_sentiment
 
 AUTH = {"Authorization": f"Bearer {INGEST_TOKEN}"}
@@ -34,15 +34,14 @@ def shadow_state(server: Server) -> dict[str, Any]:
     return state
 
 
-def give_a_weak_challenger(vigil_env: VigilEnv, registry_client: MlflowClient) -> str:
-    """A weak version, trained on 40 sentences for one epoch, becomes the challenger as training makes every new
-    version; made after a copy of `sentiment` v2 exists as this model's v2 (the version the serving tests move the
-    champion to by number), so that stays a good one."""
+def give_a_weak_challenger(registry_client: MlflowClient, weak_trained: str) -> str:
+    """A weak version, trained on 40 sentences for one epoch (the session's `weak_trained`, copied), becomes the
+    challenger as training makes every new version; made after a copy of `sentiment` v2 exists as this model's v2
+    (the version the serving tests move the champion to by number), so that stays a good one."""
     versions = {v.version for v in registry_client.search_model_versions(f"name='{MODEL}'")}
     if "2" not in versions:
         registry_client.copy_model_version("models:/sentiment/2", MODEL)
-    vigil_env.run("train", "sentiment", "--limit", "40", "--epochs", "1", "--seed", "11",
-                  extra_env={"VIGIL_SENTIMENT_MODEL_NAME": MODEL})
+    register_weak(registry_client, weak_trained, MODEL)
     return str(registry_client.get_model_version_by_alias(MODEL, "challenger").version)
 
 
@@ -55,10 +54,11 @@ def shadow_rows(server: Server, since: datetime) -> pd.DataFrame:
 
 
 def test_labels_posted_by_request_id_give_the_live_quality_of_the_answers_and_of_the_shadow(
-        server: Server, vigil_env: VigilEnv, registry_client: MlflowClient, tmp_path: Path) -> None:
+        server: Server, vigil_env: VigilEnv, registry_client: MlflowClient, weak_trained: str, tmp_path: Path
+) -> None:
     champion = str(registry_client.get_model_version_by_alias(MODEL, "champion").version)
     assert shadow_state(server)["scoring"] is False  # no challenger yet: every request shadowed, none scored
-    challenger = give_a_weak_challenger(vigil_env, registry_client)
+    challenger = give_a_weak_challenger(registry_client, weak_trained)
     try:
         wait_until(lambda: shadow_state(server)["version"] == challenger and shadow_state(server)["scoring"],
                    timeout=180, interval=0.5, what=f"the shadow to follow {MODEL}@challenger (v{challenger})")

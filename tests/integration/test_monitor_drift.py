@@ -1,7 +1,9 @@
 """`vigil monitor drift` end to end: a real model version, real inference-log rows, real Evidently, real UI.
 
-A small `sentiment-drift` version is trained against the session's MLflow server (its own registered name, so
-the aliases other tests move on `sentiment` are left alone). Its predictions over held-out sentences become
+A `sentiment-drift` version is registered on the session's MLflow server (its own registered name, so the aliases
+other tests move on `sentiment` are left alone): a copy of the session's trained `sentiment` v1, its run, files,
+drift reference and digest, registered as training registers a new version (a model trained here would show
+nothing more, at the cost of a training in every CI run). Its predictions over held-out sentences become
 inference-log rows in three windows: unseen imdb reviews, held-out amazon/yelp reviews, and too few rows.
 """
 
@@ -73,10 +75,13 @@ def _rows(texts: list[str], predictions: pd.DataFrame, start: datetime, version:
 
 
 @pytest.fixture(scope="module")
-def setup(vigil_env: VigilEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DriftSetup]:
-    vigil_env.run("train", "sentiment", "--limit", "300", "--epochs", "1",
-                  extra_env={"VIGIL_SENTIMENT_MODEL_NAME": MODEL})
-    client = MlflowClient(vigil_env.tracking_uri)
+def setup(vigil_env: VigilEnv, trained_twice: tuple[str, str],
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[DriftSetup]:
+    from vigil import registry
+
+    client = MlflowClient(vigil_env.tracking_uri, vigil_env.tracking_uri)
+    copy = client.copy_model_version(f"models:/sentiment/{trained_twice[0]}", MODEL)
+    registry.register_initial_aliases(client, MODEL, str(copy.version), reason="a copy of the trained sentiment")
     served = client.get_model_version_by_alias(MODEL, "champion")
     params = client.get_run(str(served.run_id)).data.params
     split = SplitParams.from_run_params(params, default_seed=42)

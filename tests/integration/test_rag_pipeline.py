@@ -31,7 +31,7 @@ QA = REPO_ROOT / "data" / "rag" / "qa.jsonl"
 
 
 def rag_settings(home: Path) -> Settings:
-    return Settings(_env_file=None, home=home)
+    return Settings(_env_file=None, home=home, generator="extractive")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -33,13 +33,16 @@ QUESTION = "Which NFL team represented the AFC at Super Bowl 50?"
 
 
 @contextmanager
-def tail_server(live_server: Server, tmp_path_factory: pytest.TempPathFactory, name: str, *,
+def tail_server(session: Server, tmp_path_factory: pytest.TempPathFactory, name: str, *,
                 milvus: Path | None = None, **settings: str) -> Iterator[Server]:
-    """The session's service in a home of its own, no uniform sample, ``settings`` over its environment."""
+    """The session's service in a home of its own, no uniform sample, ``settings`` over its environment.
+
+    Only the session server's settings are read, never the server itself: the serving tests, which run before this
+    module, stop it, and `live_server` would start it again (a server's start-up in CI) for nothing here."""
     home = tmp_path_factory.mktemp(name)
     if milvus is not None:
         shutil.copytree(milvus, home / "milvus")
-    env = {**live_server.env, "VIGIL_HOME": str(home), "VIGIL_TRACE_SAMPLE_RATIO": "0", **settings}
+    env = {**session.env, "VIGIL_HOME": str(home), "VIGIL_TRACE_SAMPLE_RATIO": "0", **settings}
     env.pop("VIGIL_TRACE_ALL", None)
     running = start_server(env, home / "serve.log")
     try:
@@ -49,16 +52,16 @@ def tail_server(live_server: Server, tmp_path_factory: pytest.TempPathFactory, n
 
 
 @pytest.fixture(scope="module")
-def failing_rag(live_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with tail_server(live_server, tmp_path_factory, "serve-tail-failing",
+def failing_rag(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with tail_server(server, tmp_path_factory, "serve-tail-failing",
                      VIGIL_MILVUS_URI=f"http://127.0.0.1:{free_port()}") as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def all_slow(server: Server, live_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def all_slow(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     assert server.milvus_snapshot is not None
-    with tail_server(live_server, tmp_path_factory, "serve-tail-slow", milvus=server.milvus_snapshot,
+    with tail_server(server, tmp_path_factory, "serve-tail-slow", milvus=server.milvus_snapshot,
                      VIGIL_TRACE_SLOW_MS="1") as running:
         yield running
 

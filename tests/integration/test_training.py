@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import wait_until
-from tests.integration.conftest import VigilEnv, start_server
+from tests.integration.conftest import WEAK_ARGS, WEAK_MODEL, VigilEnv, start_server
 
 OBVIOUS = {
     "I love this phone, it works great and the battery lasts forever.": "positive",
@@ -76,12 +76,12 @@ def test_model_by_alias_predicts_any_batch_size(trained_twice: tuple[str, str], 
     assert output["score"].between(0.5, 1.0).all()
 
 
-def test_same_seed_same_metrics(vigil_env: VigilEnv, client: MlflowClient) -> None:
-    """Two trainings with the same seed and data give the same model: small runs of their own model."""
-    repro = {"VIGIL_SENTIMENT_MODEL_NAME": "sentiment-repro"}
-    for _ in range(2):
-        vigil_env.run("train", "sentiment", "--limit", "40", "--epochs", "1", "--seed", "11", extra_env=repro)
-    runs = [client.get_run(client.get_model_version("sentiment-repro", v).run_id) for v in ("1", "2")]
+def test_same_seed_same_metrics(vigil_env: VigilEnv, client: MlflowClient, weak_trained: str) -> None:
+    """Two trainings with the same seed and data give the same model: small runs, the session's weak one and one
+    more here, of a model of its own."""
+    vigil_env.run(*WEAK_ARGS, extra_env={"VIGIL_SENTIMENT_MODEL_NAME": "sentiment-repro"})
+    runs = [client.get_run(client.get_model_version(name, version).run_id)
+            for name, version in ((WEAK_MODEL, weak_trained), ("sentiment-repro", "1"))]
     assert runs[0].info.run_id != runs[1].info.run_id
     assert runs[0].data.tags["dataset.fingerprint"] == runs[1].data.tags["dataset.fingerprint"]
     for name in ("test_macro_f1", "test_roc_auc", "ood_imdb_macro_f1"):
