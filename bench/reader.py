@@ -5,10 +5,11 @@ match and token F1 of both on the reader's held-out questions — in one run.
 
 Needs the embedded stack with `rag-reader@champion` registered (`vigil train reader`) and the RAG corpus ingested.
 Quality first, in process on the same store (`vigil eval rag`'s evaluator, `measure_rag`, no MLflow run): the same
-seeded sample of held-out questions (the reader's split by article: passages no reader version was trained on)
-asked through the pipeline with each generator, top_k 5, plus the reader alone on each question's own passage (what
-the promotion gate compares). Then latency over HTTP: one `vigil serve` per generator (VIGIL_GENERATOR), one at a
-time, each loaded at concurrency 1 and 8 with the same shuffled questions after a warm-up; rounds alternate the two.
+seeded sample of held-out questions (the reader's split by article: passages no reader version was trained on) asked
+through the pipeline with each variant (the reader's default reading, two sentences with their neighbours, every
+chunk whole, the extractive generator), top_k 5, plus the reader alone on each question's own passage (what the
+promotion gate compares). Then latency over HTTP: one `vigil serve` per variant, one at a time, each loaded at
+concurrency 1 and 8 with the same shuffled questions after a warm-up; rounds alternate the variants.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -42,16 +44,28 @@ from training.reader import QA_FILE, reader_split, sample
 from vigil.mlflow_auth import authenticate_process
 from vigil.settings import Settings, get_settings
 
-GENERATORS = ("reader", "extractive")
 TOP_K = 5
+README_QUESTIONS = ("Which NFL team represented the AFC at Super Bowl 50?", "Who won Super Bowl 50?")
+# Each variant's settings (as VIGIL_* variables for the servers): the reader on the best-matching sentence with one
+# sentence either side (the default), on the two best-matching sentences with theirs, on every retrieved chunk
+# whole, and the extractive generator.
+VARIANTS: dict[str, dict[str, str]] = {
+    "reader": {"VIGIL_GENERATOR": "reader"},
+    "reader, 2 sentences": {"VIGIL_GENERATOR": "reader", "VIGIL_RAG_READER_SENTENCES": "2"},
+    "reader, whole chunks": {"VIGIL_GENERATOR": "reader", "VIGIL_RAG_READER_WHOLE_CHUNKS": str(TOP_K)},
+    "extractive": {"VIGIL_GENERATOR": "extractive"},
+}
 
 
 def quality(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """EM / F1 / containment of each generator through the pipeline, and of the reader alone, on the same questions."""
     figures: dict[str, dict[str, float]] = {}
+    answers: dict[str, dict[str, str]] = {}
     data = resolve_split_qa(QA_FILE, "held-out", args.questions, seed=7)
-    for generator in GENERATORS:
-        settings = Settings(generator=generator)
+    for variant, variables in VARIANTS.items():
+        generator = variables["VIGIL_GENERATOR"]
+        overrides: dict[str, Any] = {key.removeprefix("VIGIL_").lower(): value for key, value in variables.items()}
+        settings = Settings(**overrides)
         pipeline = RagPipeline.from_settings(settings)
         pipeline.warm_up()
         pipeline.follow_reader(wait=True)
@@ -60,15 +74,15 @@ def quality(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 "no rag-reader@champion to benchmark: run `vigil train reader` first"
             served = pipeline.reader_holder.current
             figures["reader version"] = {"version": float(served.version)}
-        print(f"quality: {len(data.items)} held-out questions with the {generator} generator …", flush=True)
+        print(f"quality: {len(data.items)} held-out questions with the {variant} generator …", flush=True)
         started = time.perf_counter()
         report, _ = measure_rag(InProcessAnswerer(pipeline), data, TOP_K, limit=args.questions)
         m = report.metrics
-        figures[generator] = {"exact_match": m.exact_match, "token_f1": m.token_f1,
+        figures[variant] = {"exact_match": m.exact_match, "token_f1": m.token_f1,
                               "answer_containment": m.answer_containment, "recall_at_5": m.recall[TOP_K],
                               "completion_tokens": m.completion_tokens.mean, "latency_p50_ms": m.latency_ms.p50,
                               "seconds": time.perf_counter() - started}
-        if generator == "reader":
+        if variant == "reader":
             assert isinstance(pipeline.generator, ReaderGenerator)
             # How many answers the reader gave, and how many fell back to the extractive generator.
             figures["reader answers"] = {key: float(value) for key, value in pipeline.generator.answers.items()}
@@ -79,7 +93,10 @@ def quality(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             figures["reader alone, gold passage"] = {"exact_match": float(scores["exact_match"].mean()),
                                                      "token_f1": float(scores["token_f1"].mean()),
                                                      "questions": float(len(examples))}
+        # The README's example questions (their article is on the training side), as a newcomer asks them.
+        answers[variant] = {question: pipeline.query(question).answer for question in README_QUESTIONS}
         pipeline.close()
+    figures["README questions"] = answers  # type: ignore[assignment]
     return figures
 
 
@@ -110,14 +127,15 @@ def latency(args: argparse.Namespace, questions: list[str]) -> list[Result]:
     (REPO / "bench" / "out").mkdir(parents=True, exist_ok=True)
     results: list[Result] = []
     for number in range(1, args.rounds + 1):
-        for generator in GENERATORS:
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "VIGIL_GENERATOR": generator,
+        for variant, variables in VARIANTS.items():
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", **variables,
                    "VIGIL_TRACING": os.environ.get("VIGIL_TRACING", "off")}
-            process, http_port, _ = start_vigil(env, REPO / "bench" / "out" / f"reader-{generator}-serve.log")
+            slug = variant.replace(", ", "-").replace(" ", "-")
+            process, http_port, _ = start_vigil(env, REPO / "bench" / "out" / f"reader-{slug}-serve.log")
             try:
                 http = f"http://127.0.0.1:{http_port}"
-                wait_for_generator(http, generator)
-                for result in asyncio.run(load(f"{http}/rag/query", questions, args.seconds, generator)):
+                wait_for_generator(http, variables["VIGIL_GENERATOR"])
+                for result in asyncio.run(load(f"{http}/rag/query", questions, args.seconds, variant)):
                     result.round = number
                     results.append(result)
             finally:
@@ -147,7 +165,7 @@ def main() -> None:
                               "throughput": statistics.median(r.throughput for r in results
                                                               if (r.target, r.concurrency) == (g, c)),
                               "errors": sum(r.errors for r in results if (r.target, r.concurrency) == (g, c))}
-               for g in GENERATORS for c in (1, 8) if any((r.target, r.concurrency) == (g, c) for r in results)}
+               for g in VARIANTS for c in (1, 8) if any((r.target, r.concurrency) == (g, c) for r in results)}
     reader_f1, extractive_f1 = figures["reader"]["token_f1"], figures["extractive"]["token_f1"]
     reader_p50 = medians.get("reader c=1", {}).get("p50_ms")
     report = {
