@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from telemetry.records import InferenceRecord
+from vigil.priority import run_at_lowest_priority, runs_idle
 from vigil.settings import Settings
 
 if TYPE_CHECKING:
@@ -49,8 +50,6 @@ logger = logging.getLogger(__name__)
 
 Outcome = Literal["scored", "dropped", "failed", "skipped"]
 OUTCOMES: tuple[Outcome, ...] = ("scored", "dropped", "failed", "skipped")
-# Linux's lowest nice value; the worker also asks for SCHED_IDLE, which runs it only on a core nothing else wants.
-LOWEST_PRIORITY = 19
 # How long the drain task lets jobs gather before a call that would not fill a batch: one call per request at low
 # load would cost the API worker (and the model service) a call's overhead per request, next to the served ones.
 LINGER_SECONDS = 0.2
@@ -266,7 +265,7 @@ def answer(message: tuple[Any, ...], holder: ModelHolder,
     if kind == "describe":
         return {"alias": holder.alias, "version": shadow.version if shadow else None, "scoring": not reason,
                 "reason": reason or None, "worker_priority": os.getpriority(os.PRIO_PROCESS, 0),
-                "worker_idle_class": _idle_class()}
+                "worker_idle_class": runs_idle()}
     if reason or shadow is None:
         return ShadowBatch(skipped=reason or "no shadow version")
     started = time.perf_counter()
@@ -300,10 +299,7 @@ def run_worker() -> None:
     service's GIL, and while the scheduler holds it off the core (which is the point of the priority) it may hold
     the GIL the served predictions wait for. bench/RESULTS.md ("Issue 17: shadow scoring") has the measurement.
     """
-    # First, before any thread exists: every thread of the process inherits the lowest priority.
-    os.setpriority(os.PRIO_PROCESS, 0, LOWEST_PRIORITY)
-    with contextlib.suppress(AttributeError, OSError):  # not Linux: the nice value alone
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    run_at_lowest_priority()  # first, before any thread exists: every thread of the process inherits it
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything a library prints goes to the service's log, never into the answers
     # Vigil's own news (loads, alias moves) at INFO; the libraries' chatter (each alias poll, the INT8 check) not.
@@ -328,13 +324,6 @@ def run_worker() -> None:
             reply = error if _picklable(error) else RuntimeError(repr(error))
         pickle.dump(reply, answers)
         answers.flush()
-
-
-def _idle_class() -> bool:
-    try:
-        return os.sched_getscheduler(0) == os.SCHED_IDLE
-    except (AttributeError, OSError):
-        return False
 
 
 def _picklable(value: object) -> bool:

@@ -8,7 +8,6 @@ trained if none is registered (the RAG service switches to it when its alias app
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ from vigil import mlflow_server
 from vigil.credentials import ensure_private_dir, mask_url
 from vigil.errors import VigilError
 from vigil.mlflow_auth import ADMIN_USERNAME
+from vigil.priority import run_at_lowest_priority
 from vigil.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -44,13 +44,13 @@ class Stack:
             raise VigilError(f"`vigil {' '.join(args)}` failed with exit code {code}")
         return code
 
-    def spawn(self, args: list[str], log_name: str, niceness: int = 0) -> subprocess.Popen[bytes]:
+    def spawn(self, args: list[str], log_name: str, lowest_priority: bool = False) -> subprocess.Popen[bytes]:
         log_dir = self.settings.home / "logs"
         ensure_private_dir(log_dir)
         process = subprocess.Popen(  # our own CLI
             [sys.executable, "-m", "vigil.cli", *args], stdout=(log_dir / log_name).open("ab"),
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=(lambda: lower_priority(niceness)) if niceness else None,
+            preexec_fn=run_at_lowest_priority if lowest_priority else None,  # after its new session begins
         )
         self.background.append(process)
         return process
@@ -69,16 +69,6 @@ class Stack:
             self.console.print("stopped the MLflow server this run started")
 
 
-def lower_priority(niceness: int) -> None:
-    """Run this process ``niceness`` steps below normal priority. On Linux with autogroup scheduling (the default of
-    most distributions) a new session is its own scheduling group and groups share the cores equally whatever
-    their processes' nice values, so the group's nice value is lowered too."""
-    os.nice(niceness)
-    # Without autogroup (other kernels, other systems) the process's own nice value is what counts.
-    with contextlib.suppress(OSError):
-        Path("/proc/self/autogroup").write_text(str(niceness))
-
-
 def _stop_on_sigterm(signum: int, _frame: object) -> None:
     # A supervisor stops `vigil up` with SIGTERM; Python's default would end this process at once and leave the
     # service, the Evidently UI and the MLflow server it started running without it. Unwinding runs `stop_all`.
@@ -89,7 +79,7 @@ def train_reader_in_background(stack: Stack) -> subprocess.Popen[bytes]:
     """`vigil train reader --if-missing` as a background job of the stack (it does nothing when a reader is
     registered already); stopped with the stack like the others. At the lowest priority: it takes the cores for
     most of an hour, and the service started before it must keep answering as fast as without it."""
-    process = stack.spawn(["train", "reader", "--if-missing"], "train-reader.log", niceness=19)
+    process = stack.spawn(["train", "reader", "--if-missing"], "train-reader.log", lowest_priority=True)
     stack.console.print("RAG span reader: training in the background when none is registered (log "
                         f"{stack.settings.home / 'logs' / 'train-reader.log'}); answers are extractive until it is")
     return process

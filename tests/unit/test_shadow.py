@@ -18,7 +18,6 @@ from sklearn.metrics import accuracy_score, f1_score
 from monitoring.quality import labelled_dataset, measure_quality
 from monitoring.window import Window
 from service.shadow import (
-    LOWEST_PRIORITY,
     ShadowBatch,
     ShadowJob,
     ShadowQueue,
@@ -30,6 +29,7 @@ from service.shadow import (
 from telemetry import feedback
 from telemetry.records import InferenceRecord, create_engine, inference_log, read_frame
 from tests.conftest import wait_until
+from vigil.priority import LOWEST_NICE
 from vigil.settings import Settings
 
 
@@ -195,9 +195,9 @@ def test_the_worker_process_runs_at_the_lowest_priority_and_says_why_it_scores_n
     try:
         state = wait_until(lambda: (s := scorer.describe()).get("worker_priority") is not None and s, timeout=90,
                            what="the worker to answer")
-        assert state["worker_priority"] == LOWEST_PRIORITY and state["worker_idle_class"] is True
+        assert state["worker_priority"] == LOWEST_NICE and state["worker_idle_class"] is True
         assert state["scoring"] is False and state["version"] is None
-        assert os.getpriority(os.PRIO_PROCESS, 0) < LOWEST_PRIORITY  # the service's own priority is untouched
+        assert os.getpriority(os.PRIO_PROCESS, 0) < LOWEST_NICE  # the service's own priority is untouched
         batch = asyncio.run(scorer.score(["a text"]))
         assert batch.skipped and batch.outputs == []
     finally:

@@ -66,6 +66,8 @@ def test_sigterm_stops_vigil_up_and_everything_it_started(tmp_path: Path) -> Non
         autogroup = Path(f"/proc/{training.pid}/autogroup")
         if autogroup.exists():  # its own session is its own scheduling group: that group's priority is lowered too
             assert autogroup.read_text().split()[-1] == "19", autogroup.read_text()
+        if hasattr(os, "SCHED_IDLE"):  # Linux: and it runs only on a core nothing else wants
+            assert os.sched_getscheduler(training.pid) == os.SCHED_IDLE
 
         process.send_signal(signal.SIGTERM)  # to `vigil up` alone, as systemd or Kubernetes would
         assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
