@@ -57,8 +57,9 @@ VARIANTS: dict[str, dict[str, str]] = {
 }
 
 
-def quality(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """EM / F1 / containment of each generator through the pipeline, and of the reader alone, on the same questions."""
+def quality(args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
+    """EM / F1 / containment of each generator through the pipeline, and of the reader alone, on the same questions;
+    and each generator's answers to the README's example questions."""
     figures: dict[str, dict[str, float]] = {}
     answers: dict[str, dict[str, str]] = {}
     data = resolve_split_qa(QA_FILE, "held-out", args.questions, seed=7)
@@ -96,8 +97,7 @@ def quality(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         # The README's example questions (their article is on the training side), as a newcomer asks them.
         answers[variant] = {question: pipeline.query(question).answer for question in README_QUESTIONS}
         pipeline.close()
-    figures["README questions"] = answers  # type: ignore[assignment]
-    return figures
+    return figures, answers
 
 
 def wait_for_generator(http: str, generator: str, timeout: float = 180) -> None:
@@ -153,8 +153,8 @@ def main() -> None:
     args = parser.parse_args()
     authenticate_process(get_settings())  # as every `vigil` command logs in to the home's MLflow
     load_before = os.getloadavg()
-    figures = quality(args)
-    print(json.dumps(figures, indent=2), flush=True)
+    figures, readme_answers = quality(args)
+    print(json.dumps({"quality": figures, "README questions": readme_answers}, indent=2), flush=True)
     questions = [item.question for item in resolve_split_qa(QA_FILE, "held-out", seed=11).items]
     random.Random(0).shuffle(questions)
     results = [] if args.skip_latency else latency(args, questions)
@@ -173,7 +173,8 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "load_average": {"before": load_before, "after": os.getloadavg()},
         "runtime": get_settings().model_runtime,
-        "quality": figures, "latency": medians, "results": [asdict(r) for r in results],
+        "quality": figures, "README questions": readme_answers, "latency": medians,
+        "results": [asdict(r) for r in results],
         "targets": {"reader F1 >= 0.55": reader_f1 >= 0.55,
                     "reader F1 >= 3x extractive": reader_f1 >= 3 * extractive_f1,
                     "reader p50 c=1 <= 60 ms": None if reader_p50 is None else reader_p50 <= 60},

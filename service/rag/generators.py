@@ -76,6 +76,10 @@ class _Candidate:
     score: float
 
 
+def _chunk_sentences(hits: Sequence[Hit]) -> list[list[str]]:
+    return [split_sentences(hit.text) for hit in hits]
+
+
 class ExtractiveGenerator:
     """Answers with the retrieved sentences that best match the question, each cited; no model at all.
 
@@ -103,7 +107,7 @@ class ExtractiveGenerator:
 
     def generate(self, question: str, hits: Sequence[Hit]) -> Generation:
         question_tokens = self._embedder.count_tokens(question)
-        candidates = self._score(question, hits)
+        candidates = self._score(question, _chunk_sentences(hits))
         if not candidates:
             return Generation(NO_CONTEXT_ANSWER, Usage.of(question_tokens, self._embedder.count_tokens(
                 NO_CONTEXT_ANSWER)), 0, self.model, "stop")
@@ -115,14 +119,16 @@ class ExtractiveGenerator:
         return Generation(answer, Usage.of(prompt_tokens, self._embedder.count_tokens(answer)), len(hits),
                           self.model, "stop")
 
-    def rank_sentences(self, question: str, hits: Sequence[Hit]) -> list[_Candidate]:
-        """Every sentence of the retrieved chunks, best match to the question first (what the reader reads)."""
-        return sorted(self._score(question, hits), key=lambda c: c.score, reverse=True)
+    def rank_sentences(self, question: str, hits: Sequence[Hit]) -> tuple[list[_Candidate], list[list[str]]]:
+        """Every sentence of the retrieved chunks, best match to the question first (what the reader reads), and
+        each chunk's sentences (the neighbours read with a chosen one)."""
+        chunks = _chunk_sentences(hits)
+        return sorted(self._score(question, chunks), key=lambda c: c.score, reverse=True), chunks
 
-    def _score(self, question: str, hits: Sequence[Hit]) -> list[_Candidate]:
+    def _score(self, question: str, chunks: list[list[str]]) -> list[_Candidate]:
         sentences = [(number, position, sentence)
-                     for number, hit in enumerate(hits, start=1)
-                     for position, sentence in enumerate(split_sentences(hit.text))]
+                     for number, chunk in enumerate(chunks, start=1)
+                     for position, sentence in enumerate(chunk)]
         words = [set(content_words(s)) for _, _, s in sentences]
         asked = set(content_words(question))
         frequency = Counter(w for ws in words for w in ws if w in asked)
@@ -336,12 +342,10 @@ class ReaderGenerator:
         # Each chosen sentence with its neighbours, as a range of its chunk's sentences; ranges of one chunk that
         # touch are read as one passage, so no sentence is read twice.
         ranges: list[list[int]] = []  # [chunk number within rest, first sentence, last sentence], best first
-        counts: dict[int, int] = {}
-        for chosen in self.fallback.rank_sentences(question, rest)[:self.sentences]:
-            if chosen.context not in counts:
-                counts[chosen.context] = len(split_sentences(rest[chosen.context - 1].text))
+        ranked, chunks = self.fallback.rank_sentences(question, rest)
+        for chosen in ranked[:self.sentences]:
             first = max(0, chosen.position - self.context_sentences)
-            last = min(counts[chosen.context] - 1, chosen.position + self.context_sentences)
+            last = min(len(chunks[chosen.context - 1]) - 1, chosen.position + self.context_sentences)
             touching = next((r for r in ranges if r[0] == chosen.context and first <= r[2] + 1 and r[1] <= last + 1),
                             None)
             if touching is None:
@@ -349,7 +353,7 @@ class ReaderGenerator:
             else:
                 touching[1], touching[2] = min(touching[1], first), max(touching[2], last)
         for number, first, last in ranges:
-            passages.append(" ".join(split_sentences(rest[number - 1].text)[first:last + 1]))
+            passages.append(" ".join(chunks[number - 1][first:last + 1]))
             numbers.append(len(whole) + number)  # numbered within the rest: shifted back
         return passages, numbers
 
