@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint lock clean stop proto bench bench-serving bench-telemetry bench-models bench-model-drift bench-quantization bench-reader chromium bench-shadow
+.PHONY: install run test lint lock clean stop proto bench bench-serving bench-telemetry bench-models bench-model-drift bench-quantization bench-reader chromium bench-shadow bench-background
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,13 @@ bench-reader: install
 	$(BIN)/vigil train reader --if-missing
 	$(BIN)/python bench/reader.py
 
+# The service while the reader trains in the background, at the lowest priority and at normal priority.
+bench-background: install
+	$(BIN)/vigil mlflow up
+	$(BIN)/vigil train embedder --if-missing
+	$(BIN)/vigil train sentiment --if-missing
+	$(BIN)/python bench/background.py
+
 bench-telemetry: install
 	$(BIN)/vigil mlflow up
 	$(BIN)/vigil train sentiment --if-missing
@@ -94,7 +101,7 @@ bench-quantization: install
 	$(BIN)/vigil train sentiment --if-missing
 	$(BIN)/python bench/quantization.py
 
-bench: bench-serving bench-telemetry bench-models bench-model-drift bench-quantization bench-reader bench-shadow
+bench: bench-serving bench-telemetry bench-models bench-model-drift bench-quantization bench-reader bench-shadow bench-background
 
 clean:
 	rm -rf $(VENV)
