@@ -212,7 +212,7 @@ class ModelHolder:
                     logger.info("%s@%s removed: dropping v%s", self.name, self.alias, self._current.version)
                 self._current = None
                 self.status.ready = False
-                self.status.reason = f"no {self.name}@{self.alias} registered ({missing})"
+                self.status.reason = f"no {self.name}@{self.alias} to serve: {missing}"
             return False
         with self._load_lock:
             current = self._current

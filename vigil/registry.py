@@ -233,7 +233,8 @@ def resolve(
 ) -> RegisteredVersion:
     """The registry's version for ``reference`` (`name@alias`, `name/version`); the one alias resolver of Vigil.
 
-    Raises :class:`ModelNotFound` when the alias or version does not exist; other registry failures propagate.
+    Raises :class:`ModelNotFound` when the alias or version does not exist, or the model is not readable by this
+    account; other registry failures propagate.
     """
     from mlflow.exceptions import MlflowException
 
@@ -246,6 +247,9 @@ def resolve(
         else:
             raise VigilError(f"{ref}: give a model as NAME@ALIAS or NAME/VERSION.")
     except MlflowException as error:
+        if error.error_code == _UNREADABLE:
+            raise ModelNotFound(f"{ref.name} is not registered, or this account may not read it (MLflow answered "
+                                f"403); see `vigil models show {ref.name}`.") from None
         if error.error_code not in _NOT_FOUND:
             raise
         missing = f"no @{ref.alias}" if ref.alias else f"no version {ref.version}"
@@ -255,6 +259,9 @@ def resolve(
 
 # What MLflow answers for a missing model, version or alias (the alias look-up says "invalid parameter").
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+# What MLflow's basic-auth app answers an account other than the admin for a model that does not exist (it looks up
+# the model's permissions first): the same as for a model the account may not read, so both are "not found here".
+_UNREADABLE = "PERMISSION_DENIED"
 
 
 def _holder(client: MlflowClient, name: str, alias: str) -> RegisteredVersion | None:

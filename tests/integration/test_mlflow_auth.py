@@ -9,10 +9,12 @@ import shlex
 import stat
 
 import httpx
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from tests.integration.conftest import MODEL, VigilEnv
+from vigil import registry
 
 
 def account(vigil_env: VigilEnv, role: str) -> tuple[str, str]:
@@ -79,6 +81,22 @@ def test_the_serving_account_reads_models_and_writes_spans_but_changes_nothing_s
                        "list artifacts": 200, "ingest spans": 200}
     wrong = (serving[0], serving[1] + "x")
     assert send(vigil_env, calls(vigil_env)["read the registry"], wrong).status_code == 401
+
+
+def test_the_serving_account_finds_no_model_where_none_is_registered(
+    vigil_env: VigilEnv, registry_client: object, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # MLflow's auth app answers 403, not 404, to any account but the admin for a model nobody registered (as the RAG
+    # service meets `rag-reader` until its first training ends): that is "not found", not "MLflow unreachable".
+    from mlflow import MlflowClient
+
+    username, password = account(vigil_env, "serving")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    client = MlflowClient(vigil_env.tracking_uri, registry_uri=vigil_env.tracking_uri)
+    assert registry.resolve(client, f"{MODEL}@champion").name == MODEL
+    with pytest.raises(registry.ModelNotFound, match="not registered, or this account may not read it"):
+        registry.resolve(client, "never-registered@champion")
 
 
 def test_the_admin_moves_aliases_and_its_secrets_stay_private(vigil_env: VigilEnv) -> None:

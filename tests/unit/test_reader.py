@@ -349,7 +349,7 @@ def test_the_reader_holder_serves_the_alias_and_drops_it_when_the_alias_goes(
 
     holder.start()  # nothing registered: nothing served, and the reason says so
     holder.stop()
-    assert holder.current is None and "no rag-reader@champion registered" in holder.status.reason
+    assert holder.current is None and "no rag-reader@champion to serve" in holder.status.reason
     stand_in.version = "1"
     assert holder.poll_once() is True and holder.current is not None and holder.current.version == "1"
     assert loaded[-1][1] == recorded  # checked against the registry's digest record
